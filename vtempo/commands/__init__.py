@@ -1,0 +1,1 @@
+"""CLI commands. Each module has `register(app)`; shared helpers live in `common`."""

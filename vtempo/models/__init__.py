@@ -1,0 +1,47 @@
+"""Architecture registry: `build("tsm-r50", num_classes=174, frames=8)`.
+
+An architecture name is `<family>-<backbone>`: the family is one module of this package (one paper),
+the backbone one of `backbone.resnet`'s names (r18, r50, r101, or narrow variants such as r26w16).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .backbone import resnet
+from .base import TemporalModule, VideoRecognizer
+
+Builder = Callable[..., VideoRecognizer]
+FAMILIES: dict[str, Builder] = {}
+PUBLISHED_BACKBONES = ("r18", "r50", "r101")
+
+
+def register(family: str) -> Callable[[Builder], Builder]:
+    def add(builder: Builder) -> Builder:
+        FAMILIES[family] = builder
+        return builder
+
+    return add
+
+
+def split_name(arch: str) -> tuple[str, str]:
+    family, _, backbone = arch.rpartition("-")
+    if family not in FAMILIES:
+        known = ", ".join(sorted(FAMILIES))
+        raise ValueError(f"unknown architecture {arch!r}: the family must be one of {known} (e.g. tsm-r50)")
+    resnet(backbone)  # validates the backbone name
+    return family, backbone
+
+
+def build(arch: str, num_classes: int = 400, frames: int = 8, **options) -> VideoRecognizer:
+    family, backbone = split_name(arch)
+    return FAMILIES[family](backbone, num_classes=num_classes, frames=frames, **options)
+
+
+def architecture_names() -> list[str]:
+    return [f"{family}-{backbone}" for family in FAMILIES for backbone in PUBLISHED_BACKBONES]
+
+
+# Each import registers one family.
+from . import tsn, tsm, tam, tcm, stc, tefe, tsi  # noqa: E402,F401
+
+__all__ = ["FAMILIES", "TemporalModule", "VideoRecognizer", "architecture_names", "build", "register", "split_name"]

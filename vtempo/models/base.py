@@ -1,0 +1,64 @@
+"""The contract every vtempo architecture follows.
+
+`VideoRecognizer(x)` takes float frames (N, T, 3, H, W) and returns logits (N, num_classes): the
+backbone runs on the N·T frames, a linear head scores each frame, and the scores are averaged over T,
+as the TSN-family reference heads do. Temporal modules inside the backbone learn T from the input on
+every call (`TemporalModule.frames`), never from a value stored at construction, so a clip of any
+length is never silently mixed with its neighbours in the batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .backbone import feature_dim
+
+
+class TemporalModule(nn.Module):
+    """A module that mixes the T frames of each clip in an (N·T, ...) batch.
+
+    `frames` is written by `VideoRecognizer.forward` before each call; read it, never store your own.
+    Modules with T-shaped parameters set `fixed_frames` so a wrong clip length fails loudly.
+    """
+
+    frames: int = 1
+    fixed_frames: int | None = None
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """(N·T, ...) → (N, T, ...)."""
+        return x.view(-1, self.frames, *x.shape[1:])
+
+
+class VideoRecognizer(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(feature_dim(backbone), num_classes)
+        nn.init.normal_(self.fc.weight, 0, 0.001)
+        nn.init.zeros_(self.fc.bias)
+        self._temporal = tuple(m for m in self.modules() if isinstance(m, TemporalModule))
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
+    def set_frames(self, frames: int) -> None:
+        for module in self._temporal:
+            if module.fixed_frames is not None and module.fixed_frames != frames:
+                raise ValueError(
+                    f"{type(module).__name__} was built for {module.fixed_frames} frames and got {frames}; "
+                    f"create the model with frames={frames} or sample {module.fixed_frames} frames"
+                )
+            module.frames = frames
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-frame pooled features (N, T, C)."""
+        n, t = x.shape[:2]
+        self.set_frames(t)
+        return self.backbone(x.flatten(0, 1)).view(n, t, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"expected frames of shape (N, T, 3, H, W), got {tuple(x.shape)}")
+        return self.fc(self.dropout(self.features(x))).mean(1)
