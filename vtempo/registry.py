@@ -7,7 +7,8 @@ the same schema extends or overrides it: `--registry FILE`, else `$VTEMPO_REGIST
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -15,14 +16,21 @@ from typing import Any
 
 import yaml
 
+from .errors import UsageError
+
 SAMPLINGS = ("uniform", "twice", "dense", "stride")
 CROPS = {"centre": 1, "three": 3, "ten": 10}
 AVERAGES = ("logits", "prob")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How a published file is laid out (a hint: vtempo.checkpoint reads the layout off the keys, and reads
+# the three official repositories' files with one reader); `vtempo` is vtempo's own format.
+LAYOUTS = ("vtempo", "tsm_official", "tam_official", "tcm_official", "mmaction2")
+# Entry names become cache file names, so they are kept to safe characters.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
 
-class RegistryError(ValueError):
+class RegistryError(UsageError, ValueError):
     """A registry file that does not follow the schema; the message names the entry and field."""
 
 
@@ -46,7 +54,7 @@ class Weights:
     """Where a checkpoint comes from and how to check it."""
 
     layout: str = "vtempo"
-    url: str | None = None  # http(s) URL or a local path
+    url: str | None = None  # http(s) URL or an absolute local path (relative ones resolved at parse time)
     sha256: str | None = None  # full hex digest, or a published prefix (MMAction2 names carry 8 digits)
     size: int | None = None
     filename: str | None = None  # cache file name; derived from the entry name when absent
@@ -121,7 +129,11 @@ def _protocol(raw: Any, where: str) -> Protocol:
     return protocol
 
 
-def _weights(raw: Any, where: str) -> Weights | None:
+def is_remote(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def _weights(raw: Any, where: str, folder: Path) -> Weights | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -143,10 +155,22 @@ def _weights(raw: Any, where: str) -> Weights | None:
         digest = weights.sha256.lower()
         if not (8 <= len(digest) <= 64 and all(c in "0123456789abcdef" for c in digest)):
             raise _fail(f"{where}.sha256", f"expected 8 to 64 hex digits, got {weights.sha256!r}")
-    if weights.url is not None and "://" in weights.url and not weights.url.startswith(("http://", "https://")):
-        raise _fail(f"{where}.url", f"only http(s) URLs or local paths are allowed, got {weights.url!r}")
-    if weights.filename is not None and (os.sep in weights.filename or weights.filename.startswith(".")):
-        raise _fail(f"{where}.filename", "must be a plain file name")
+    if weights.layout not in LAYOUTS:
+        raise _fail(f"{where}.layout", f"must be one of {LAYOUTS}, got {weights.layout!r}")
+    for key in ("url", "manual_url"):
+        value = getattr(weights, key)
+        if value is not None and "://" in value and not is_remote(value):
+            raise _fail(f"{where}.{key}", f"only http(s) URLs or local paths are allowed, got {value!r}")
+    if weights.manual_url is not None and not is_remote(weights.manual_url):
+        raise _fail(f"{where}.manual_url", f"expected an http(s) URL, got {weights.manual_url!r}")
+    if weights.url is not None and not is_remote(weights.url):  # a local file, relative to this registry
+        weights = replace(weights, url=str((folder / Path(weights.url).expanduser()).resolve()))
+    for key in ("filename", "bundled"):
+        value = getattr(weights, key)
+        if value is not None and (not NAME_PATTERN.match(value) or value.endswith((".json", ".part", ".lock"))):
+            raise _fail(f"{where}.{key}", f"must be a plain file name, got {value!r}")
+    if weights.size is not None and weights.size < 1:
+        raise _fail(f"{where}.size", "must be a positive number of bytes")
     if not (weights.url or weights.manual_url or weights.bundled):
         raise _fail(where, "needs url, manual_url or bundled")
     return weights
@@ -160,6 +184,8 @@ ENTRY_FIELDS = {
 
 def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
     where = f"{source}: model {name!r}"
+    if not NAME_PATTERN.match(name):
+        raise _fail(where, "names may hold letters, digits and . _ + - (at most 128), starting with a letter or digit")
     if not isinstance(raw, dict):
         raise _fail(where, "expected a mapping")
     unknown = set(raw) - ENTRY_FIELDS
@@ -193,7 +219,7 @@ def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
         mean=_number_list(raw.get("mean", IMAGENET_MEAN), 3, f"{where}.mean"),
         std=_number_list(raw.get("std", IMAGENET_STD), 3, f"{where}.std"),
         protocol=_protocol(raw.get("protocol"), f"{where}.protocol"),
-        weights=_weights(raw.get("weights"), f"{where}.weights"),
+        weights=_weights(raw.get("weights"), f"{where}.weights", Path(source).parent),
         top1=_typed(raw, "top1", (int, float), where),
         paper_gmacs=_typed(raw, "paper_gmacs", (int, float), where),
         source=source,
@@ -201,6 +227,8 @@ def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
     )
     if entry.num_classes < 1 or entry.frames < 1:
         raise _fail(where, "num_classes and frames must be positive")
+    if entry.top1 is not None and not 0 <= entry.top1 <= 100:
+        raise _fail(f"{where}.top1", f"expected a percentage, got {entry.top1!r}")
     return entry
 
 

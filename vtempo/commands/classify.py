@@ -1,5 +1,166 @@
-"""Placeholder: being written."""
+"""`vtempo classify PATH... --model NAME` and `vtempo check-videos PATH...`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..errors import UsageError
+from .common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
 
 
-def register(app):
-    pass
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    )
+
+
+def _short(path) -> str:
+    from ..video import display_path
+
+    return escape(display_path(path))
+
+
+def results_table(rows, topk: int) -> Table:
+    table = Table(title_justify="left", show_lines=topk > 1)
+    table.add_column("file", overflow="fold")
+    table.add_column(f"top-{topk}" if topk > 1 else "label", overflow="fold")
+    table.add_column("prob", justify="right")
+    table.add_column("frames", justify="right")
+    for result in rows:
+        if result.ok:
+            labels = "\n".join(escape(p.label) for p in result.top)
+            probs = "\n".join(f"{100 * p.prob:.1f}%" for p in result.top)
+            frames = str(result.num_frames) + (" !" if result.warning else "")
+            table.add_row(_short(result.path), labels, probs, frames)
+        else:
+            table.add_row(_short(result.path), f"[red]failed: {escape(result.error or '')}[/]", "", "")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("classify")
+    @friendly_errors
+    def classify_command(
+        paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
+        model: str = typer.Option(..., "--model", "-m", help="A registry model (`vtempo models`) or an architecture with --weights."),
+        weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Checkpoint in any supported layout (default: the registry's)."),
+        labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
+        frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the model's)."),
+        views: Optional[str] = typer.Option(None, "--views", metavar="CLIPSxCROPS", help="Override the test views, e.g. 1x1, 2x3, 10x3."),
+        topk: int = typer.Option(5, "--topk", help="Labels to report per video."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Clips (views) per model call."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process; default: half the cores)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+        dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
+        recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv."),
+        registry: Optional[Path] = typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml."),
+    ) -> None:
+        """Rank the labels of each video; bad files are reported and the batch goes on."""
+        from ..classify import Classifier, ResultWriter, collect_videos
+
+        if topk < 1:
+            raise UsageError("--topk must be at least 1")
+        if output is not None and output.suffix.lower() not in ResultWriter.FORMATS:
+            raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv")
+        videos = collect_videos(paths, recursive)
+        if not videos:
+            hint = "" if recursive else " (add --recursive to search subfolders)"
+            raise UsageError(f"no videos found in {', '.join(map(str, paths))}{hint}")
+        # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
+        # any decoding.
+        classifier = Classifier.create(
+            model, weights=weights if weights is not None else "default", labels=labels, frames=frames, views=views,
+            topk=topk, batch_size=batch_size, workers=workers, device=device, dtype=dtype, user_registry=registry,
+        )
+        writer = ResultWriter(output, classifier.topk) if output is not None else None
+        done, failed = [], 0
+        try:
+            with _progress() as progress:
+                task = progress.add_task(f"{classifier.name}", total=len(videos))
+                for result in classifier.run(videos):
+                    if writer is not None:
+                        writer.write(result)
+                    if not result.ok:
+                        failed += 1
+                        err_console.print(f"[bold red]failed:[/] {_short(result.path)}: {escape(result.error)}",
+                                          highlight=False, soft_wrap=True)
+                    done.append(result)
+                    progress.advance(task)
+        except KeyboardInterrupt:
+            if writer is not None:
+                writer.close()
+            where = f"; their results are in {output}" if output is not None else ""
+            err_console.print(f"interrupted: {len(done)} of {len(videos)} videos done{where}", highlight=False)
+            raise typer.Exit(130) from None
+        finally:
+            if writer is not None:
+                writer.close()
+        console.print(results_table(done, classifier.topk))
+        plan = classifier.plan
+        summary = (
+            f"{len(done) - failed} classified, {failed} failed, of {len(videos)} · {classifier.name}, "
+            f"{plan.frames} frames, {plan.views} view(s) ({plan.clips} clip(s) × {plan.crop} crop), "
+            f"{plan.protocol.sampling} sampling, {classifier.average} averaged"
+        )
+        if output is not None:
+            summary += f" · results in {output}"
+        err_console.print(summary, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+    @app.command("check-videos")
+    @friendly_errors
+    def check_videos_command(
+        paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
+        recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
+        frames: int = typer.Option(8, "--frames", help="Frames to sample and decode per video, as classify would."),
+        backend: str = typer.Option("auto", "--backend", help="auto, decord, torchcodec or opencv."),
+        thorough: bool = typer.Option(False, "--thorough", help="Also decode every frame in order and compare counts."),
+    ) -> None:
+        """Decode every video the way classify would; report failures and frame counts (header vs decodable)."""
+        from ..classify import check_video, collect_videos
+        from ..video.readers import BACKENDS
+
+        if backend != "auto" and backend not in BACKENDS:
+            raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
+        if frames < 1:
+            raise UsageError("--frames must be at least 1")
+        videos = collect_videos(paths, recursive)
+        if not videos:
+            raise UsageError(f"no videos found in {', '.join(map(str, paths))}")
+        table = Table(title_justify="left")
+        for column in ("file", "status", "reader", "frames (header)", "decodable", "fps", "size", "note"):
+            table.add_column(column, justify="right" if column in ("frames (header)", "decodable", "fps") else "left",
+                             overflow="fold")
+        failed = 0
+        with _progress() as progress:
+            task = progress.add_task("checking", total=len(videos))
+            for path in videos:
+                check = check_video(path, frames, backend, thorough)
+                if check.ok:
+                    table.add_row(
+                        _short(path), "[green]ok[/]", check.backend or "", _count(check.header_frames),
+                        _count(check.num_frames), f"{check.fps:.3g}" if check.fps else "–",
+                        f"{check.width}×{check.height}" if check.width else "–",
+                        f"[yellow]{escape(check.note)}[/]" if check.note else "",
+                    )
+                else:
+                    failed += 1
+                    err_console.print(f"[bold red]failed:[/] {_short(path)}: {escape(check.error)}",
+                                      highlight=False, soft_wrap=True)
+                    table.add_row(_short(path), "[red]failed[/]", check.backend or "", _count(check.header_frames),
+                                  "", "", "", f"[red]{escape(check.error)}[/]")
+                progress.advance(task)
+        console.print(table)
+        err_console.print(f"{len(videos) - failed} ok, {failed} failed, of {len(videos)}", highlight=False)
+        raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)

@@ -1,5 +1,196 @@
-"""Placeholder: being written."""
+"""`vtempo profile [NAME...]`: parameters, MACs, latency, throughput and memory, side by side."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UsageError
+from .common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
 
 
-def register(app):
-    pass
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: `--dtype fp32 --dtype bf16` or `--dtype fp32,bf16`."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _g(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _gmacs(value: float) -> str:
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
+def cost_table(profiles) -> Table:
+    shapes = ", ".join(sorted({f"{p.frames}×{p.size}²" for p in profiles}))
+    table = Table(title=f"Cost per clip ({shapes}; G = 1e9)", title_justify="left")
+    for column in ("model", "params M", "GMACs", "no head", "+analytic", "paper", "Δ paper"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
+    table.add_column("uncounted ops (beyond BN, ReLU, add, pool)")
+    for profile in profiles:
+        cost = profile.cost
+        if cost is None:
+            table.add_row(profile.name, *["–"] * 6, "(not counted: see errors)")
+            continue
+        analytic = sum(cost.analytic_gmacs.values())
+        table.add_row(
+            profile.name,
+            f"{cost.params / 1e6:.2f}",
+            _gmacs(cost.gmacs),
+            _gmacs(cost.gmacs_without_head),
+            f"{analytic:.3f}" if analytic else "",
+            "–" if profile.paper_gmacs is None else _gmacs(profile.paper_gmacs),
+            "–" if profile.paper_diff is None else f"{profile.paper_diff:+.1%}",
+            ", ".join(cost.unusual_uncounted),
+        )
+    return table
+
+
+def speed_table(profiles, settings, environment: dict) -> Table:
+    from ..profile import speedup
+
+    layout = "channels-last" if environment["channels_last"] else "contiguous"
+    table = Table(
+        title=f"Speed: {environment['device']}, {environment['threads']} threads, {layout}"
+        f"{', compiled' if settings.compile else ''}, batch {settings.batch}, "
+        f"{settings.warmup} warm-up + {settings.iters} timed calls",
+        title_justify="left",
+    )
+    for column in ("model", "dtype", "first ms", "median ms", "p90 ms", "clips/s", "frames/s", "peak MiB"):
+        table.add_column(column, justify="left" if column in ("model", "dtype") else "right")
+    with_speedup = "bf16" in settings.dtypes and "fp32" in settings.dtypes
+    if with_speedup:
+        table.add_column("bf16 ×fp32", justify="right")
+    for profile in profiles:
+        if not profile.timings:
+            table.add_row(profile.name, "", "failed", *[""] * (len(table.columns) - 3))
+        for dtype, timing in profile.timings.items():
+            row = [profile.name, dtype, f"{timing.first_ms:.1f}", f"{timing.median_ms:.1f}", f"{timing.p90_ms:.1f}",
+                   f"{timing.clips_per_s:.2f}", f"{timing.frames_per_s:.1f}", _g(timing.peak_mib, 1)]
+            if with_speedup:
+                gain = speedup(profile)
+                row.append(f"{gain:.2f}" if gain is not None and dtype == "bf16" else "")
+            table.add_row(*row)
+    return table
+
+
+def ratio_table(profiles, reference: str, ratios: dict) -> Table:
+    table = Table(title=f"Against {reference}, same dtype (time/MACs ≤ 1.3: no slower than its MACs allow)",
+                  title_justify="left")
+    for column in ("model", "dtype", "time ×", "MACs ×", "time/MACs"):
+        table.add_column(column, justify="left" if column in ("model", "dtype") else "right")
+    for profile in profiles:
+        for dtype in profile.timings:
+            ratio = ratios.get((profile.name, dtype))
+            if ratio is not None:
+                table.add_row(profile.name, dtype, f"{ratio.time_ratio:.3f}", _g(ratio.macs_ratio, 3),
+                              _g(ratio.time_per_macs, 3))
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    @friendly_errors
+    def profile_command(
+        names: Optional[List[str]] = typer.Argument(
+            None, help="Registry or architecture names. Default: the R-50 architectures (tsn-r50 … tsi-r50)."
+        ),
+        frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the entry's, else 8)."),
+        size: Optional[int] = typer.Option(None, "--size", help="Input side in pixels (default: the entry's, else 224)."),
+        batch: int = typer.Option(1, "--batch", help="Clips per call."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, …"),
+        dtype: Optional[List[str]] = typer.Option(
+            None, "--dtype", help="fp32 (default), bf16 or fp16 (autocast). Repeat or comma-separate to compare."
+        ),
+        channels_last: Optional[bool] = typer.Option(
+            None, "--channels-last/--no-channels-last", help="Memory format of the weights (default: channels-last)."
+        ),
+        threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads (default: torch's)."),
+        compile_model: bool = typer.Option(False, "--compile", help="torch.compile each model (CPU: with freezing)."),
+        iters: int = typer.Option(20, "--iters", help="Timed calls per model and dtype."),
+        warmup: int = typer.Option(3, "--warmup", help="Untimed calls first (the first one's time is reported)."),
+        relative: Optional[List[str]] = typer.Option(
+            None, "--relative-to", help="Ratios of time and MACs against this model (repeatable; default: the first)."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+        pipeline: Optional[Path] = typer.Option(
+            None, "--pipeline", help="Also time the whole classify pipeline (decode, sample, run) on the videos in DIR."
+        ),
+        registry: Optional[Path] = typer.Option(None, "--registry", help="A user registry file extending checkpoints.yaml."),
+    ) -> None:
+        """Parameters, GMACs, latency, clips/s and peak memory of each model, measured in one run."""
+        from ..profile import DEFAULT_NAMES, Settings, environment, profile_models, relative_to, speedup
+
+        dtypes = _split(dtype) or ["fp32"]
+        settings = Settings(frames=frames, size=size, batch=batch, device=device, dtypes=tuple(dtypes),
+                            channels_last=channels_last, threads=threads, compile=compile_model, iters=iters,
+                            warmup=warmup)
+        settings.check()
+        names = list(names or DEFAULT_NAMES)
+        references = _split(relative) or ([names[0]] if len(names) > 1 else [])
+        for reference in references:
+            if reference not in names:
+                raise UsageError(f"--relative-to {reference}: not among the profiled models ({', '.join(names)})")
+        if pipeline is not None and not pipeline.is_dir():
+            raise UsageError(f"--pipeline {pipeline}: no such folder")
+
+        show = err_console.print if sys.stderr.isatty() and not as_json else (lambda message: None)
+        profiles = profile_models(names, settings, user_registry=registry,
+                                  progress=lambda message: show(f"[dim]{message}…[/]"))
+        env = environment(settings)
+        from ..runtime import CHANNELS_LAST
+
+        env["channels_last"] = CHANNELS_LAST if settings.channels_last is None else settings.channels_last
+        ratios = {reference: relative_to(profiles, reference) for reference in references}
+        pipeline_results = _pipeline(names, pipeline, settings, registry) if pipeline is not None else None
+
+        if as_json:
+            document = {"settings": {**settings.__dict__, "dtypes": list(settings.dtypes)}, "environment": env,
+                        "models": []}
+            for profile in profiles:
+                data = profile.to_dict()
+                data["bf16_speedup"] = speedup(profile)
+                data["ratios"] = {
+                    reference: {dtype: {"time": r.time_ratio, "macs": r.macs_ratio, "time_per_macs": r.time_per_macs}
+                                for (model, dtype), r in by_model.items() if model == profile.name}
+                    for reference, by_model in ratios.items()
+                }
+                document["models"].append(data)
+            if pipeline_results is not None:
+                document["pipeline"] = pipeline_results
+            print(json.dumps(document, indent=2, default=str))
+        else:
+            # Piped output has no terminal width: let the tables keep their columns rather than fold at 80.
+            out = console if console.is_terminal else Console(width=160)
+            out.print(cost_table(profiles))
+            out.print(speed_table(profiles, settings, env))
+            for reference, by_model in ratios.items():
+                out.print(ratio_table(profiles, reference, by_model))
+            if pipeline_results is not None:
+                out.print_json(json.dumps(pipeline_results, default=str))
+            for profile in profiles:
+                for error in profile.errors:
+                    err_console.print(f"[bold red]error:[/] {profile.name}: {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_SOME_FAILED if any(profile.errors for profile in profiles) else EXIT_OK)
+
+
+def _pipeline(names: list[str], folder: Path, settings, registry: Path | None) -> dict:
+    """The classify pipeline's own timing (decode, sampling, transforms, model) per model."""
+    try:
+        from ..classify import measure_pipeline
+    except ImportError:
+        raise UsageError("--pipeline needs vtempo.classify.measure_pipeline, which this version lacks") from None
+    import dataclasses
+
+    results = {}
+    for name in names:
+        result = measure_pipeline(name, folder, device=settings.device, dtype=settings.dtypes[0],
+                                  channels_last=settings.channels_last, batch=settings.batch, user_registry=registry)
+        results[name] = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+    return results

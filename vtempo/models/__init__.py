@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .backbone import resnet
+from .backbone import _NAME as _BACKBONE_NAME, DEPTHS, resnet
 from .base import TemporalModule, VideoRecognizer
 
 Builder = Callable[..., VideoRecognizer]
@@ -28,7 +28,9 @@ def split_name(arch: str) -> tuple[str, str]:
     if family not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise ValueError(f"unknown architecture {arch!r}: the family must be one of {known} (e.g. tsm-r50)")
-    resnet(backbone)  # validates the backbone name
+    match = _BACKBONE_NAME.match(backbone)
+    if not match or int(match.group(1)) not in DEPTHS:
+        resnet(backbone)  # raises the error naming the valid backbones (building one per check is slow)
     return family, backbone
 
 

@@ -1,1 +1,86 @@
-"""Placeholder: being written."""
+"""TAM / TANet: Temporal Adaptive Module (Liu, Wang, Wu, Qian & Lu, ICCV 2021).
+
+A TAM sits in every residual block after `conv1 → bn1 → relu`, and its output feeds `conv2`. From the
+spatially pooled features θ (N, C, T) it learns two things per clip:
+
+- the local branch L: a per-(channel, frame) importance map, Conv1d(C→C/4, k=3) → BN → ReLU →
+  Conv1d(C/4→C, k=1) → sigmoid, that rescales the features;
+- the global branch G: a per-(clip, channel) temporal kernel of size 3 that sums to one,
+  Linear(T→2T) → BN → ReLU → Linear(2T→3) → softmax, applied as a depth-wise temporal convolution
+  with zero padding: out[t] = k0·y[t-1] + k1·y[t] + k2·y[t+1].
+
+G's first layer is a T×2T matrix, so a model is built for one clip length (`fixed_frames`): an 8-frame
+checkpoint needs an 8-frame model. All TAM layers are bias-free with PyTorch's default init. Every
+block of the backbone gets one (16 in R-50, all 33 in R-101, as the official code does); BasicBlock
+ResNets (R-18) get one in the same place, before their second 3×3 conv. The blocks stay torchvision's:
+the TAM runs on the input of `conv2` (`conv2.tam`, with the conv itself as `conv2.conv`), which is
+exactly the output of `conv1 → bn1 → relu`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import ResNet
+
+from . import register
+from .backbone import blocks, resnet
+from .base import TemporalModule, VideoRecognizer
+
+KERNEL_SIZE = 3
+
+
+class TemporalAdaptiveModule(TemporalModule):
+    def __init__(self, channels: int, frames: int):
+        super().__init__()
+        self.fixed_frames = frames
+        self.global_branch = nn.Sequential(
+            nn.Linear(frames, frames * 2, bias=False),
+            nn.BatchNorm1d(frames * 2),
+            nn.ReLU(inplace=True),
+            nn.Linear(frames * 2, KERNEL_SIZE, bias=False),
+            nn.Softmax(-1),
+        )
+        self.local_branch = nn.Sequential(
+            nn.Conv1d(channels, channels // 4, KERNEL_SIZE, padding=KERNEL_SIZE // 2, bias=False),
+            nn.BatchNorm1d(channels // 4),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(channels // 4, channels, 1, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        clip = self.split(x)  # (N, T, C, H, W)
+        n, t, c, h, w = clip.shape
+        theta = clip.mean((-2, -1)).transpose(1, 2)  # (N, C, T)
+        kernel = self.global_branch(theta.reshape(n * c, t))  # (N·C, 3)
+        importance = self.local_branch(theta)  # (N, C, T)
+        y = clip.transpose(1, 2) * importance.view(n, c, t, 1, 1)
+        # Depth-wise over (clip, channel): a grouped conv, so FLOP counters see it as the reference's conv.
+        out = F.conv2d(
+            y.reshape(1, n * c, t, h * w), kernel.view(n * c, 1, KERNEL_SIZE, 1), padding=(KERNEL_SIZE // 2, 0), groups=n * c
+        )
+        return out.view(n, c, t, h, w).transpose(1, 2).reshape(x.shape)
+
+
+class TemporalAdaptiveConv(nn.Module):
+    """A block's `conv2`, run on the TAM's output: conv1 → bn1 → relu → TAM → conv2 → ..."""
+
+    def __init__(self, conv: nn.Conv2d, frames: int):
+        super().__init__()
+        self.tam = TemporalAdaptiveModule(conv.in_channels, frames)
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.tam(x))
+
+
+def add_temporal_adaptive_modules(net: ResNet, frames: int) -> ResNet:
+    for _, _, block in blocks(net):
+        block.conv2 = TemporalAdaptiveConv(block.conv2, frames)
+    return net
+
+
+@register("tam")
+def build_tam(backbone: str, num_classes: int, frames: int, dropout: float = 0.5) -> VideoRecognizer:
+    return VideoRecognizer(add_temporal_adaptive_modules(resnet(backbone), frames), num_classes, dropout)

@@ -1,0 +1,151 @@
+"""`vtempo profile` and its API: fields, ratios, errors, and bf16-vs-fp32 logit agreement (no timings asserted)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from vtempo.cli import app
+from vtempo.flops import count_macs
+from vtempo.models import FAMILIES, VideoRecognizer, build
+from vtempo.models.backbone import resnet
+from vtempo.profile import Settings, logit_agreement, profile_models, relative_to
+from vtempo.runtime import prepare
+
+TINY = ["--size", "64", "--frames", "2", "--iters", "2", "--warmup", "1"]
+
+# bf16 autocast vs fp32, tiny random-weight models, random clips: the largest logit difference
+# measured was 0.5–1.2 % of the largest |logit| (tsn r10w8…r18); allowed: 3 %. Top-1 cannot change
+# where the fp32 top-1 margin exceeds twice that, and no clip may change class there.
+BF16_RELATIVE_TOLERANCE = 0.03
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["profile", *args])
+
+
+def test_profile_json_has_every_field():
+    result = run("tsn-r10w8", *TINY, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["settings"]["frames"] == 2 and document["environment"]["threads"] >= 1
+    (model,) = document["models"]
+    assert (model["name"], model["arch"], model["frames"], model["size"]) == ("tsn-r10w8", "tsn-r10w8", 2, 64)
+    cost = model["cost"]
+    assert cost["params"] == sum(p.numel() for p in build("tsn-r10w8", 400, 2).parameters())
+    assert math.isclose(cost["head_gmacs"], 2 * 64 * 400 / 1e9)
+    assert math.isclose(cost["gmacs"], cost["gmacs_without_head"] + cost["head_gmacs"])
+    assert {"batch_norm", "relu", "add"} <= set(cost["uncounted_gops"]) and cost["unusual_uncounted"] == []
+    assert model["paper_gmacs"] is None and model["paper_diff"] is None and model["errors"] == []
+    timing = model["timings"]["fp32"]
+    assert len(timing["times_ms"]) == 2
+    assert timing["first_ms"] > 0 and timing["warmup_ms"] >= timing["first_ms"]
+    assert timing["median_ms"] <= timing["p90_ms"] <= max(timing["times_ms"])
+    assert math.isclose(timing["clips_per_s"], 1000 / timing["median_ms"])
+    assert math.isclose(timing["frames_per_s"], 2 * timing["clips_per_s"])
+    assert timing["peak_mib"] is None or timing["peak_mib"] >= 0
+
+
+def test_tables_compare_models_and_dtypes(tmp_path):
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        "models:\n  tiny-demo:\n    arch: tsn-r10w8\n    num_classes: 10\n    frames: 2\n    input_size: 64\n"
+        "    paper_gmacs: 0.005\n"
+    )
+    result = run("tsn-r10w8", "tiny-demo", *TINY, "--dtype", "fp32,bf16", "--registry", str(registry),
+                 "--json", "--relative-to", "tiny-demo", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    arch, entry = json.loads(result.stdout)["models"]
+    # the architecture name borrows the paper figure of the registry entry with the same arch, frames and size
+    assert arch["paper_gmacs"] == entry["paper_gmacs"] == 0.005 and arch["paper_entry"] == "tiny-demo"
+    assert math.isclose(entry["paper_diff"], entry["cost"]["gmacs"] / 0.005 - 1)
+    assert entry["cost"]["head_gmacs"] * 1e9 == pytest.approx(2 * 64 * 10)
+    assert set(entry["timings"]) == {"fp32", "bf16"} and entry["bf16_speedup"] > 0
+    assert entry["ratios"]["tiny-demo"]["bf16"]["time"] == 1.0
+    ratio = arch["ratios"]["tiny-demo"]["fp32"]
+    assert math.isclose(ratio["macs"], arch["cost"]["gmacs"] / entry["cost"]["gmacs"])
+    assert math.isclose(ratio["time_per_macs"], ratio["time"] / ratio["macs"])
+    assert entry["agreement"]["bf16"]["relative"] < BF16_RELATIVE_TOLERANCE
+
+    table = run("tsn-r10w8", "tiny-demo", *TINY, "--registry", str(registry), "--no-channels-last", "--threads", "1")
+    assert table.exit_code == 0, table.output
+    macs = count_macs(build("tsn-r10w8", 10, 2), frames=2, size=64).complete / 1e9
+    for text in ("Cost per clip", "0.005", f"{macs / 0.005 - 1:+.1%}", "1 threads, contiguous", "Against tsn-r10w8",
+                 "time/MACs"):
+        assert text in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dtype", "fp64"], "unknown --dtype 'fp64'"),
+        (["--device", "tpu"], "--device"),
+        (["--iters", "0"], "--iters must be at least 1"),
+        (["--relative-to", "tsm-r50"], "--relative-to tsm-r50"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(args, message):
+    result = run("tsn-r10w8", *TINY, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_unknown_model_is_a_usage_error():
+    result = run("no-such-model", *TINY)
+    assert result.exit_code == 2 and "unknown model 'no-such-model'" in result.stderr
+
+
+class Broken(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("kaboom")
+
+
+def test_a_failing_model_keeps_the_others_results(monkeypatch):
+    def build_broken(backbone, num_classes, frames, **options):
+        net = resnet(backbone)
+        net.avgpool = nn.Sequential(Broken(), net.avgpool)
+        return VideoRecognizer(net, num_classes)
+
+    monkeypatch.setitem(FAMILIES, "broken", build_broken)
+    settings = Settings(frames=2, size=64, iters=1, warmup=0, threads=1)
+    good, bad = profile_models(["tsn-r10w8", "broken-r10w8"], settings)
+    assert good.errors == [] and good.timings["fp32"].median_ms > 0
+    assert bad.timings == {} and any("kaboom" in error for error in bad.errors)
+    assert set(relative_to([good, bad], "tsn-r10w8")) == {("tsn-r10w8", "fp32")}
+    result = run("tsn-r10w8", "broken-r10w8", *TINY, "--threads", "1")
+    assert result.exit_code == 1 and "broken-r10w8" in result.stderr and "tsn-r10w8" in result.stdout
+
+
+@pytest.fixture
+def one_thread():
+    """Small models run faster (and steadier on a busy machine) without OpenMP's hand-offs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bf16_keeps_top1_and_logits_within_tolerance(family, one_thread):
+    torch.manual_seed(0)
+    model = build(f"{family}-r14w16", num_classes=10, frames=4)
+    # a trained-like head: logits of order 1 that differ between classes (the N(0, 0.001) init gives near-ties)
+    nn.init.normal_(model.fc.weight, 0, 1 / math.sqrt(model.fc.in_features))
+    model = prepare(model, torch.device("cpu"), channels_last=True)
+    clips = torch.randn(8, 4, 3, 64, 64)
+    agreement = logit_agreement(model, clips, "bf16")
+    assert agreement.relative < BF16_RELATIVE_TOLERANCE, agreement
+
+    with torch.inference_mode():
+        logits = model(clips)
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * BF16_RELATIVE_TOLERANCE * logits.abs().max()
+    assert clear.sum() >= 2  # the check below is not vacuous
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reduced = model(clips).float()
+    assert torch.equal(reduced.argmax(-1)[clear], logits.argmax(-1)[clear])

@@ -1,0 +1,538 @@
+"""Grad-CAM for video models: where each model looks, frame by frame, on the original frames.
+
+The CAM methods, the activation/gradient capture and the targets are grad-cam's (`pytorch_grad_cam`).
+What is ours:
+
+- the model always sees the whole clip (N, T, 3, H, W): temporal modules mix frames, so a frame fed
+  alone gives a different map; one target per video (grad-cam's targets are per output row);
+- the hooked layer is a module that runs once per forward (a residual block, never torchvision's
+  Bottleneck `relu`, which runs three times); the per-frame activations (N·T, C, h, w) give per-frame
+  channel weights;
+- normalisation: grad-cam min-max normalises every image on its own, so frames could not be compared.
+  We take its unnormalised map (`get_cam_image`) and normalise once over the whole clip (`norm="clip"`)
+  or per frame (`norm="frame"`);
+- maps go back onto the original frames at their original resolution through the crop box the network
+  input was cut from. Outside the crop the network saw nothing: the map is 0 there, the overlay shows the
+  frame darkened, and the crop box is saved with the maps;
+- the layout: a contact sheet (raw frames on the first row, one row per model) or a video with the
+  models side by side.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import UsageError, VtempoError
+
+if TYPE_CHECKING:
+    from .classify import Classifier
+    from .video.transforms import Preprocess
+
+METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+NORMS = ("clip", "frame")
+OUTPUT_SUFFIXES = (".png", ".mp4", ".gif")
+
+BAND_HEIGHT = 20  # the text band above every row of tiles
+MAX_TILE_HEIGHT = 360  # tiles taller than this are scaled down in the sheet and videos (maps are not)
+VIDEO_FPS = 2  # sampled frames are far apart: show each for half a second
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
+
+
+@dataclass
+class ModelCam:
+    """One model's maps for one clip."""
+
+    name: str
+    maps: np.ndarray  # (T, H, W) float32 in [0, 1] at the original frame resolution; 0 outside `crop`
+    crop: Box  # the part of the original frames the network input covers (clipped to the frame)
+    layer: str
+    target: int
+    target_label: str
+    target_score: float  # softmax probability of the target class
+    top: int
+    top_label: str
+    top_score: float
+
+
+@dataclass
+class ClipCam:
+    """The sampled frames of one video and every model's maps for them."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB, original resolution
+    indices: np.ndarray  # (T,) frame indices in the video
+    models: list[ModelCam]
+    method: str
+    norm: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+
+
+def layer_candidates(model: nn.Module) -> list[str]:
+    """Module paths that run once per forward and give per-frame maps: every child of every stage (the
+    residual blocks, and modules such as TCM's that sit between them)."""
+    return [
+        f"backbone.{stage}.{name}"
+        for stage in ("layer1", "layer2", "layer3", "layer4")
+        for name, _ in getattr(model.backbone, stage).named_children()
+    ]
+
+
+def resolve_layer(model: nn.Module, path: str = "auto", model_name: str = "model") -> tuple[str, nn.Module]:
+    """`auto` is the last block of the last stage. A path may be dotted or slash-separated and may leave
+    out the leading `backbone`."""
+    if path == "auto":
+        name = layer_candidates(model)[-1]
+        return name, model.get_submodule(name)
+    name = path.strip().strip("/.").replace("/", ".")
+    for candidate in (name, f"backbone.{name}"):
+        if not candidate:
+            continue
+        try:
+            return candidate, model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    raise UsageError(_layer_error(model, model_name, f"has no layer {path!r}"))
+
+
+def _layer_error(model: nn.Module, model_name: str, problem: str) -> str:
+    return f"{model_name} {problem}; valid layers are its blocks: {', '.join(layer_candidates(model))} (or auto)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Maps
+
+
+def _grad_cam_class(method: str):
+    import pytorch_grad_cam as gc
+
+    classes = {
+        "gradcam": gc.GradCAM,
+        "gradcam++": gc.GradCAMPlusPlus,
+        "xgradcam": gc.XGradCAM,
+        "layercam": gc.LayerCAM,
+        "hirescam": gc.HiResCAM,
+        "eigencam": gc.EigenCAM,
+    }
+    if method not in classes:
+        raise UsageError(f"unknown CAM method {method!r}: choose one of {', '.join(METHODS)}")
+
+    class Unnormalised(classes[method]):
+        """grad-cam's method without its per-image min-max and resizing: (N·T, h, w), ≥ 0, raw scale."""
+
+        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+            captured = self.activations_and_grads
+            if len(captured.activations) != 1:
+                raise _LayerCalls(len(captured.activations))
+            activations = captured.activations[0].float().numpy()
+            grads = captured.gradients[0].float().numpy() if captured.gradients else None
+            if activations.ndim != 4:
+                raise _LayerShape(tuple(activations.shape))
+            cam = self.get_cam_image(input_tensor, self.target_layers[0], targets, activations, grads, eigen_smooth)
+            return np.maximum(cam, 0)
+
+        def aggregate_multi_layers(self, cam):
+            return cam
+
+    return Unnormalised
+
+
+class _LayerCalls(Exception):
+    def __init__(self, calls: int):
+        self.calls = calls
+
+
+class _LayerShape(Exception):
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+
+def clip_cams(
+    model: nn.Module,
+    clips: torch.Tensor,
+    layer: str = "auto",
+    method: str = "gradcam",
+    targets: Sequence[int] | None = None,
+    model_name: str = "model",
+) -> tuple[np.ndarray, torch.Tensor, str]:
+    """Unnormalised maps for a batch of clips (N, T, 3, H, W).
+
+    Returns (maps (N, T, h, w) ≥ 0 at the layer's resolution, logits (N, classes), layer path).
+    `targets`: one class per clip, default each clip's top prediction.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    n, t = clips.shape[:2]
+    if targets is not None and len(targets) != n:
+        # grad-cam zips targets with output rows: too few would silently give all-zero maps
+        raise ValueError(f"expected one target per clip ({n}), got {len(targets)}")
+    layer_name, module = resolve_layer(model, layer, model_name)
+    cam_class = _grad_cam_class(method)
+    with torch.enable_grad(), cam_class(model=model, target_layers=[module]) as cam:
+        try:
+            maps = cam(
+                input_tensor=clips,
+                targets=None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets],
+            )
+        except _LayerCalls as error:
+            problem = f"layer {layer_name!r} ran {error.calls} times in one forward"
+            if error.calls > 1:
+                problem += " (torchvision's Bottleneck reuses its relu; hook a block)"
+            raise UsageError(_layer_error(model, model_name, problem)) from None
+        except _LayerShape as error:
+            problem = f"layer {layer_name!r} gives outputs of shape {error.shape}, not per-frame maps (N·T, C, h, w)"
+            raise UsageError(_layer_error(model, model_name, problem)) from None
+        logits = cam.outputs.detach().float()
+    if maps.shape[0] != n * t:
+        raise UsageError(_layer_error(model, model_name, f"layer {layer_name!r} does not give one map per frame"))
+    return maps.reshape(n, t, *maps.shape[1:]).astype(np.float32), logits, layer_name
+
+
+def normalise(maps: np.ndarray, norm: str = "clip") -> np.ndarray:
+    """Min-max to [0, 1] over the whole clip (T, ...) or per frame. A constant map becomes 0."""
+    if norm not in NORMS:
+        raise UsageError(f"unknown normalisation {norm!r}: choose clip or frame")
+    axes = tuple(range(maps.ndim)) if norm == "clip" else tuple(range(1, maps.ndim))
+    low = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def to_original(
+    maps: np.ndarray, crop: Sequence[float], frame_size: tuple[int, int], norm: str = "clip"
+) -> tuple[np.ndarray, Box]:
+    """Maps (T, h, w) at the layer's resolution → (T, H, W) on the original frames, and the pixel box
+    they cover.
+
+    `crop` is (x0, y0, x1, y1) in original pixels, the region the network input was cut from (it may
+    reach outside the frame where the input was padded). Each map is stretched bilinearly over it, then
+    normalised over the part inside the frame (so the clip's, or each frame's, maximum is exactly 1);
+    outside the crop the map is 0.
+    """
+    height, width = frame_size
+    x0, y0, x1, y1 = (int(round(float(v))) for v in crop)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    stretched = np.stack([cv2.resize(m, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) for m in maps])
+    inside = (max(x0, 0), max(y0, 0), min(x1, width), min(y1, height))
+    if inside[0] >= inside[2] or inside[1] >= inside[3]:
+        raise ValueError(f"crop {tuple(crop)} lies outside the {width}x{height} frame")
+    visible = stretched[:, inside[1] - y0 : inside[3] - y0, inside[0] - x0 : inside[2] - x0]
+    full = np.zeros((len(maps), height, width), np.float32)
+    full[:, inside[1] : inside[3], inside[0] : inside[2]] = normalise(visible, norm)
+    return full, inside
+
+
+# ---------------------------------------------------------------------------------------------------
+# From a video file to maps
+
+
+def load(
+    models: Sequence[str | nn.Module | Classifier],
+    weights: Sequence[str | os.PathLike | None] | None = None,
+    frames: int | None = None,
+    device: str = "auto",
+    dtype: str = "fp32",
+    user_registry: str | os.PathLike | None = None,
+) -> list[Classifier]:
+    """Models ready for `explain_frames`, each with its labels and test preprocessing, loaded as
+    `vtempo classify` loads them: a registry name (its published weights unless `weights` gives a file,
+    one per model), an architecture name with a weights file, a built model, or a Classifier."""
+    from .api import resolve
+    from .classify import Classifier
+
+    weights = list(weights) if weights else [None] * len(models)
+    if len(weights) != len(models):
+        raise UsageError(f"give one weights file per model ({len(models)}), got {len(weights)}")
+    loaded = []
+    for model, checkpoint in zip(models, weights):
+        if isinstance(model, Classifier):
+            loaded.append(model)
+            continue
+        if isinstance(model, str) and checkpoint is None and resolve(model, user_registry)[1] is None:
+            raise UsageError(f"{model} is an architecture, not a trained model: pass its --weights FILE, or use a "
+                             "registry model (`vtempo models` lists them)")
+        loaded.append(
+            Classifier.create(
+                model, weights=checkpoint or "default", frames=frames, views="1x1", device=device, dtype=dtype,
+                user_registry=user_registry,
+            )
+        )
+    return loaded
+
+
+def model_input(frames: np.ndarray, preprocess: Preprocess) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """Frames (T, H, W, 3) uint8 → the network input (1, T, 3, S, S), the centre view of the model's
+    test protocol, and that view's box (x0, y0, x1, y1) in the original frames."""
+    from .video.transforms import crop_boxes_in_frame, make_views
+
+    clip = make_views(frames, preprocess, crops=1)
+    box = crop_boxes_in_frame(frames.shape[1], frames.shape[2], preprocess, crops=1)[0]
+    return clip, (box.left, box.top, box.left + box.width, box.top + box.height)
+
+
+def resolve_target(target: str | int | None, names: Sequence[str], model_name: str) -> int | None:
+    """A class index from an index or a class name (case-insensitive); None stays None (top prediction)."""
+    if target is None:
+        return None
+    text = str(target).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(names):
+            raise UsageError(f"target {index} is out of range for {model_name} ({len(names)} classes)")
+        return index
+    folded = [name.casefold() for name in names]
+    if text.casefold() in folded:
+        return folded.index(text.casefold())
+    close = [names[i] for i, name in enumerate(folded) if text.casefold() in name][:5]
+    hint = f"; did you mean {', '.join(close)}?" if close else " (give a class name from its label list or an index)"
+    raise UsageError(f"target {text!r} is not a class of {model_name}{hint}")
+
+
+def explain_frames(
+    frames: np.ndarray,
+    indices: Sequence[int],
+    models: Sequence[Classifier],
+    target: str | int | None = None,
+    layer: str = "auto",
+    method: str = "gradcam",
+    norm: str = "clip",
+) -> ClipCam:
+    """Every model's maps for the sampled frames (T, H, W, 3) uint8 RGB of one video."""
+    from .runtime import autocast
+
+    if norm not in NORMS:
+        raise UsageError(f"unknown normalisation {norm!r}: choose clip or frame")
+    if method not in METHODS:
+        raise UsageError(f"unknown CAM method {method!r}: choose one of {', '.join(METHODS)}")
+    names = _unique([model.name for model in models])
+    targets = [resolve_target(target, model.labels, name) for model, name in zip(models, names)]
+    results = []
+    for model, name, target_index in zip(models, names, targets):
+        clip, crop = model_input(frames, model.plan.preprocess)
+        try:
+            with autocast(model.device, model.dtype):
+                maps, logits, layer_name = clip_cams(
+                    model.model, clip.to(model.device), layer, method,
+                    None if target_index is None else [target_index], name,
+                )
+        except ValueError as error:  # e.g. a module built for another number of frames
+            raise UsageError(f"{name}: {error}") from None
+        probabilities = logits.softmax(-1)[0]
+        top = int(probabilities.argmax())
+        chosen = top if target_index is None else target_index
+        full_maps, inside = to_original(maps[0], crop, frames.shape[1:3], norm)
+        results.append(
+            ModelCam(
+                name=name,
+                maps=full_maps,
+                crop=inside,
+                layer=layer_name,
+                target=chosen,
+                target_label=model.labels[chosen],
+                target_score=float(probabilities[chosen]),
+                top=top,
+                top_label=model.labels[top],
+                top_score=float(probabilities[top]),
+            )
+        )
+    return ClipCam(frames=frames, indices=np.asarray(indices, np.int64), models=results, method=method, norm=norm)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """The same model twice (say with two checkpoints) gets `#2`, `#3` appended."""
+    return [name if names.index(name) == i else f"{name}#{names[: i + 1].count(name)}" for i, name in enumerate(names)]
+
+
+def explain(
+    video: str | os.PathLike,
+    models: Sequence[str | nn.Module | Classifier],
+    target: str | int | None = None,
+    layer: str = "auto",
+    method: str = "gradcam",
+    norm: str = "clip",
+    **load_options,
+) -> ClipCam:
+    """Grad-CAM of every model on one video (a file or a folder of frames).
+
+    The frames are sampled as the first model's test protocol does (`frames=` overrides its count), and
+    every model sees the same frames, so their maps line up. `load_options` go to `load`: weights,
+    frames, device, dtype, user_registry.
+    """
+    from .video import clip_indices, open_video
+
+    loaded = load(models, **load_options)
+    plan = loaded[0].plan
+    with open_video(video, plan.backend) as reader:
+        indices = clip_indices(plan.protocol, reader.num_frames, plan.frames, clips=1)[0]
+        pictures = reader.get(indices)
+    return explain_frames(pictures, indices, loaded, target, layer, method, norm)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def overlay(frame: np.ndarray, heat: np.ndarray, crop: Box, alpha: float = 0.5) -> np.ndarray:
+    """A JET heat map blended over one RGB frame inside the crop box; outside it the frame is darkened."""
+    colours = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blended = (frame.astype(np.float32) * 0.5).astype(np.uint8)
+    x0, y0, x1, y1 = crop
+    blended[y0:y1, x0:x1] = cv2.addWeighted(frame[y0:y1, x0:x1], 1 - alpha, colours[y0:y1, x0:x1], alpha, 0)
+    return blended
+
+
+def tile_size(frame_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of one tile: the frame's own size, scaled down to at most MAX_TILE_HEIGHT."""
+    height, width = frame_size
+    if height <= MAX_TILE_HEIGHT:
+        return height, width
+    return MAX_TILE_HEIGHT, max(1, round(width * MAX_TILE_HEIGHT / height))
+
+
+def _tile(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _band(width: int, text: str) -> np.ndarray:
+    """A dark strip with white text, shrunk (then cut) to fit the width."""
+    band = np.full((BAND_HEIGHT, width, 3), 32, np.uint8)
+    text = text.encode("ascii", "replace").decode()
+    scale = 0.45
+    while scale > 0.3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 6:
+        scale -= 0.05
+    while len(text) > 1 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 6:
+        text = text[:-2] + "~"
+    cv2.putText(band, text, (3, BAND_HEIGHT - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def caption(result: ModelCam) -> str:
+    text = f"{result.name}: {result.top_label} {result.top_score:.2f}"
+    if result.target != result.top:
+        text += f" | map for {result.target_label} {result.target_score:.2f}"
+    return text
+
+
+def overlays(clip: ClipCam, alpha: float = 0.5) -> list[list[np.ndarray]]:
+    """Rows of tiles: the raw frames, then one row of overlays per model."""
+    size = tile_size(clip.frames.shape[1:3])
+    rows = [[_tile(frame, size) for frame in clip.frames]]
+    for result in clip.models:
+        rows.append(
+            [_tile(overlay(frame, heat, result.crop, alpha), size) for frame, heat in zip(clip.frames, result.maps)]
+        )
+    return rows
+
+
+def contact_sheet(clip: ClipCam, alpha: float = 0.5) -> np.ndarray:
+    """One RGB image: a row per model under a row of raw frames, one column per sampled frame, each row
+    under a band naming the model with its top label and score (raw row: the frame indices)."""
+    rows = overlays(clip, alpha)
+    width = rows[0][0].shape[1]
+    raw_band = np.concatenate([_band(width, f"frame {index}") for index in clip.indices], axis=1)
+    bands = [raw_band] + [_band(width * len(clip.indices), caption(result)) for result in clip.models]
+    return np.concatenate([part for band, row in zip(bands, rows) for part in (band, np.concatenate(row, axis=1))])
+
+
+def side_by_side(clip: ClipCam, alpha: float = 0.5) -> list[np.ndarray]:
+    """One RGB image per sampled frame: the raw frame and each model's overlay next to each other."""
+    rows = overlays(clip, alpha)
+    width = rows[0][0].shape[1]
+    images = []
+    for t, index in enumerate(clip.indices):
+        bands = [_band(width, f"frame {index}")] + [_band(width, caption(result)) for result in clip.models]
+        panels = [np.concatenate([band, row[t]]) for band, row in zip(bands, rows)]
+        images.append(np.concatenate(panels, axis=1))
+    return images
+
+
+def check_output(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{path}: unsupported output type; use .png (contact sheet), .mp4 or .gif")
+    return path
+
+
+def check_maps_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise UsageError(f"{path}: maps are saved as .npz")
+    return path
+
+
+def write(clip: ClipCam, path: str | os.PathLike, alpha: float = 0.5) -> Path:
+    """A contact sheet (.png) or a side-by-side video (.mp4, .gif) with one frame per sampled frame."""
+    path = check_output(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        ok = cv2.imwrite(str(path), cv2.cvtColor(contact_sheet(clip, alpha), cv2.COLOR_RGB2BGR))
+    elif suffix == ".gif":
+        ok = _write_gif(side_by_side(clip, alpha), path)
+    else:
+        ok = _write_mp4(side_by_side(clip, alpha), path)
+    if not ok:
+        raise VtempoError(f"{path}: could not write the file")
+    return path
+
+
+def _write_gif(images: list[np.ndarray], path: Path) -> bool:
+    from PIL import Image
+
+    pictures = [Image.fromarray(image) for image in images]
+    try:
+        pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=1000 // VIDEO_FPS, loop=0)
+    except OSError:
+        return False
+    return True
+
+
+def _write_mp4(images: list[np.ndarray], path: Path) -> bool:
+    # mp4v is what OpenCV's wheels can encode; MPEG-4 part 2 wants even sizes, so pad by a pixel if needed
+    height, width = images[0].shape[:2]
+    padded = (height + height % 2, width + width % 2)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (padded[1], padded[0]))
+    if not writer.isOpened():
+        return False
+    for image in images:
+        canvas = np.zeros((*padded, 3), np.uint8)
+        canvas[:height, :width] = image
+        writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path.is_file() and path.stat().st_size > 0
+
+
+def save_maps(clip: ClipCam, path: str | os.PathLike) -> Path:
+    """An .npz with `indices` (T,), `models` (names) and, per model NAME: `NAME` (T, H, W) float32 maps at
+    the original resolution, `NAME.crop` (x0, y0, x1, y1), `NAME.target` and `NAME.score`."""
+    path = check_maps_path(path)
+    arrays: dict[str, np.ndarray] = {
+        "indices": clip.indices,
+        "models": np.array([result.name for result in clip.models]),
+        "method": np.array(clip.method),
+        "norm": np.array(clip.norm),
+    }
+    for result in clip.models:
+        arrays[result.name] = result.maps.astype(np.float32)
+        arrays[f"{result.name}.crop"] = np.array(result.crop, np.int64)
+        arrays[f"{result.name}.target"] = np.array(result.target, np.int64)
+        arrays[f"{result.name}.score"] = np.array(result.target_score, np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+    except OSError as error:
+        raise VtempoError(f"{path}: could not write the maps ({error.strerror or error})") from None
+    return path

@@ -1,0 +1,299 @@
+"""Labelled video sets for `train`, `evaluate` and `robustness`.
+
+A set is either a folder of class folders (`DATA/<class>/<video>`; class order from `DATA/labels.txt`
+when present, else sorted folder names) or a list file of `path label` lines (paths relative to the
+list file; labels are class indices, or class names when a labels file is known: `--labels`, else
+`labels.txt` beside the list file).
+
+`ClipDataset` decodes the frames a sampling protocol picks and returns a float tensor ready for the
+model; training clips get a random multi-scale crop (never a horizontal flip unless asked: the
+direction of motion is the label in Something-Something and in the synthetic benchmark).
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import UsageError, VtempoError
+from .registry import CROPS, IMAGENET_MEAN, IMAGENET_STD, Protocol
+from .video import VIDEO_EXTENSIONS, IMAGE_EXTENSIONS, VideoError, clip_indices, open_video
+
+TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSM's multi-scale crop
+
+
+@dataclass(frozen=True)
+class VideoSet:
+    """Videos with integer labels and the class names those labels index."""
+
+    videos: list[tuple[Path, int]]
+    classes: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def subset(self, indices: Sequence[int], source: str) -> "VideoSet":
+        return VideoSet([self.videos[i] for i in indices], self.classes, source)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise VtempoError(f"{path}: not a UTF-8 text file") from None
+    except OSError as error:
+        raise VtempoError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    names = [line.strip() for line in _read_lines(Path(path)) if line.strip()]
+    if not names:
+        raise VtempoError(f"{path}: no class names in the labels file")
+    if len(set(names)) != len(names):
+        raise VtempoError(f"{path}: class names repeat")
+    return names
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS or (
+        path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+    )
+
+
+def read_video_set(data: str | os.PathLike, labels: str | os.PathLike | None = None) -> VideoSet:
+    """A set from class folders or a `path label` list file; errors name the file and the reason."""
+    path = Path(data)
+    if not path.exists():
+        raise VtempoError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _class_folders(path, labels)
+    return _list_file(path, labels)
+
+
+def _class_folders(root: Path, labels: str | os.PathLike | None) -> VideoSet:
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    label_file = Path(labels) if labels else root / "labels.txt"
+    if label_file.is_file():
+        classes = read_class_names(label_file)
+        missing = [c for c in classes if not (root / c).is_dir()]
+        if missing:
+            raise VtempoError(f"{root}: no folder for class {missing[0]!r} listed in {label_file}")
+    else:
+        classes = [p.name for p in folders]
+    videos = []
+    for label, name in enumerate(classes):
+        videos += [(p, label) for p in sorted((root / name).iterdir()) if _is_video(p)]
+    if not videos:
+        raise VtempoError(f"{root}: no videos found in class folders (expected {root}/<class>/<video>)")
+    return VideoSet(videos, classes, str(root))
+
+
+def _list_file(path: Path, labels: str | os.PathLike | None) -> VideoSet:
+    label_file = Path(labels) if labels else path.parent / "labels.txt"
+    classes = read_class_names(label_file) if label_file.is_file() else None
+    index = {name: i for i, name in enumerate(classes or [])}
+    videos = []
+    for number, line in enumerate(_read_lines(path), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise VtempoError(f"{path}:{number}: expected `path label`, got {line.strip()!r}")
+        name, label_text = parts
+        if label_text.lstrip("-").isdigit():
+            label = int(label_text)
+        elif label_text in index:
+            label = index[label_text]
+        else:
+            raise VtempoError(f"{path}:{number}: label {label_text!r} is neither a class index nor a class name")
+        if label < 0 or classes is not None and label >= len(classes):
+            raise VtempoError(f"{path}:{number}: label {label} is outside 0..{len(classes or [0]) - 1}")
+        video = Path(name.strip())
+        videos.append((video if video.is_absolute() else path.parent / video, label))
+    if not videos:
+        raise VtempoError(f"{path}: no `path label` lines in the list file")
+    if classes is None:
+        classes = [str(i) for i in range(max(label for _, label in videos) + 1)]
+    return VideoSet(videos, classes, str(path))
+
+
+def split_video_set(videos: VideoSet, fraction: float, seed: int = 0) -> tuple[VideoSet, VideoSet]:
+    """A stratified (train, validation) split holding out `fraction` of every class, seeded."""
+    if not 0 < fraction < 1:
+        raise UsageError(f"the validation split must be between 0 and 1, got {fraction}")
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in range(len(videos.classes)):
+        members = [i for i, (_, lab) in enumerate(videos.videos) if lab == label]
+        rng.shuffle(members)
+        held = round(len(members) * fraction) if len(members) > 1 else 0
+        val += members[:held]
+        train += members[held:]
+    if not val:
+        raise UsageError(f"{videos.source}: too few videos to hold out {fraction:.0%} for validation")
+    return videos.subset(sorted(train), f"{videos.source} (train split)"), videos.subset(sorted(val), f"{videos.source} (val split)")
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How frames become model input: resize, crop size, normalisation."""
+
+    size: int = 224
+    resize: tuple[int, ...] = (256,)  # short side, or exact (height, width)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def for_entry(cls, entry, size: int | None = None) -> "Preprocess":
+        if entry is None:
+            size = size or 224
+            return cls(size, (round(size * 256 / 224),))
+        if size and size != entry.input_size:
+            return cls(size, (round(size * entry.resize[0] / entry.input_size),) if len(entry.resize) == 1
+                       else tuple(round(r * size / entry.input_size) for r in entry.resize), entry.mean, entry.std)
+        return cls(entry.input_size, entry.resize, entry.mean, entry.std)
+
+
+def resize_frames(frames: np.ndarray, resize: tuple[int, ...]) -> np.ndarray:
+    """(T, H, W, 3) uint8 resized so the short side is resize[0], or to exactly (height, width)."""
+    height, width = frames.shape[1:3]
+    if len(resize) == 2:
+        new_h, new_w = resize
+    elif height <= width:
+        new_h, new_w = resize[0], max(1, round(width * resize[0] / height))
+    else:
+        new_h, new_w = max(1, round(height * resize[0] / width)), resize[0]
+    if (new_h, new_w) == (height, width):
+        return frames
+    interpolation = cv2.INTER_AREA if new_h < height else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (new_w, new_h), interpolation=interpolation) for f in frames])
+
+
+def crop_boxes(height: int, width: int, size: int, crop: str) -> list[tuple[int, int]]:
+    """Top-left corners of the `crop` views (centre, three along the long side, ten = five + flips)."""
+    size_h, size_w = min(size, height), min(size, width)
+    centre = ((height - size_h) // 2, (width - size_w) // 2)
+    if crop == "centre":
+        return [centre]
+    if crop == "three":
+        if width >= height:
+            return [(centre[0], 0), centre, (centre[0], width - size_w)]
+        return [(0, centre[1]), centre, (height - size_h, centre[1])]
+    corners = [(0, 0), (0, width - size_w), (height - size_h, 0), (height - size_h, width - size_w), centre]
+    return corners
+
+
+def test_views(frames: np.ndarray, pre: Preprocess, crop: str) -> list[np.ndarray]:
+    """The crops a test protocol takes from one clip (ten-crop: five crops and their mirror images)."""
+    frames = resize_frames(frames, pre.resize)
+    height, width = frames.shape[1:3]
+    views = []
+    for top, left in crop_boxes(height, width, pre.size, crop):
+        view = frames[:, top : top + pre.size, left : left + pre.size]
+        if view.shape[1:3] != (pre.size, pre.size):
+            view = np.stack([cv2.resize(f, (pre.size, pre.size)) for f in view])
+        views.append(view)
+    if crop == "ten":
+        views += [v[:, :, ::-1] for v in views]
+    return views
+
+
+def train_crop(frames: np.ndarray, pre: Preprocess, rng: random.Random, flip: bool = False) -> np.ndarray:
+    """TSM's multi-scale crop: crop sides drawn from TRAIN_SCALES of the short side (their aspect ratio
+    distorted by at most one scale step), placed at one of 13 fixed positions, resized to size × size."""
+    frames = resize_frames(frames, pre.resize)
+    height, width = frames.shape[1:3]
+    base = min(height, width)
+    sides = [int(base * s) for s in TRAIN_SCALES]
+    pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
+    crop_h, crop_w = rng.choice(pairs)
+    step_h, step_w = (height - crop_h) // 4, (width - crop_w) // 4
+    positions = [(a * step_h, b * step_w) for a, b in
+                 [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (0, 2), (4, 2), (2, 0), (2, 4), (1, 1), (1, 3), (3, 1), (3, 3)]]
+    top, left = rng.choice(positions)
+    out = np.stack([cv2.resize(f[top : top + crop_h, left : left + crop_w], (pre.size, pre.size),
+                               interpolation=cv2.INTER_LINEAR) for f in frames])
+    if flip and rng.random() < 0.5:
+        out = out[:, :, ::-1]
+    return out
+
+
+def to_tensor(frames: np.ndarray | Sequence[np.ndarray], pre: Preprocess) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) → normalised float (..., T, 3, H, W)."""
+    array = np.ascontiguousarray(np.asarray(frames))
+    tensor = torch.from_numpy(array).float().div_(255)
+    mean = torch.tensor(pre.mean).view(3, 1, 1)
+    std = torch.tensor(pre.std).view(3, 1, 1)
+    return (tensor.movedim(-1, -3) - mean) / std
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Decodes one clip per video (training) or the protocol's test views (evaluation).
+
+    Training items are (T, 3, H, W); test items are (V, T, 3, H, W) with V = clips × crops. Randomness
+    comes from (seed, epoch, index), so a run is reproducible whatever the number of workers or ranks.
+    Items are (tensor, label, index, None), or (None, label, index, reason) for a video that fails to
+    decode, so one bad file never ends a run.
+    """
+
+    def __init__(self, videos: VideoSet, frames: int, protocol: Protocol, pre: Preprocess, train: bool,
+                 clips: int | None = None, crop: str | None = None, seed: int = 0, flip: bool = False):
+        if crop is not None and crop not in CROPS:
+            raise UsageError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+        self.videos, self.frames, self.protocol, self.pre, self.train = videos, frames, protocol, pre, train
+        self.clips, self.crop = clips or protocol.clips, crop or protocol.crop
+        self.seed, self.flip, self.epoch = seed, flip, 0
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int):
+        path, label = self.videos.videos[index]
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+        try:
+            with open_video(path) as reader:
+                clips = clip_indices(self.protocol, reader.num_frames, self.frames, self.clips, self.train, rng)
+                decoded = reader.get([i for clip in clips for i in clip])
+        except VideoError as error:
+            return None, label, index, str(error)
+        clips_frames = decoded.reshape(len(clips), self.frames, *decoded.shape[1:])
+        if self.train:
+            return to_tensor(train_crop(clips_frames[0], self.pre, rng, self.flip), self.pre), label, index, None
+        views = [view for clip in clips_frames for view in test_views(clip, self.pre, self.crop)]
+        return to_tensor(np.stack(views), self.pre), label, index, None
+
+
+def parse_views(text: str) -> tuple[int, str]:
+    """`--views CLIPSxCROPS` (e.g. 1x1, 2x3, 10x3) → (clips, crop name)."""
+    try:
+        clips, crops = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--views must look like 1x1, 2x3 or 10x3, got {text!r}") from None
+    names = {n: name for name, n in CROPS.items()}
+    if clips < 1 or crops not in names:
+        raise UsageError(f"--views {text}: clips must be ≥ 1 and crops one of {sorted(names)}")
+    return clips, names[crops]
+
+
+def check_decodable(path: Path) -> None:
+    """Raise `VideoError` early for a file that cannot be opened (used on the first item of a set)."""
+    open_video(path).close()
+
+
+__all__ = [
+    "ClipDataset", "Preprocess", "VideoError", "VideoSet", "check_decodable", "parse_views", "read_class_names",
+    "read_video_set", "split_video_set", "test_views", "to_tensor", "train_crop",
+]

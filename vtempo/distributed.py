@@ -1,0 +1,72 @@
+"""The same code on one process or many: `torchrun --nproc_per_node=N vtempo train …` just works.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them, `start` joins the process group (NCCL on
+CUDA, gloo on CPU) and gives each rank its device. Without them everything degrades to one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .runtime import pick_device
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def start(device: str = "auto") -> Ranks:
+    """Join the process group when launched by torchrun (idempotent); pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    chosen = pick_device(device)
+    if world <= 1:
+        return Ranks(0, 1, chosen)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), chosen)
+
+
+def all_gather_objects(value: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's `value`, in rank order (just `[value]` on one process)."""
+    if not ranks.distributed:
+        return [value]
+    gathered: list[Any] = [None] * ranks.world
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def all_sum(values: list[float], ranks: Ranks) -> list[float]:
+    if not ranks.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=ranks.device if ranks.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        dist.barrier()
+
+
+def stop(ranks: Ranks) -> None:
+    if ranks.distributed and dist.is_initialized():
+        dist.destroy_process_group()

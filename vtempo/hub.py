@@ -1,0 +1,535 @@
+"""From a registry entry to a verified checkpoint file: bundled, cached, downloaded or imported.
+
+The cache lives in `registry.home()` ($VTEMPO_HOME, else the platform cache dir):
+
+    checkpoints/<file>        a checkpoint ready to load: the published file as downloaded (verified), or
+                              a hand-downloaded file converted to the vtempo format by `import_file`
+    checkpoints/<file>.json   its record: source URL or path, the source's sha256 and size, the file's size
+    downloads/<file>.part     a partial download, resumed with an HTTP Range request (+ .part.json)
+    downloads/<file>.lock     held by the process downloading or importing <file>
+
+`<file>` comes from the registry (`weights.filename`, else `<entry name>.pth`), never from the server.
+A file is "cached" only when its record matches the registry (the source's sha256 starts with the
+registry's hash, or, for entries without a hash, the file came from the registry's URL or an import)
+and its size is the recorded one. Only http(s) URLs are fetched, redirects included; a download is
+checked against the registry's size and hash before it is moved into place, and deleted on mismatch.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from . import __version__
+from .errors import VtempoError
+from .registry import ModelEntry, home, is_remote
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: fall back to an exclusive lock file
+    fcntl = None  # type: ignore[assignment]
+
+OFFLINE_VARIABLE = "VTEMPO_OFFLINE"
+TIMEOUT_S = 30.0  # a connection or read that waits longer than this fails (and is retried)
+RETRIES = 4  # further attempts after network errors, timeouts, 5xx, 408 and 429 answers
+BACKOFF_S = 1.0  # wait before retry k: BACKOFF_S * 2**k
+CHUNK = 1 << 20
+STALE_LOCK_S = 3600.0  # a fallback lock file older than this was left by a dead process
+STATES = ("bundled", "cached", "local file", "downloadable", "manual download", "none published")
+
+_console = Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------ where things are
+
+
+def cache_dir() -> Path:
+    return home() / "checkpoints"
+
+
+def cache_path(entry: ModelEntry) -> Path:
+    """Where the entry's checkpoint is cached; the name comes from the registry only."""
+    return cache_dir() / _file_name(entry)
+
+
+def _file_name(entry: ModelEntry) -> str:
+    return (entry.weights and entry.weights.filename) or f"{entry.name}.pth"
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _part_path(entry: ModelEntry) -> Path:
+    return home() / "downloads" / (_file_name(entry) + ".part")
+
+
+def bundled_path(entry: ModelEntry) -> Path:
+    assert entry.weights is not None and entry.weights.bundled is not None
+    return Path(str(resources.files("vtempo") / "weights" / entry.weights.bundled))
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+# ------------------------------------------------------------------------------------------ state and lookup
+
+
+def cache_state(entry: ModelEntry) -> str:
+    """One of STATES: where this entry's weights are, or would come from."""
+    weights = entry.weights
+    if weights is None:
+        return "none published"
+    if weights.bundled:
+        return "bundled"
+    if weights.url and not is_remote(weights.url):
+        return "local file"
+    if cached_file(entry) is not None:
+        return "cached"
+    return "downloadable" if weights.url else "manual download"
+
+
+def cached_file(entry: ModelEntry) -> Path | None:
+    """The cached checkpoint if its record matches the registry entry and its size is intact."""
+    path = cache_path(entry)
+    record = _read_json(_record_path(path))
+    if record is None or entry.weights is None or not path.is_file():
+        return None
+    if path.stat().st_size != record.get("size"):
+        return None
+    expected = entry.weights.sha256
+    if expected:
+        matches = str(record.get("source_sha256", "")).startswith(expected.lower())
+    else:
+        matches = bool(record.get("imported")) or record.get("source") == entry.weights.url
+    return path if matches else None
+
+
+def weights_path(entry: ModelEntry) -> Path:
+    """A local checkpoint for the entry: bundled, cached, a local file, or downloaded now.
+
+    Downloads happen on first use unless VTEMPO_OFFLINE=1; otherwise the error names the URL and how to
+    supply the file by hand.
+    """
+    weights = entry.weights
+    if weights is None:
+        raise VtempoError(none_published(entry))
+    if weights.bundled:
+        path = bundled_path(entry)
+        if not path.is_file():
+            raise VtempoError(f"{entry.name}: the bundled weights {path} are missing; reinstall vtempo")
+        return path
+    if weights.url and not is_remote(weights.url):
+        return _local_file(entry, Path(weights.url))
+    cached = cached_file(entry)
+    if cached is not None:
+        return cached
+    if weights.url and not offline():
+        return download(entry)
+    raise VtempoError(how_to_supply(entry))
+
+
+def none_published(entry: ModelEntry) -> str:
+    return (
+        f"{entry.name}: no weights are published for it; build the architecture ({entry.arch}) and "
+        f"train it, or pass your own checkpoint"
+    )
+
+
+def how_to_supply(entry: ModelEntry) -> str:
+    weights = entry.weights
+    assert weights is not None
+    command = f"`vtempo download {entry.name} --from-file PATH`"
+    if weights.url:
+        return (
+            f"{entry.name}: not cached and {OFFLINE_VARIABLE}=1 forbids downloading {weights.url}; "
+            f"fetch that file elsewhere and run {command}"
+        )
+    return f"{entry.name}: download the checkpoint by hand from {weights.manual_url}, then run {command}"
+
+
+def _local_file(entry: ModelEntry, path: Path) -> Path:
+    """A user entry's local checkpoint, checked against the entry's size and hash."""
+    if not path.is_file():
+        raise VtempoError(f"{entry.name}: the registered checkpoint {path} does not exist")
+    _verify(entry, path, f"{path}", delete=False)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(entry: ModelEntry, path: Path, what: str, delete: bool) -> str:
+    """Check size and sha256 (full or prefix) against the registry; returns the full sha256."""
+    weights = entry.weights
+    assert weights is not None
+    size = path.stat().st_size
+    problem = None
+    if weights.size is not None and size != weights.size:
+        problem = f"{what} has {size} bytes, the registry expects {weights.size}"
+    digest = sha256_file(path) if problem is None else ""
+    if problem is None and weights.sha256 and not digest.startswith(weights.sha256.lower()):
+        problem = f"{what} has sha256 {digest}, the registry expects {weights.sha256.lower()}"
+    if problem is not None:
+        if delete:
+            path.unlink(missing_ok=True)
+            problem += "; the download was deleted"
+        raise VtempoError(f"{entry.name}: {problem}")
+    return digest
+
+
+# ------------------------------------------------------------------------------------------ downloading
+
+
+def download(entry: ModelEntry, force: bool = False, progress: bool = True) -> Path:
+    """Fetch the entry's checkpoint into the cache (unless cached and not `force`) and return its path.
+
+    Resumes a partial download, retries with backoff, verifies size and hash, then renames into place.
+    Another process downloading the same file is waited for rather than raced.
+    """
+    weights = entry.weights
+    if weights is None:
+        raise VtempoError(none_published(entry))
+    if weights.bundled or (weights.url and not is_remote(weights.url)):
+        return weights_path(entry)  # nothing to download
+    if not weights.url:
+        raise VtempoError(how_to_supply(entry))
+    if not force and (cached := cached_file(entry)) is not None:
+        return cached
+    if offline():
+        raise VtempoError(how_to_supply(entry))
+    part = _part_path(entry)
+    with _lock(part.with_suffix(".lock"), entry.name):
+        if not force and (cached := cached_file(entry)) is not None:
+            return cached  # another process finished it while we waited
+        if force:
+            _discard(part)
+        _fetch(entry, weights.url, part, progress)
+        _discard(part, keep_data=True)  # complete: its resume state is done with
+        digest = _verify(entry, part, f"the download from {weights.url}", delete=True)
+        if not weights.sha256:
+            _console.print(
+                f"{entry.name}: the registry has no hash for this file; recorded sha256 {digest}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        return _store(entry, part, {"source": weights.url, "source_sha256": digest, "source_size": part.stat().st_size})
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (network error, timeout, 5xx, truncated body)."""
+
+
+class _RefusedRedirect(urllib.error.URLError):
+    pass
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib alone would follow ftp), never from https down to http."""
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 - urllib's signature
+        target = urllib.parse.urljoin(req.full_url, headers.get("Location") or headers.get("URI") or "")
+        downgrade = req.full_url.lower().startswith("https:") and not target.lower().startswith("https:")
+        if not is_remote(target) or downgrade:
+            fp.close()
+            raise _RefusedRedirect(f"refused redirect from {req.full_url} to {target}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_opener = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
+def _fetch(entry: ModelEntry, url: str, part: Path, progress: bool) -> None:
+    """Download `url` into `part`, resuming what is there; returns once `part` holds the whole body."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    state_path = part.with_name(part.name + ".json")
+    state = _read_json(state_path) or {}
+    if state.get("url") != url:  # a partial file from another URL is worthless
+        _discard(part)
+        state = {"url": url}
+    hint = f"to supply the file yourself: `vtempo download {entry.name} --from-file PATH`"
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(entry.name, total=None)
+        for attempt in range(RETRIES + 1):
+            try:
+                return _fetch_once(entry, url, part, state, state_path, bar, task)
+            except _Retry as why:
+                reason = str(why)
+            except _RefusedRedirect as refused:
+                raise VtempoError(f"{entry.name}: {refused.reason} (only http(s) is followed); {hint}") from None
+            except urllib.error.HTTPError as error:
+                if error.code in (408, 429) or error.code >= 500:
+                    reason = f"HTTP {error.code} {error.reason}"
+                else:
+                    raise VtempoError(f"{entry.name}: {url} answered HTTP {error.code} {error.reason}; {hint}") from None
+            except urllib.error.URLError as error:
+                if isinstance(error.reason, socket.gaierror):  # no DNS: offline, retrying will not help
+                    raise VtempoError(f"{entry.name}: cannot reach {url} ({error.reason}); {hint}") from None
+                reason = _timeout_reason() if isinstance(error.reason, (TimeoutError, socket.timeout)) else str(error.reason)
+            except (TimeoutError, socket.timeout):
+                reason = _timeout_reason()
+            except (ConnectionError, http.client.HTTPException, OSError) as error:
+                reason = f"{type(error).__name__}: {error}".rstrip(": ")
+            if attempt < RETRIES:
+                bar.console.print(f"{entry.name}: {reason}; retrying", markup=False, highlight=False, soft_wrap=True)
+                time.sleep(BACKOFF_S * 2**attempt)
+    raise VtempoError(f"{entry.name}: download from {url} failed after {RETRIES + 1} attempts ({reason}); {hint}")
+
+
+def _timeout_reason() -> str:
+    return f"no answer within {TIMEOUT_S:g} s (timed out)"
+
+
+def _fetch_once(entry: ModelEntry, url: str, part: Path, state: dict[str, Any], state_path: Path, bar: Progress, task: Any) -> None:
+    """One HTTP request that leaves `part` complete, or raises (_Retry for failures worth retrying)."""
+    offset = part.stat().st_size if part.exists() else 0
+    total = state.get("total") or (entry.weights.size if entry.weights else None)
+    if total is not None and offset == total:
+        return
+    if total is not None and offset > total:
+        _discard(part)
+        offset = 0
+    headers = {"User-Agent": f"vtempo/{__version__}", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if state.get("validator"):
+            headers["If-Range"] = state["validator"]
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = _opener.open(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code != 416:
+            raise
+        # Range not satisfiable: the partial file is already whole, or longer than the file is now.
+        whole = _content_range_total(error.headers.get("Content-Range"))
+        if whole is not None and whole == offset:
+            state["total"] = whole
+            _write_json(state_path, state)
+            return
+        _discard(part)
+        raise _Retry("the partial download did not match the server's file; starting over") from None
+    with response:
+        if response.status == 206:
+            start = _content_range_start(response.headers.get("Content-Range"))
+            if start != offset:
+                _discard(part)
+                raise _Retry(f"the server resumed at byte {start}, not {offset}; starting over")
+            total = _content_range_total(response.headers.get("Content-Range"))
+            mode = "ab"
+        else:
+            offset = 0  # a full answer (the server ignores ranges, or the file changed)
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            mode = "wb"
+        expected = entry.weights.size if entry.weights else None
+        if expected is not None and total is not None and total != expected:
+            _discard(part)
+            raise VtempoError(f"{entry.name}: the server offers {total} bytes, the registry expects {expected}; nothing kept")
+        state.update(total=total, validator=response.headers.get("ETag") or response.headers.get("Last-Modified"))
+        _write_json(state_path, state)
+        bar.update(task, total=total, completed=offset)
+        written = offset
+        with open(part, mode) as out:
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except http.client.IncompleteRead as incomplete:
+                    out.write(incomplete.partial)
+                    written += len(incomplete.partial)
+                    raise _Retry(f"connection closed after {written} of {total} bytes") from None
+                if not block:
+                    break
+                out.write(block)
+                written += len(block)
+                bar.update(task, completed=written)
+    if total is not None and written < total:
+        raise _Retry(f"connection closed after {written} of {total} bytes")
+    if total is None:
+        state["total"] = written
+        _write_json(state_path, state)
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """'bytes 100-199/200' → 100."""
+    try:
+        return int(value.split()[1].split("-")[0]) if value else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """'bytes 100-199/200' or 'bytes */200' → 200 (None when absent or '*')."""
+    try:
+        return int(value.rsplit("/", 1)[1]) if value else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=_console,
+        disable=not enabled,
+    )
+
+
+# ------------------------------------------------------------------------------------------ importing
+
+
+def import_file(entry: ModelEntry, path: str | os.PathLike) -> Path:
+    """Verify a hand-downloaded checkpoint, convert it to the vtempo format and cache it under the entry.
+
+    The file must fit the entry's architecture, class count and clip length (every tensor placed).
+    A file failing the registry's size or hash is refused and left where it is.
+    """
+    from .checkpoint import convert_file
+
+    weights = entry.weights
+    if weights is None:
+        raise VtempoError(f"{none_published(entry)}; register your file in a user registry instead")
+    if weights.bundled:
+        raise VtempoError(f"{entry.name}: its weights ship with vtempo; there is nothing to import")
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise VtempoError(f"{source}: no such file")
+    digest = _verify(entry, source, str(source), delete=False)
+    target = cache_path(entry)
+    with _lock(_part_path(entry).with_suffix(".lock"), entry.name):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        converted = target.with_name(f".{target.name}.{os.getpid()}.import")
+        try:
+            written = convert_file(source, converted, arch=entry.arch, frames=entry.frames)
+            if written["num_classes"] != entry.num_classes:
+                raise VtempoError(
+                    f"{source}: a {written['num_classes']}-class checkpoint, but {entry.name} has "
+                    f"{entry.num_classes} classes; not imported"
+                )
+            record = {
+                "source": str(source.resolve()),
+                "source_sha256": digest,
+                "source_size": source.stat().st_size,
+                "source_layout": written["layout"],
+                "imported": True,
+            }
+            return _store(entry, converted, record)
+        finally:
+            converted.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ storing
+
+
+def _store(entry: ModelEntry, file: Path, record: dict[str, Any]) -> Path:
+    """Move a verified file into the cache under the entry's name, then write its record."""
+    target = cache_path(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record_path = _record_path(target)
+    record_path.unlink(missing_ok=True)  # the old record must not vouch for the new file
+    staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.move(str(file), staged)  # a rename within one file system, else a copy
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+    record.update(
+        name=entry.name,
+        size=target.stat().st_size,
+        stored=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    _write_json(record_path, record)
+    return target
+
+
+def _discard(part: Path, keep_data: bool = False) -> None:
+    """Forget a partial download (its resume state; its data too unless `keep_data`)."""
+    part.with_name(part.name + ".json").unlink(missing_ok=True)
+    if not keep_data:
+        part.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps(value, indent=1), encoding="utf-8")
+    os.replace(staged, path)
+
+
+# ------------------------------------------------------------------------------------------ locking
+
+
+@contextlib.contextmanager
+def _lock(path: Path, name: str) -> Iterator[None]:
+    """An exclusive inter-process lock on `path`: flock where available, else an O_EXCL lock file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is not None:
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _console.print(f"{name}: waiting for another vtempo process using {path.name}", markup=False, highlight=False)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    announced = False
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - path.stat().st_mtime > STALE_LOCK_S:
+                    path.unlink(missing_ok=True)
+                    continue
+            except FileNotFoundError:
+                continue
+            if not announced:
+                _console.print(f"{name}: waiting for another vtempo process using {path.name}", markup=False, highlight=False)
+                announced = True
+            time.sleep(0.2)
+    try:
+        os.write(descriptor, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(descriptor)
+        path.unlink(missing_ok=True)

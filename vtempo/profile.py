@@ -1,0 +1,419 @@
+"""Cost and speed of models, measured side by side: `profile_models(["tsn-r50", "tsm-r50"])`.
+
+Per model: parameters; MACs per clip (counted, without the head, analytic extras, uncounted op types;
+see `vtempo.flops`); the paper's figure from the registry; and per dtype: latency (first call,
+warm-up, median, p90), clips/s, frames/s and peak memory.
+
+Fair comparison: all models are built and warmed first, then timed round-robin, one call of each
+(model, dtype) per round, so a change in machine load during the run hits every model alike.
+
+Peak memory is what one forward pass needs beyond the weights and the input:
+- CUDA: `torch.cuda.max_memory_allocated()` during the call minus what was allocated before it.
+- CPU: the rise of the process's peak resident memory (Linux `VmHWM`, reset through
+  `/proc/self/clear_refs`) during the call, after freed heap pages are handed back to the OS with
+  `malloc_trim`, so pages kept by earlier calls do not hide the need. It counts everything the call
+  touches (activations, oneDNN reorder buffers, autocast's bf16 weight copies), in whole pages.
+  Elsewhere (not Linux/glibc) it is not measured (None).
+"""
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from .api import create_model, resolve
+from .errors import UsageError
+from .flops import count_macs
+from .registry import ModelEntry, load_registry
+from .runtime import autocast, check_dtype, pick_device, prepare, set_threads, synchronize
+
+DEFAULT_NAMES = ("tsn-r50", "tsm-r50", "tam-r50", "tcm-r50", "stc-r50", "stc-light-r50", "tefe-r50", "tsi-r50")
+
+
+@dataclass(frozen=True)
+class Settings:
+    frames: int | None = None  # None: the registry entry's, else 8
+    size: int | None = None  # None: the registry entry's input size, else 224
+    batch: int = 1
+    device: str = "auto"
+    dtypes: tuple[str, ...] = ("fp32",)
+    channels_last: bool | None = None  # None: runtime.CHANNELS_LAST
+    threads: int | None = None  # None: torch's default
+    compile: bool = False
+    iters: int = 20
+    warmup: int = 3
+
+    def check(self) -> None:
+        for dtype in self.dtypes:
+            check_dtype(dtype)
+        if not self.dtypes:
+            raise UsageError("give at least one --dtype")
+        for option, value, least in (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
+                                     ("--iters", self.iters, 1), ("--warmup", self.warmup, 0)):
+            if value is not None and value < least:
+                raise UsageError(f"{option} must be at least {least}, got {value}")
+
+
+@dataclass
+class Cost:
+    """One clip's cost in G (1e9) units."""
+
+    params: int
+    gmacs: float  # conv + matmul MACs counted by FlopCounterMode, head included
+    gmacs_without_head: float
+    head_gmacs: float
+    analytic_gmacs: dict[str, float]  # module class → MACs it reports the counter missed
+    uncounted_gops: dict[str, float]  # op type → G element-ops of arithmetic no counter saw
+    unusual_uncounted: list[str]  # those op types beyond a plain ResNet's BN/ReLU/add/pooling
+
+    @property
+    def complete_gmacs(self) -> float:
+        return self.gmacs + sum(self.analytic_gmacs.values())
+
+
+@dataclass
+class Timing:
+    dtype: str
+    first_ms: float  # the first call: kernel selection, weight packing, compilation
+    warmup_ms: float  # all warm-up calls together (the first included)
+    median_ms: float
+    p90_ms: float
+    clips_per_s: float
+    frames_per_s: float
+    peak_mib: float | None
+    times_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Agreement:
+    """Logits under reduced precision (autocast) against fp32 logits of the same model and clips."""
+
+    dtype: str
+    max_abs: float  # largest |logit - fp32 logit|
+    relative: float  # max_abs / largest |fp32 logit|
+    top1_same: float  # fraction of clips whose top-1 class is unchanged
+
+
+def logit_agreement(model: torch.nn.Module, clips: torch.Tensor, dtype: str = "bf16") -> Agreement:
+    """Run `model` (prepared, on the clips' device) in fp32 and in `dtype`; compare the logits."""
+    device = clips.device
+    with torch.inference_mode():
+        exact = model(clips).float()
+        with autocast(device, dtype):
+            reduced = model(clips).float()
+    max_abs = float((reduced - exact).abs().max())
+    scale = float(exact.abs().max())
+    same = float((reduced.argmax(-1) == exact.argmax(-1)).float().mean())
+    return Agreement(dtype, max_abs, max_abs / scale if scale else float("inf"), same)
+
+
+@dataclass
+class ModelProfile:
+    name: str
+    arch: str
+    frames: int
+    size: int
+    batch: int
+    num_classes: int
+    cost: Cost | None = None
+    paper_gmacs: float | None = None
+    paper_entry: str | None = None  # the registry entry the paper figure comes from
+    timings: dict[str, Timing] = field(default_factory=dict)
+    # Reduced-precision logits vs fp32 on the (random) profiling clip, random weights: a sanity figure;
+    # the top-1 check belongs on trained weights and real clips.
+    agreement: dict[str, Agreement] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def paper_diff(self) -> float | None:
+        """Relative difference of our MACs (counted + analytic) from the paper's: +0.05 = 5 % more."""
+        if self.cost is None or not self.paper_gmacs:
+            return None
+        return self.cost.complete_gmacs / self.paper_gmacs - 1
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["paper_diff"] = self.paper_diff
+        if self.cost is not None:
+            data["cost"]["complete_gmacs"] = self.cost.complete_gmacs
+        return data
+
+
+def paper_figure(name: str, arch: str, entry: ModelEntry | None, frames: int, size: int,
+                 entries: dict[str, ModelEntry]) -> tuple[float | None, str | None]:
+    """The paper's GMACs: the entry's own, else the first entry of the same architecture, frames and size."""
+    if entry is not None:
+        fits = entry.frames == frames and entry.input_size == size
+        return (entry.paper_gmacs, entry.name) if fits and entry.paper_gmacs else (None, None)
+    for candidate in entries.values():
+        if (candidate.arch, candidate.frames, candidate.input_size) == (arch, frames, size) and candidate.paper_gmacs:
+            return candidate.paper_gmacs, candidate.name
+    return None, None
+
+
+def measure_cost(model: torch.nn.Module, frames: int, size: int) -> Cost:
+    macs = count_macs(model, frames, size)
+    giga = 1e9
+    return Cost(
+        params=sum(p.numel() for p in model.parameters()),
+        gmacs=macs.total / giga,
+        gmacs_without_head=macs.backbone / giga,
+        head_gmacs=macs.head / giga,
+        analytic_gmacs={name: value / giga for name, value in macs.analytic.items()},
+        uncounted_gops={op: value / giga for op, value in macs.uncounted.items()},
+        unusual_uncounted=list(macs.unusual_uncounted),
+    )
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def peak_memory_mib(run: Callable[[], object], device: torch.device) -> float | None:
+    """Memory one call of `run` needs beyond what is allocated before it (see the module docstring)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return None
+    try:
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")  # resets VmHWM to the current resident size
+        before = _status_bytes("VmRSS")
+        run()
+        return max(0, _status_bytes("VmHWM") - before) / 2**20
+    except OSError:
+        return None
+
+
+class _Runner:
+    """One model ready to run: prepared, maybe compiled, with its input."""
+
+    def __init__(self, model: torch.nn.Module, clip: torch.Tensor, device: torch.device) -> None:
+        self.model, self.clip, self.device = model, clip, device
+
+    def __call__(self, dtype: str) -> float:
+        """One call; returns its wall time in ms."""
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast(self.device, dtype):
+            self.model(self.clip)
+        synchronize(self.device)
+        return (time.perf_counter() - start) * 1000
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _compile_context(settings: Settings, device: torch.device):
+    """On CPU, inductor's freezing folds BN into the convs and pre-packs weights: the CPU inference setup."""
+    import contextlib
+
+    if not settings.compile or device.type != "cpu":
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+def profile_models(
+    names: Iterable[str],
+    settings: Settings = Settings(),
+    user_registry: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ModelProfile]:
+    """Profile every model in one run. A model that fails keeps its error in `errors`; others go on."""
+    settings.check()
+    names = list(names) or list(DEFAULT_NAMES)
+    resolved = [(name, *resolve(name, user_registry)) for name in names]  # unknown names fail before any work
+    entries = load_registry(user_registry)
+    device = pick_device(settings.device)
+    threads_before = torch.get_num_threads()
+    set_threads(settings.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded weights and clips, the caller's RNG state kept
+            torch.manual_seed(0)
+            return _profile(resolved, entries, settings, device, user_registry, progress or (lambda message: None))
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
+
+
+def _profile(resolved, entries, settings: Settings, device: torch.device, user_registry, say) -> list[ModelProfile]:
+
+    profiles: list[ModelProfile] = []
+    runners: dict[str, _Runner] = {}
+    for name, arch, entry in resolved:
+        frames = settings.frames or (entry.frames if entry else 8)
+        size = settings.size or (entry.input_size if entry else 224)
+        profile = ModelProfile(name, arch, frames, size, settings.batch, entry.num_classes if entry else 400)
+        profile.paper_gmacs, profile.paper_entry = paper_figure(name, arch, entry, frames, size, entries)
+        profiles.append(profile)
+        say(f"building {name}")
+        try:
+            model = create_model(name, frames=frames, user_registry=user_registry)
+        except Exception as error:  # noqa: BLE001 - e.g. a frame count the architecture does not allow
+            profile.errors.append(f"build: {error}")
+            continue
+        try:
+            profile.cost = measure_cost(model, frames, size)
+        except Exception as error:  # noqa: BLE001 - a model the meta device cannot run still gets timed
+            profile.errors.append(f"MACs: {type(error).__name__}: {error}")
+        model = prepare(model, device, settings.channels_last)
+        if settings.compile:
+            model = torch.compile(model)
+        clip = torch.randn(settings.batch, frames, 3, size, size, device=device)
+        runners[name] = _Runner(model, clip, device)
+
+    by_name = {profile.name: profile for profile in profiles}
+    plan = [(name, dtype) for name in runners for dtype in settings.dtypes]
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
+    warmups: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
+    failed: set[str] = set()
+
+    def attempt(name: str, step: str, action: Callable[[], object]) -> object:
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - one failing model must not end the others' run
+            by_name[name].errors.append(f"{step}: {type(error).__name__}: {error}")
+            failed.add(name)
+            return None
+
+    with _compile_context(settings, device):
+        for name, dtype in plan:
+            say(f"warming up {name} {dtype}")
+            for _ in range(max(1, settings.warmup)):
+                if name in failed:
+                    break
+                elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+                if elapsed is not None:
+                    warmups[name, dtype].append(elapsed)
+        for round_index in range(settings.iters):
+            say(f"timing round {round_index + 1}/{settings.iters}")
+            for name, dtype in plan:
+                if name not in failed:
+                    elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+                    if elapsed is not None:
+                        samples[name, dtype].append(elapsed)
+        for name, dtype in plan:
+            if name in failed:
+                continue
+            say(f"peak memory {name} {dtype}")
+            peak = peak_memory_mib(lambda: runners[name](dtype), device)
+            times = samples[name, dtype]
+            median = statistics.median(times)
+            clips_per_s = settings.batch / (median / 1000)
+            by_name[name].timings[dtype] = Timing(
+                dtype=dtype,
+                first_ms=warmups[name, dtype][0],
+                warmup_ms=sum(warmups[name, dtype]),
+                median_ms=median,
+                p90_ms=_percentile(times, 0.9),
+                clips_per_s=clips_per_s,
+                frames_per_s=clips_per_s * by_name[name].frames,
+                peak_mib=peak,
+                times_ms=times,
+            )
+            if dtype != "fp32" and "fp32" in settings.dtypes:
+                agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runners[name].model, runners[name].clip, dtype))
+                if agreement is not None:
+                    by_name[name].agreement[dtype] = agreement
+    return profiles
+
+
+@dataclass
+class Ratio:
+    """A model against a reference model, same dtype: the issue's cost-vs-speed check."""
+
+    reference: str
+    dtype: str
+    time_ratio: float  # median time / reference median time
+    macs_ratio: float | None  # MACs (counted + analytic) / reference MACs
+
+    @property
+    def time_per_macs(self) -> float | None:
+        """time_ratio / macs_ratio: ≤ 1.3 means no slower than its MACs allow (with a 30 % margin)."""
+        return self.time_ratio / self.macs_ratio if self.macs_ratio else None
+
+
+def relative_to(profiles: list[ModelProfile], reference: str) -> dict[tuple[str, str], Ratio]:
+    """(model, dtype) → Ratio against `reference` (which must be among the profiles)."""
+    by_name = {profile.name: profile for profile in profiles}
+    if reference not in by_name:
+        raise UsageError(f"--relative-to {reference}: not among the profiled models ({', '.join(by_name)})")
+    base = by_name[reference]
+    ratios = {}
+    for profile in profiles:
+        for dtype, timing in profile.timings.items():
+            if dtype not in base.timings:
+                continue
+            macs = None
+            if profile.cost is not None and base.cost is not None and base.cost.complete_gmacs:
+                macs = profile.cost.complete_gmacs / base.cost.complete_gmacs
+            ratios[profile.name, dtype] = Ratio(reference, dtype, timing.median_ms / base.timings[dtype].median_ms, macs)
+    return ratios
+
+
+def speedup(profile: ModelProfile, fast: str = "bf16", slow: str = "fp32") -> float | None:
+    """How many times more clips/s `fast` gives than `slow` (None unless both were measured)."""
+    if fast in profile.timings and slow in profile.timings:
+        return profile.timings[slow].median_ms / profile.timings[fast].median_ms
+    return None
+
+
+def environment(settings: Settings) -> dict:
+    """What the numbers depend on, for the JSON report."""
+    import platform
+
+    device = pick_device(settings.device)
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": settings.threads or torch.get_num_threads(),
+        "channels_last": settings.channels_last,
+        "compile": settings.compile,
+    }
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+__all__ = ["Cost", "DEFAULT_NAMES", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",
+           "measure_cost", "paper_figure", "peak_memory_mib", "profile_models", "relative_to", "speedup"]

@@ -1,0 +1,451 @@
+"""`vtempo train`: fit any architecture or registry model on a labelled video set.
+
+The recipe defaults are the papers' (SGD, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 at 60%
+and 80% of the epochs, dropout 0.5, gradient norm clipped at 20, TSM's multi-scale crop); AdamW and a
+cosine schedule with warm-up are one flag away. The same code runs on one process or under `torchrun`
+(DDP, one rank per device, gloo on CPU). Everything random is seeded: clip sampling and crops depend
+only on (seed, epoch, video), never on the number of workers.
+
+The output folder holds `log.jsonl` (one line per epoch), `last.pt` (the full training state, for
+`--resume`), `best.pt` (the best model by validation top-1, a vtempo checkpoint that records the
+architecture, classes, frames, input size and sampling, so `evaluate` and `classify` need nothing
+else) and `labels.txt`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import distributed
+from .api import create_model, resolve
+from .dataset import ClipDataset, Preprocess, VideoSet, read_video_set, split_video_set
+from .errors import UsageError, VtempoError
+from .registry import Protocol
+from .runtime import autocast
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    model: str
+    out: str = "runs/train"
+    val: str | None = None  # a separate validation set; else `val_split` of DATA is held out
+    val_split: float = 0.1
+    labels: str | None = None
+    weights: str | None = None  # starting weights: ImageNet ResNet, registry name or vtempo checkpoint
+    frames: int | None = None  # default: the registry entry's, else 8
+    sampling: str | None = None  # None: the registry entry's protocol, else uniform (TSN segments)
+    stride: int | None = None  # fixed-stride sampling (the TCM robustness condition)
+    size: int | None = None  # input side; default: the entry's, else 224
+    resize: int | None = None  # short side before cropping; default keeps the entry's 256/224 ratio
+    epochs: int = 50
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr: float | None = None  # default 0.01 (SGD) or 1e-3 (AdamW)
+    weight_decay: float | None = None  # default 5e-4 (SGD) or 0.05 (AdamW)
+    momentum: float = 0.9
+    schedule: str = "step"
+    milestones: list[int] | None = None  # default: 60% and 80% of the epochs
+    warmup: int = 0  # epochs of linear warm-up
+    dropout: float = 0.5
+    clip_grad: float | None = 20.0
+    flip: bool = False  # horizontal flips swap left and right: off for direction-sensitive classes
+    dtype: str = "auto"  # auto: bf16 (fp16 when unsupported) autocast on CUDA, fp32 on CPU
+    device: str = "auto"
+    workers: int | None = None
+    threads: int | None = None  # torch intra-op threads per process
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_top1: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) // 2))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"--dtype must be auto, fp32, bf16 or fp16, got {name!r}")
+        if name == "fp16" and device.type != "cuda":
+            raise UsageError("fp16 training needs CUDA; use bf16 or fp32 on CPU")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def training_protocol(config: TrainConfig, entry) -> Protocol:
+    if config.stride is not None:
+        if config.sampling not in (None, "stride"):
+            raise UsageError("--stride means stride sampling; drop --sampling or set it to stride")
+        if config.stride < 1:
+            raise UsageError(f"--stride must be at least 1, got {config.stride}")
+        return Protocol(sampling="stride", stride=config.stride)
+    if config.sampling in (None, "protocol"):
+        return entry.protocol if entry is not None else Protocol()
+    if config.sampling == "stride":
+        raise UsageError("stride sampling needs --stride N")
+    if config.sampling not in ("uniform", "dense", "twice"):
+        raise UsageError(f"--sampling must be protocol, uniform, dense or stride, got {config.sampling!r}")
+    return Protocol(sampling=config.sampling)
+
+
+def load_sets(config: TrainConfig) -> tuple[VideoSet, VideoSet]:
+    full = read_video_set(config.data, config.labels)
+    if config.val is None:
+        return split_video_set(full, config.val_split, config.seed)
+    val = read_video_set(config.val, config.labels)
+    if val.classes != full.classes:
+        raise VtempoError(f"{config.val}: its classes differ from those of {config.data}")
+    return full, val
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def initial_weights(model: nn.Module, path: str) -> str:
+    """Load starting weights into every model tensor they fit, except the classifier, which stays new.
+
+    `path` is a checkpoint in any layout `vtempo.checkpoint` reads (vtempo, official, MMAction2), a
+    torchvision ImageNet ResNet state dict (`resnet50-*.pth`), or a registry name (its cached weights).
+    Tensors the source lacks (temporal modules added to a plain ResNet, the head) keep their
+    initialisation; a source tensor whose name fits but whose shape does not is an error (another
+    backbone). Returns a one-line summary.
+    """
+    from .checkpoint import _LAYOUT_RULES, _VTEMPO, _canonical, detect_layout, read_file, unwrap
+
+    if not Path(path).exists():
+        try:
+            _, entry = resolve(path)
+        except UsageError:
+            raise VtempoError(f"{path}: no such checkpoint file or registry entry") from None
+        if entry is None or entry.weights is None:
+            raise VtempoError(f"{path}: not a checkpoint file nor a registry entry with weights")
+        from .hub import weights_path
+
+        path = str(weights_path(entry))
+    state, meta = unwrap(read_file(path), path)
+    layout = detect_layout(state, meta)
+    if layout is None and "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
+        state, layout = {f"backbone.{k}": v for k, v in state.items()}, "torchvision"
+    if layout is None:
+        raise VtempoError(f"{path}: unknown checkpoint layout (keys like {', '.join(list(state)[:3])})")
+    target = model.state_dict()
+    by_canonical = {_canonical(k, _VTEMPO): k for k in target}
+    rules = _LAYOUT_RULES["vtempo" if layout == "torchvision" else layout]
+    placed: dict[str, torch.Tensor] = {}
+    unused, mismatched = [], []
+    for key, tensor in state.items():
+        model_key = by_canonical.get(_canonical(key, rules))
+        if model_key is None or model_key.startswith("fc."):
+            unused.append(key)
+            continue
+        if tensor.shape != target[model_key].shape:
+            mismatched.append(f"{key} {list(tensor.shape)} vs {list(target[model_key].shape)}")
+            continue
+        placed[model_key] = tensor.to(target[model_key].dtype) if tensor.is_floating_point() else tensor
+    if mismatched:
+        raise VtempoError(f"{path}: weights of another backbone ({len(mismatched)} shapes differ, e.g. {mismatched[0]})")
+    if not placed:
+        raise VtempoError(f"{path}: no tensor fits {type(model).__name__}; is it a checkpoint of this architecture?")
+    model.load_state_dict({**target, **placed})
+    fresh = [k for k in target if k not in placed and not k.endswith("num_batches_tracked")]
+    return (f"{len(placed)} tensors from {Path(path).name} ({layout} layout); {len(fresh)} new "
+            f"(head and modules the source lacks); {len(unused)} unused")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate multiplier for each optimisation step (warm-up, then step or cosine decay)."""
+    total = config.epochs * steps_per_epoch
+    warm = config.warmup * steps_per_epoch
+    milestones = config.milestones or [round(config.epochs * 0.6), round(config.epochs * 0.8)]
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if config.schedule == "cosine":
+            progress = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        epoch = step // steps_per_epoch
+        return 0.1 ** sum(epoch >= m for m in milestones)
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """BatchNorm parameters and biases get no weight decay (as the TSM/TSN reference code)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    if config.optimizer == "sgd":
+        lr = config.lr if config.lr is not None else 0.01
+        wd = config.weight_decay if config.weight_decay is not None else 5e-4
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    if config.optimizer == "adamw":
+        lr = config.lr if config.lr is not None else 1e-3
+        wd = config.weight_decay if config.weight_decay is not None else 0.05
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr)
+    raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """Stack the clips that decoded; failures travel as (index, reason) so the run can report them."""
+    good = [item for item in items if item[0] is not None]
+    failed = [(item[2], item[3]) for item in items if item[0] is None]
+    if not good:
+        return None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failed
+    clips = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good])
+    indices = torch.tensor([item[2] for item in good])
+    return clips, labels, indices, failed
+
+
+def model_meta(config: TrainConfig, arch: str, classes: list[str], frames: int, protocol: Protocol,
+               pre: Preprocess) -> dict[str, Any]:
+    """What `best.pt` records so the model can be rebuilt and tested without the training command."""
+    return {
+        "arch": arch,
+        "num_classes": len(classes),
+        "frames": frames,
+        "classes": list(classes),
+        "input_size": pre.size,
+        "resize": list(pre.resize),
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "protocol": {"sampling": protocol.sampling, "stride": protocol.stride, "clips": 1, "crop": "centre"},
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def train(config: TrainConfig, console=None) -> TrainResult:
+    """Run the training; returns the best validation top-1 (percent) and the epoch it came from."""
+    from .checkpoint import save_checkpoint
+    from .evaluate import predict, topk_accuracy
+
+    if config.epochs < 1 or config.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    ranks = distributed.start(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, ranks, console, save_checkpoint, predict, topk_accuracy)
+    finally:
+        distributed.stop(ranks)
+
+
+def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> TrainResult:
+    seed_everything(config.seed)
+    arch, entry = resolve(config.model)
+    train_set, val_set = load_sets(config)
+    classes = train_set.classes
+    frames = config.frames or (entry.frames if entry else 8)
+    protocol = training_protocol(config, entry)
+    pre = Preprocess.for_entry(entry, config.size)
+    if config.resize:
+        pre = dataclasses.replace(pre, resize=(config.resize,))
+    dtype = resolve_dtype(config.dtype, ranks.device)
+    workers = default_workers() if config.workers is None else config.workers
+    out = Path(config.out)
+
+    model = create_model(config.model, num_classes=len(classes), frames=frames, dropout=config.dropout)
+    loaded = initial_weights(model, config.weights) if config.weights else None
+    model.to(ranks.device)
+    optimizer = make_optimizer(model, config)
+    train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip)
+    eval_protocol = dataclasses.replace(protocol, clips=1, crop="centre")
+    val_data = ClipDataset(val_set, frames, eval_protocol, pre, train=False, seed=config.seed)
+    sampler = torch.utils.data.DistributedSampler(
+        train_data, ranks.world, ranks.rank, shuffle=True, seed=config.seed, drop_last=True
+    ) if ranks.distributed else None
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(
+        train_data, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=workers, collate_fn=collate, generator=generator, pin_memory=ranks.device.type == "cuda",
+    )
+    steps_per_epoch = max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
+
+    start_epoch, best_top1, best_epoch, history = 0, -1.0, -1, []
+    last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
+    if config.resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        if state.get("arch") != arch or state.get("classes") != classes:
+            raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_top1, best_epoch = state["epoch"] + 1, state["best_top1"], state["best_epoch"]
+        history = [json.loads(line) for line in log_path.read_text().splitlines() if '"epoch"' in line] \
+            if log_path.is_file() else []
+        history = [h for h in history if h.get("epoch", -1) < start_epoch]
+    elif config.resume:
+        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in --out)")
+    elif last_path.exists() and ranks.main:
+        raise VtempoError(f"{out}: holds a previous run; pass --resume to continue it or choose another --out")
+
+    net: nn.Module = model
+    if ranks.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
+
+    say = (console.print if console is not None else print) if ranks.main else (lambda *a, **k: None)
+    meta = model_meta(config, arch, classes, frames, protocol, pre)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+        with log_path.open("a" if config.resume else "w", encoding="utf-8") as log:
+            log.write(json.dumps({"config": config.to_json(), "arch": arch, "train_videos": len(train_set),
+                                  "val_videos": len(val_set), "world": ranks.world, "dtype": dtype,
+                                  "initial_weights": loaded, "start_epoch": start_epoch}) + "\n")
+        say(f"training {arch} on {len(train_set)} videos ({len(classes)} classes), validating on {len(val_set)}; "
+            f"{frames} frames, {protocol.sampling}" + (f" stride {protocol.stride}" if protocol.stride else "")
+            + f", {pre.size}px, {ranks.world} process(es) on {ranks.device}, {dtype}")
+
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        epoch_lr = optimizer.param_groups[0]["lr"]
+        train_data.epoch = epoch
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
+        failures: list[tuple[int, str]] = []
+        with _progress(config.progress and ranks.main, console, f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as advance:
+            for clips, labels, _, failed in loader:
+                failures += failed
+                if clips is None:
+                    advance()
+                    continue
+                clips = clips.to(ranks.device, non_blocking=True)
+                labels = labels.to(ranks.device, non_blocking=True)
+                with autocast(ranks.device, dtype):
+                    logits = net(clips)
+                    loss = F.cross_entropy(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if not torch.isfinite(loss):
+                    raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower --lr or use fp32")
+                totals[0] += loss.item() * len(labels)
+                totals[1] += (logits.argmax(1) == labels).sum().item()
+                totals[2] += len(labels)
+                advance(loss=loss.item())
+        loss_sum, correct, count = distributed.all_sum(totals, ranks)
+        for rank_failures in distributed.all_gather_objects(failures, ranks):
+            for _, reason in rank_failures:
+                say(f"[yellow]skipped[/] {reason}")
+        val_scores, val_labels, val_failed = predict(
+            model, val_data, batch_size=config.batch_size, workers=workers, ranks=ranks, dtype=dtype
+        )
+        val_loss = float(F.cross_entropy(torch.from_numpy(val_scores), torch.from_numpy(val_labels))) if len(val_labels) else math.nan
+        top1, top5 = (topk_accuracy(val_scores, val_labels, k) for k in (1, min(5, len(classes))))
+        record = {
+            "epoch": epoch, "lr": epoch_lr, "train_loss": loss_sum / max(count, 1),
+            "train_top1": 100 * correct / max(count, 1), "val_loss": val_loss, "val_top1": top1, "val_top5": top5,
+            "val_failed": len(val_failed), "seconds": round(time.perf_counter() - began, 2),
+        }
+        history.append(record)
+        improved = top1 > best_top1
+        if improved:
+            best_top1, best_epoch = top1, epoch
+        if ranks.main:
+            if improved:
+                save_checkpoint(model, best_path, **meta, epoch=epoch, top1=top1)
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "best_top1": best_top1, "best_epoch": best_epoch,
+                "arch": arch, "classes": classes,
+            }
+            temporary = last_path.with_suffix(".tmp")
+            torch.save(state, temporary)
+            os.replace(temporary, last_path)
+            with log_path.open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+            say(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.3f} top-1 {record['train_top1']:.1f}%, "
+                f"val loss {val_loss:.3f} top-1 {top1:.1f}% top-5 {top5:.1f}%  ({record['seconds']:.0f}s)"
+                + ("  [green]best[/]" if improved else ""))
+        distributed.barrier(ranks)
+    return TrainResult(out, best_top1, best_epoch, history)
+
+
+class _progress:
+    """A rich progress bar over one epoch's steps (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, console, title: str, total: int):
+        self.enabled, self.console, self.title, self.total = enabled, console, title, total
+        self.bar = None
+
+    def __enter__(self) -> Callable[..., None]:
+        if not self.enabled:
+            return lambda **_: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
+                            transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.title, total=self.total, status="")
+
+        def advance(loss: float | None = None) -> None:
+            self.bar.update(task, advance=1, status="" if loss is None else f"loss {loss:.3f}")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,28 @@
+"""Video input: frame-accurate readers, frame sampling and the transforms that make model views."""
+from __future__ import annotations
+
+from .readers import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VideoError,
+    VideoReader,
+    available_backends,
+    display_path,
+    open_video,
+)
+from .sampling import clip_indices, dense_indices, stride_indices, twice_indices, uniform_indices
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "VideoError",
+    "VideoReader",
+    "available_backends",
+    "clip_indices",
+    "dense_indices",
+    "display_path",
+    "open_video",
+    "stride_indices",
+    "twice_indices",
+    "uniform_indices",
+]

@@ -1,0 +1,508 @@
+"""Frame-accurate video readers behind one interface: decord, torchcodec, OpenCV and frame folders.
+
+`open_video(path)` returns a `VideoReader` whose `num_frames` counts the frames that actually decode
+(container headers often promise more) and whose `get(indices)` returns exactly those frames as
+(len, H, W, 3) uint8 RGB. Any problem with the file raises `VideoError` with one line naming the file
+and the reason.
+
+Decoding traps handled here (see ../shared/reference/tooling.md):
+- decord: only `get_batch` (its `seek`+`next` returns key frames). Files without usable timestamps
+  (MPEG program streams) make even `get_batch` return wrong frames, and rotated videos crash it, so
+  such files go to the next backend.
+- OpenCV: BGR, and its header frame count and frame seeking are unreliable, so it counts frames by
+  decoding and reads sequentially: slow for long files, but always right.
+- Damaged (e.g. truncated) files: the last frames a header lists may not decode, and random access
+  into them is unreliable; the seeking backends refuse them and OpenCV counts what decodes.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import VtempoError
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .vob .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mjpeg".split()
+)
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .webp .tif .tiff".split())
+
+class VideoError(VtempoError):
+    """A video that cannot be read; the message is one line: `<file>: <reason>`."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{display_path(path)}: {reason}")
+
+
+class CannotOpen(VideoError):
+    """A backend could not open the file at all (as opposed to failing part-way through decoding)."""
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A printable path: bytes that are not UTF-8 (possible in Linux file names) shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts img_2 before img_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def scaled_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) shrunk so the longer side is at most `max_side`; never enlarged."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(round(height * scale), 1), max(round(width * scale), 1)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence C-level writes to stderr (decoder libraries log there) for the duration."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # decord's messages carry source locations like "[12:00:00] /path/file.cc:123: "; keep the reason
+    line = re.sub(r"^(\[[\d:]+\] \S+:\d+: )+", "", lines[-1] if lines else text)
+    return line[:200]
+
+
+class VideoReader:
+    """Base class: subclasses set `num_frames`, `fps`, `height`, `width` and implement `_read`."""
+
+    backend = "base"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.num_frames = 0
+        self.header_frames: int | None = None  # what the container claims, when it claims anything
+        self.fps: float | None = None
+        self.height = self.width = 0
+        self._descriptor: int | None = None
+
+    def _native_path(self) -> str:
+        """A path string the C libraries can open. decord and OpenCV take UTF-8 strings only, so a file
+        name with other bytes is reached through a /proc/self/fd link where Linux offers one."""
+        text = str(self.path)
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+        if not os.path.isdir("/proc/self/fd"):
+            raise VideoError(self.path, "file name is not valid UTF-8; rename the file")
+        if self._descriptor is None:
+            self._descriptor = os.open(self.path, os.O_RDONLY)
+        return f"/proc/self/fd/{self._descriptor}"
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as (len, H, W, 3) uint8 RGB."""
+        wanted = [int(i) for i in indices]
+        if not wanted:
+            raise ValueError("no frame indices given")
+        outside = [i for i in wanted if not 0 <= i < self.num_frames]
+        if outside:
+            raise IndexError(f"{display_path(self.path)}: frame {outside[0]} is outside 0..{self.num_frames - 1}")
+        unique = sorted(set(wanted))
+        frames = self._read(unique)
+        if len(frames) != len(unique):
+            raise VideoError(self.path, f"decoder returned {len(frames)} frames for {len(unique)} requested")
+        if unique == wanted:
+            return frames
+        position = {index: n for n, index in enumerate(unique)}
+        return frames[[position[i] for i in wanted]]
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        """Frames at sorted, unique, in-range indices."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {display_path(self.path)!r} frames={self.num_frames} fps={self.fps} "
+            f"size={self.height}x{self.width}>"
+        )
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    if frame.shape[0] == height and frame.shape[1] == width:
+        return frame
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _probe_opencv(path: str) -> tuple[int, int, int]:
+    """(height, width, rotation in degrees) from the container, without decoding."""
+    import cv2
+
+    with quiet_stderr():
+        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            return 0, 0, 0
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        rotation = int(capture.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
+        if rotation in (90, 270):  # OpenCV reports the displayed size; the coded one is swapped
+            height, width = width, height
+        return height, width, rotation
+    finally:
+        capture.release()
+
+
+class DecordReader(VideoReader):
+    backend = "decord"
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
+        super().__init__(path)
+        import decord
+
+        self._decord = decord
+        decord.logging.set_level(decord.logging.QUIET)
+        self._uri = self._native_path()
+        coded_height, coded_width, rotation = _probe_opencv(self._uri)
+        if rotation:
+            raise VideoError(self.path, f"decord ignores the {rotation}° rotation in this file")
+        if coded_height and coded_width:
+            self.height, self.width = scaled_size(coded_height, coded_width, max_side)
+            size = {"height": self.height, "width": self.width} if max_side else {}
+        else:
+            size = {}
+        self._size = size
+        self._reader = self._open()
+        self.header_frames = len(self._reader)
+        self.fps = _valid_fps(self._reader.get_avg_fps())
+        # decord seeks by timestamp: without valid, ordered ones (MPEG-PS) get_batch returns wrong frames
+        starts = self._reader.get_frame_timestamp(range(self.header_frames))[:, 0]
+        if not (np.all(np.isfinite(starts)) and np.all(np.abs(starts) < 1e7) and np.all(np.diff(starts) >= 0)):
+            raise VideoError(self.path, "decord cannot seek in this file (no usable frame timestamps)")
+        self._check_last_frame()
+        self.num_frames = self.header_frames
+        if not self.height:
+            self.height, self.width = self._reader.get_batch([0]).shape[1:3]
+
+    def _open(self):
+        try:
+            with quiet_stderr():
+                return self._decord.VideoReader(self._uri, num_threads=1, **self._size)
+        except (RuntimeError, AssertionError, self._decord.DECORDError) as error:
+            message = _first_line(error)
+            if "Invalid frame count" in message or "cannot find video stream" in message:
+                raise VideoError(self.path, "no video frames") from None
+            if message.startswith("Error reading"):
+                raise CannotOpen(self.path, "decord cannot open it") from None
+            raise VideoError(self.path, f"decord: {message}") from None
+
+    def _check_last_frame(self) -> None:
+        try:
+            with quiet_stderr():
+                self._reader.get_batch([self.header_frames - 1])
+        except self._decord.DECORDError as error:
+            if "size must exactly match" in str(error):  # decord mishandles some frame widths (e.g. 72)
+                raise VideoError(self.path, f"decord cannot decode {self.width}-pixel-wide frames") from None
+            raise VideoError(self.path, _damaged(self.header_frames)) from None
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        try:
+            with quiet_stderr():
+                return self._reader.get_batch(indices).asnumpy()
+        except self._decord.DECORDError as error:
+            raise VideoError(self.path, f"decoding failed: {_first_line(error)}") from None
+
+    def close(self) -> None:
+        self._reader = None
+        super().close()
+
+
+class OpenCVReader(VideoReader):
+    backend = "opencv"
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
+        super().__init__(path)
+        import cv2
+
+        self._cv2 = cv2
+        self._uri = self._native_path()
+        self._capture = self._open()
+        header = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.header_frames = header if header > 0 else None
+        self.fps = _valid_fps(self._capture.get(cv2.CAP_PROP_FPS))
+        # headers lie and seeking is inexact: count what decodes
+        count = 0
+        with quiet_stderr():
+            while self._capture.grab():
+                count += 1
+        if count == 0:
+            raise VideoError(self.path, "no frame decodes")
+        self.num_frames = count
+        self._capture.release()
+        self._capture, self._position = self._open(), 0
+        ok, first = self._capture.read()
+        if not ok:
+            raise VideoError(self.path, "no frame decodes")
+        self._first = first
+        self._position = 1
+        self.height, self.width = scaled_size(first.shape[0], first.shape[1], max_side)
+
+    def _open(self):
+        with quiet_stderr():
+            capture = self._cv2.VideoCapture(self._uri, self._cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            raise CannotOpen(self.path, "OpenCV cannot open it")
+        return capture
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        cv2 = self._cv2
+        out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
+        for n, index in enumerate(indices):
+            if index == 0 and self._first is not None:
+                frame = self._first
+            else:
+                if index < self._position:
+                    self._capture.release()
+                    self._capture, self._position = self._open(), 0
+                with quiet_stderr():
+                    while self._position < index:
+                        if not self._capture.grab():
+                            raise VideoError(self.path, f"frame {self._position} does not decode")
+                        self._position += 1
+                    ok, frame = self._capture.read()
+                if not ok:
+                    raise VideoError(self.path, f"frame {index} does not decode")
+                self._position += 1
+            out[n] = cv2.cvtColor(_resize(frame, self.height, self.width), cv2.COLOR_BGR2RGB)
+        return out
+
+    def close(self) -> None:
+        if getattr(self, "_capture", None) is not None:
+            self._capture.release()
+            self._capture = None
+        self._first = None
+        super().close()
+
+
+class TorchcodecReader(VideoReader):
+    backend = "torchcodec"
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
+        super().__init__(path)
+        from torchcodec.decoders import VideoDecoder
+
+        self._uri = self._native_path()
+        try:
+            with quiet_stderr():
+                self._decoder = VideoDecoder(self._uri, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
+        except Exception as error:  # torchcodec raises RuntimeError/ValueError from FFmpeg
+            raise CannotOpen(self.path, f"torchcodec cannot open it: {_first_line(error)}") from None
+        metadata = self._decoder.metadata
+        self.header_frames = int(metadata.num_frames or 0)
+        self.fps = _valid_fps(metadata.average_fps)
+        if self.header_frames < 1:
+            raise VideoError(self.path, "no frames")
+        try:
+            with quiet_stderr():
+                self._decoder.get_frames_at(indices=[self.header_frames - 1])
+        except Exception:
+            raise VideoError(self.path, _damaged(self.header_frames)) from None
+        self.num_frames = self.header_frames
+        self.height, self.width = scaled_size(int(metadata.height), int(metadata.width), max_side)
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        try:
+            with quiet_stderr():
+                frames = self._decoder.get_frames_at(indices=indices).data.numpy()
+        except Exception as error:
+            raise VideoError(self.path, f"decoding failed: {_first_line(error)}") from None
+        if frames.shape[1:3] == (self.height, self.width):
+            return frames
+        return np.stack([_resize(frame, self.height, self.width) for frame in frames])
+
+    def close(self) -> None:
+        self._decoder = None
+        super().close()
+
+
+class FrameFolderReader(VideoReader):
+    """A folder of images, one per frame, in natural sort order (img_00001.jpg, 00001.jpg, 1.png, ...)."""
+
+    backend = "frames"
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
+        super().__init__(path)
+        try:
+            names = [entry.name for entry in os.scandir(self.path) if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS]
+        except OSError as error:
+            raise VideoError(self.path, f"cannot list folder ({error.strerror or error})") from None
+        if not names:
+            raise VideoError(self.path, "folder holds no image files")
+        self._files = [self.path / name for name in sorted(names, key=natural_key)]
+        self.num_frames = self.header_frames = len(self._files)
+        first = self._load(0)
+        self.height, self.width = scaled_size(first.shape[0], first.shape[1], max_side)
+
+    def _load(self, index: int) -> np.ndarray:
+        import cv2
+
+        file = self._files[index]
+        try:
+            data = np.fromfile(file, np.uint8)  # works for any file name, unlike cv2.imread
+        except OSError as error:
+            raise VideoError(self.path, f"cannot read frame {display_path(file.name)} ({error.strerror or error})") from None
+        with quiet_stderr():
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if image is None:
+            raise VideoError(self.path, f"frame {display_path(file.name)} is not a readable image")
+        return image
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        import cv2
+
+        out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
+        for n, index in enumerate(indices):
+            out[n] = cv2.cvtColor(_resize(self._load(index), self.height, self.width), cv2.COLOR_BGR2RGB)
+        return out
+
+
+def _damaged(listed: int) -> str:
+    # Random access into a damaged file proved unreliable (decord failed on random frames of a truncated
+    # AVI), so the seeking backends refuse such files and the sequential OpenCV reader takes them.
+    return f"damaged file: the container lists {listed} frames but the last one does not decode"
+
+
+def _valid_fps(value: float | None) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+BACKENDS: dict[str, type[VideoReader]] = {
+    "decord": DecordReader,
+    "torchcodec": TorchcodecReader,
+    "opencv": OpenCVReader,
+}
+
+
+def available_backends() -> list[str]:
+    """Installed video backends in the order `auto` tries them."""
+    return [name for name in BACKENDS if importlib.util.find_spec("cv2" if name == "opencv" else name)]
+
+
+def check_readable(path: Path) -> None:
+    """Fail early, with the reason, for paths no decoder could read."""
+    if not os.path.lexists(path):
+        raise VideoError(path, "no such file or folder")
+    if not os.path.exists(path):
+        raise VideoError(path, f"broken symbolic link (points to {display_path(os.readlink(path))})")
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise VideoError(path, "permission denied")
+        return
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1)
+    except PermissionError:
+        raise VideoError(path, "permission denied") from None
+    except OSError as error:
+        raise VideoError(path, f"cannot read ({error.strerror or error})") from None
+    if not head:
+        raise VideoError(path, "empty file (0 bytes)")
+
+
+def sniff_container(path: Path) -> str | None:
+    """The container a file's first bytes announce, if any (to explain why it failed to open)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return None
+    signatures = [
+        (head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"), "an MP4/QuickTime"),
+        (head[:4] == b"RIFF" and head[8:12] == b"AVI ", "an AVI"),
+        (head[:4] == b"\x1a\x45\xdf\xa3", "a Matroska/WebM"),
+        (head[:4] == b"\x00\x00\x01\xba", "an MPEG program stream"),
+        (head[:4] == b"OggS", "an Ogg"),
+        (head[:3] == b"FLV", "an FLV"),
+        (head[:4] == b"\x30\x26\xb2\x75", "an ASF/WMV"),
+    ]
+    return next((name for matches, name in signatures if matches), None)
+
+
+def open_video(path: str | os.PathLike, backend: str = "auto", max_side: int | None = None) -> VideoReader:
+    """Open a video file or a folder of frames.
+
+    backend: "auto" (decord, then torchcodec, then OpenCV: the first that reads the file correctly),
+    or one of "decord", "torchcodec", "opencv". max_side: shrink frames at decode time so the longer
+    side is at most this many pixels (large inputs cost less to transform and hold).
+    """
+    path = Path(path)
+    check_readable(path)
+    if path.is_dir():
+        return FrameFolderReader(path, max_side)
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown video backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+        if backend not in available_backends():
+            raise VtempoError(f"video backend {backend!r} is not installed")
+        return BACKENDS[backend](path, max_side)
+    backends = available_backends()
+    if not backends:
+        raise VtempoError("no video backend installed: install decord or opencv-python-headless")
+    reasons: list[str] = []
+    for name in backends:
+        try:
+            return BACKENDS[name](path, max_side)
+        except CannotOpen:
+            pass
+        except VideoError as error:
+            if error.reason not in reasons:
+                reasons.append(error.reason)
+    if not reasons:
+        container = sniff_container(path)
+        if container:
+            raise VideoError(path, f"{container} file that no decoder can open: damaged, truncated or an unsupported codec")
+        raise VideoError(path, f"not a video, or a format that {' and '.join(backends)} cannot read")
+    raise VideoError(path, "; ".join(reasons))
