@@ -39,6 +39,7 @@ def _good(folder: Path) -> dict[str, Clip]:
         "vp9.webm": w(folder / "vp9.webm", n, codec=VP9),
         "mpeg2.mpg": w(folder / "mpeg2.mpg", n, codec=["-c:v", "mpeg2video", "-q:v", "2"], extra_output=["-f", "vob"]),
         "h264.mkv": w(folder / "h264.mkv", n, codec=[*X264, "-g", "12"]),
+        "h264.ts": w(folder / "h264.ts", n, codec=[*X264, "-g", "12"], extra_output=["-f", "mpegts"]),
         # variable frame rate: 2-tick then 5-tick gaps, every frame kept
         "vfr.mp4": w(folder / "vfr.mp4", n, codec=X264,
                      extra_output=["-vf", "setpts='if(lt(N,30),N*2,60+(N-30)*5)'", "-fps_mode", "passthrough"]),

@@ -179,7 +179,7 @@ def test_every_manifest_layout_loads_in_place(name, tmp_path):
 
 def test_old_tam_names_load():
     source = random_state("tanet_r50_sthv1_official")
-    old = {re.sub(r"\.tam\.G\.", ".self_conv.conv_f.", re.sub(r"\.tam\.L\.", ".self_conv.conv_g.", k)): v for k, v in source.items()}
+    old = {k.replace(".tam.G.", ".self_conv.conv_f.").replace(".tam.L.", ".self_conv.conv_g."): v for k, v in source.items()}
     assert any("self_conv.conv_f" in k for k in old)
     model = model_for("tam-r50", 174, 8)
     load_weights(model, {"state_dict": {"module." + k: v for k, v in old.items()}})
@@ -194,7 +194,8 @@ def test_old_tam_names_load():
 def test_unknown_key_is_named():
     source = random_state("tsm_r50_official")
     source["base_model.layer1.0.extra_gate.weight"] = torch.zeros(3)
-    with pytest.raises(VtempoError, match=r"1 checkpoint keys fit no model key: base_model\.layer1\.0\.extra_gate\.weight"):
+    expected = r"1 checkpoint keys fit no model key: base_model\.layer1\.0\.extra_gate\.weight"
+    with pytest.raises(VtempoError, match=expected):
         load_weights(model_for("tsm-r50", 400, 8), source)
 
 
@@ -290,7 +291,8 @@ def test_convert_cli_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
     assert "tcm-r26w16" in result.output and "11 classes" in result.output
     written = torch.load(dst, weights_only=True)
-    assert (written["format"], written["arch"], written["num_classes"], written["frames"]) == (FORMAT, "tcm-r26w16", 11, 8)
+    header = (written["format"], written["arch"], written["num_classes"], written["frames"])
+    assert header == (FORMAT, "tcm-r26w16", 11, 8)
     assert written["state_dict"].keys() == model.state_dict().keys()
     for key, tensor in model.state_dict().items():
         torch.testing.assert_close(written["state_dict"][key], tensor, rtol=0, atol=0)
@@ -312,3 +314,27 @@ def test_convert_cli_reports_unplaceable_keys(tmp_path):
     assert "base_model.layer9.0.conv1.weight" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_mmaction2_metadata_with_numpy_values_loads(tmp_path):
+    import numpy as np
+
+    model = build("tsn-r10w8", num_classes=3)
+    path = tmp_path / "mmaction2.pth"
+    renamed = {}  # torchvision names → MMAction2's ConvModule names
+    for key, tensor in model.state_dict().items():
+        if not key.startswith("backbone."):
+            continue
+        key = re.sub(r"^backbone\.conv1\.", "backbone.conv1.conv.", key)
+        key = re.sub(r"^backbone\.bn1\.", "backbone.conv1.bn.", key)
+        key = re.sub(r"(\.layer\d\.\d+\.conv\d)\.weight$", r"\1.conv.weight", key)
+        key = re.sub(r"\.bn(\d)\.", r".conv\1.bn.", key)
+        key = key.replace(".downsample.0.", ".downsample.conv.").replace(".downsample.1.", ".downsample.bn.")
+        renamed[key] = tensor
+    renamed["cls_head.fc_cls.weight"], renamed["cls_head.fc_cls.bias"] = model.fc.weight, model.fc.bias
+    meta = {"seed": np.int64(7), "epoch": 50, "mean": np.array([123.675, 116.28, 103.53]), "dtype": np.dtype("float32")}
+    torch.save({"meta": meta, "state_dict": renamed}, path)
+    fresh = build("tsn-r10w8", num_classes=3)
+    assert load_weights(fresh, path) == "mmaction2"
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], tensor), key

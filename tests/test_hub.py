@@ -231,7 +231,7 @@ def test_resume_after_the_connection_drops(site, tmp_path, monkeypatch):
 
 
 def test_drop_is_retried_within_one_call(site, tmp_path):
-    data = payload(seed=2)
+    data = payload(2_500_000, seed=2)  # several read chunks
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/drop/blob.pth", sha256=sha(data))
     assert hub.download(entry, progress=False).read_bytes() == data
@@ -559,3 +559,22 @@ def test_cli_download_all_and_errors(site, tmp_path, monkeypatch):
     assert runner.invoke(app, ["download", "nonexistent"]).exit_code == 2
     assert runner.invoke(app, ["download"]).exit_code == 2
     assert runner.invoke(app, ["download", "good", "gone", "--from-file", "x"]).exit_code == 2
+
+
+def test_bundled_weights_need_no_cache(site, tmp_path, monkeypatch):
+    package = tmp_path / "package"
+    (package / "weights").mkdir(parents=True)
+    model = build("tsn-r10w8", num_classes=3, frames=2)
+    save_checkpoint(model, package / "weights" / "demo.pth")
+    monkeypatch.setattr(hub.resources, "files", lambda name: package)  # stands in for vtempo's package folder
+    spec = {"arch": "tsn-r10w8", "num_classes": 3, "frames": 2, "weights": {"bundled": "demo.pth"}}
+    reg = user_registry(tmp_path / "user.yaml", {"demo": spec, "gone": {**spec, "weights": {"bundled": "gone.pth"}}})
+    entry = registry.get_entry("demo", reg)
+    assert hub.cache_state(entry) == "bundled"
+    assert hub.weights_path(entry) == package / "weights" / "demo.pth" == hub.download(entry)
+    assert torch.equal(create_model("demo", weights="default", user_registry=reg).fc.weight, model.fc.weight)
+    result = runner.invoke(app, ["download", "demo", "--registry", str(reg)])
+    assert result.exit_code == 0 and "demo: bundled" in result.output
+    with pytest.raises(VtempoError, match="the bundled weights .*gone.pth are missing; reinstall vtempo"):
+        hub.weights_path(registry.get_entry("gone", reg))
+    assert not hub.cache_dir().exists() and site.hits == []

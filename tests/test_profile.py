@@ -60,9 +60,10 @@ def test_tables_compare_models_and_dtypes(tmp_path):
                  "--json", "--relative-to", "tiny-demo", "--threads", "1")
     assert result.exit_code == 0, result.output
     arch, entry = json.loads(result.stdout)["models"]
-    # the architecture name borrows the paper figure of the registry entry with the same arch, frames and size
+    # the architecture name borrows the paper figure of the registry entry with the same arch and frames;
+    # papers quote 224² figures, so at 64² there is no difference to show
     assert arch["paper_gmacs"] == entry["paper_gmacs"] == 0.005 and arch["paper_entry"] == "tiny-demo"
-    assert math.isclose(entry["paper_diff"], entry["cost"]["gmacs"] / 0.005 - 1)
+    assert entry["paper_diff"] is None
     assert entry["cost"]["head_gmacs"] * 1e9 == pytest.approx(2 * 64 * 10)
     assert set(entry["timings"]) == {"fp32", "bf16"} and entry["bf16_speedup"] > 0
     assert entry["ratios"]["tiny-demo"]["bf16"]["time"] == 1.0
@@ -71,10 +72,11 @@ def test_tables_compare_models_and_dtypes(tmp_path):
     assert math.isclose(ratio["time_per_macs"], ratio["time"] / ratio["macs"])
     assert entry["agreement"]["bf16"]["relative"] < BF16_RELATIVE_TOLERANCE
 
-    table = run("tsn-r10w8", "tiny-demo", *TINY, "--registry", str(registry), "--no-channels-last", "--threads", "1")
+    table = run("tsn-r10w8", "tiny-demo", *TINY, "--size", "224", "--registry", str(registry), "--no-channels-last",
+                "--threads", "1")
     assert table.exit_code == 0, table.output
-    macs = count_macs(build("tsn-r10w8", 10, 2), frames=2, size=64).complete / 1e9
-    for text in ("Cost per clip", "0.005", f"{macs / 0.005 - 1:+.1%}", "1 threads, contiguous", "Against tsn-r10w8",
+    macs = count_macs(build("tsn-r10w8", 10, 2), frames=2, size=224).complete / 1e9
+    for text in ("Cost per clip", "0.005", f"{macs / 0.005 - 1:+.1%}", "1 threads, contiguous", "vs tsn-r10w8",
                  "time/MACs"):
         assert text in table.stdout
 
@@ -139,7 +141,7 @@ def test_bf16_keeps_top1_and_logits_within_tolerance(family, one_thread):
     model = prepare(model, torch.device("cpu"), channels_last=True)
     clips = torch.randn(8, 4, 3, 64, 64)
     agreement = logit_agreement(model, clips, "bf16")
-    assert agreement.relative < BF16_RELATIVE_TOLERANCE, agreement
+    assert 0 < agreement.relative < BF16_RELATIVE_TOLERANCE, agreement  # > 0: autocast really ran in bf16
 
     with torch.inference_mode():
         logits = model(clips)
@@ -149,3 +151,18 @@ def test_bf16_keeps_top1_and_logits_within_tolerance(family, one_thread):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         reduced = model(clips).float()
     assert torch.equal(reduced.argmax(-1)[clear], logits.argmax(-1)[clear])
+
+
+def test_pipeline_option_times_the_classify_pipeline(tmp_path):
+    import videogen  # tests/videogen.py, on the path through conftest
+
+    for index in range(2):
+        videogen.write_opencv(tmp_path / f"clip{index}.avi", 12, fourcc="MJPG")
+    result = run("tsn-r10w8", *TINY, "--threads", "1", "--batch", "2", "--pipeline", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["pipeline"]["tsn-r10w8"]
+    assert report["files"] == 2 and report["failed"] == 0
+    assert report["model_clips_per_s"] > 0 and report["end_to_end_clips_per_s"] > 0
+
+    missing = run("tsn-r10w8", *TINY, "--pipeline", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "--pipeline" in missing.stderr

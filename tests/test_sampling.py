@@ -85,7 +85,7 @@ def test_stride_pads_with_last_frame():
 
 def test_stride_protocol_centres_its_window():
     protocol = Protocol(sampling="stride", stride=4)
-    assert clip_indices(protocol, 100, 8) == [[36 + 4 * i for i in range(8)]]  # span 29, start (100-29)//2
+    assert clip_indices(protocol, 100, 8) == [[35 + 4 * i for i in range(8)]]  # span 29, start (100-29)//2
     three = clip_indices(protocol, 100, 8, clips=3)
     assert [clip[0] for clip in three] == [0, 35, 71]
 

@@ -13,9 +13,15 @@ from videogen import read_index
 from vtempo.video import VideoError, available_backends, display_path, open_video
 from vtempo.video.readers import scaled_size
 
-BACKENDS = ["decord", "opencv"]
-# files decord must refuse (it would return wrong frames or crash) and the reason it gives
-DECORD_REFUSES = {"mpeg2.mpg": "no usable frame timestamps", "portrait.mp4": "72-pixel-wide"}
+# torchcodec is tested where it is installed (it needs a system FFmpeg); decord and OpenCV always
+BACKENDS = [name for name in ("decord", "torchcodec", "opencv") if name in available_backends()]
+UNINDEXED = "cannot seek frame-accurately in an MPEG"
+# files a backend must refuse (it would return wrong frames or crash), with the reason it gives
+REFUSES = {
+    "decord": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED, "portrait.mp4": "72-pixel-wide"},
+    "torchcodec": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED},
+    "opencv": {},
+}
 
 
 def indices_read(reader, indices) -> list[int]:
@@ -30,8 +36,8 @@ def test_backends_installed():
 def test_frame_accurate_on_every_codec(good_videos, backend):
     rng = random.Random(0)
     for name, clip in good_videos.items():
-        if backend == "decord" and name in DECORD_REFUSES:
-            with pytest.raises(VideoError, match=DECORD_REFUSES[name]):
+        if name in REFUSES[backend]:
+            with pytest.raises(VideoError, match=REFUSES[backend][name]):
                 open_video(clip.path, backend)
             continue
         with open_video(clip.path, backend) as reader:
@@ -60,7 +66,8 @@ def test_rgb_order(good_videos):
 def test_auto_picks_a_reader_that_is_right(good_videos):
     for name, clip in good_videos.items():
         with open_video(clip.path) as reader:
-            assert reader.backend == ("opencv" if name in DECORD_REFUSES else "decord"), name
+            expected = next(b for b in available_backends() if name not in REFUSES[b])
+            assert reader.backend == expected, name
             assert indices_read(reader, [0, clip.frames // 2, clip.frames - 1]) == [0, clip.frames // 2, clip.frames - 1]
 
 
@@ -76,11 +83,13 @@ def test_fps_and_variable_frame_rate(good_videos):
 def test_rotated_video_is_upright(rotated_video):
     with pytest.raises(VideoError, match="rotation"):
         open_video(rotated_video, "decord")
-    with open_video(rotated_video) as reader:
-        assert reader.backend == "opencv"
-        frames = reader.get([0, 17])
-    assert frames.shape[1:3] == (64, 48)  # displayed portrait
-    assert [read_index(np.rot90(f, -1)) for f in frames] == [0, 17]
+    for backend in ["auto", *(b for b in BACKENDS if b != "decord")]:
+        with open_video(rotated_video, backend) as reader:
+            assert reader.backend != "decord"
+            assert (reader.height, reader.width) == (64, 48), backend  # displayed portrait
+            frames = reader.get([0, 17])
+        assert frames.shape[1:3] == (64, 48), backend
+        assert [read_index(np.rot90(f, -1)) for f in frames] == [0, 17], backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

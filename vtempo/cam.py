@@ -146,6 +146,17 @@ def _grad_cam_class(method: str):
     return Unnormalised
 
 
+class _FloatLogits(nn.Module):
+    """The model with fp32 logits: grad-cam picks default targets in numpy, which has no bf16."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.model(clips).float()
+
+
 class _LayerCalls(Exception):
     def __init__(self, calls: int):
         self.calls = calls
@@ -177,7 +188,9 @@ def clip_cams(
         raise ValueError(f"expected one target per clip ({n}), got {len(targets)}")
     layer_name, module = resolve_layer(model, layer, model_name)
     cam_class = _grad_cam_class(method)
-    with torch.enable_grad(), cam_class(model=model, target_layers=[module]) as cam:
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        clips = clips.detach().requires_grad_(True)  # a frozen model still needs a graph to the layer
+    with torch.enable_grad(), cam_class(model=_FloatLogits(model), target_layers=[module]) as cam:
         try:
             maps = cam(
                 input_tensor=clips,

@@ -21,6 +21,7 @@ loads silently into a TSN model (their key sets are otherwise identical).
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,17 +100,30 @@ def read_file(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise VtempoError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        if "numpy" in str(error):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            if "GLOBAL numpy." not in str(error):
+                raise
             # MMAction2/mmengine metadata can hold numpy scalars and arrays: plain data, allowed here.
-            try:
-                with torch.serialization.safe_globals(_numpy_globals()):
-                    return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as retry_error:  # noqa: BLE001
-                error = retry_error
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise VtempoError(f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
+            with torch.serialization.safe_globals(_numpy_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        raise VtempoError(f"{path}: {_load_failure(error)}") from None
+
+
+def _load_failure(error: Exception) -> str:
+    text = str(error)
+    if match := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return f"holds objects of type {match.group(1)}, which a weights-only load refuses (no code runs from files)"
+    if match := re.search(r"WeightsUnpickler error:\s*(.+)", text):
+        return f"not a PyTorch checkpoint ({match.group(1).strip()})"
+    if "zip archive" in text:
+        return "corrupt or truncated checkpoint (its zip archive cannot be read)"
+    if isinstance(error, EOFError):
+        return "empty or truncated checkpoint"
+    first_line = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    return f"not a readable PyTorch checkpoint ({first_line})"
 
 
 def _numpy_globals() -> list:
@@ -127,7 +141,9 @@ def unwrap(obj: Any, name: str = "state dict") -> tuple[dict[str, torch.Tensor],
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise VtempoError(f"{name}: not a model checkpoint (expected a state dict of tensors, or a container with 'state_dict')")
+        raise VtempoError(
+            f"{name}: not a model checkpoint (expected a state dict of tensors, or a container with 'state_dict')"
+        )
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     return state, meta
 
@@ -164,7 +180,7 @@ def read_state(source: Any, expected_layout: str | None = None) -> tuple[dict[st
 # ---------------------------------------------------------------------------------------------- placing
 
 
-def _shifted_blocks(keys: list[str], rules: _Rules, layout: str) -> set[str]:
+def _shifted_blocks(keys: list[str], layout: str) -> set[str]:
     """Blocks whose conv1 input is temporally shifted, read off the keys."""
     marker = ".conv1.conv.net." if layout == "mmaction2" else ".conv1.net."
     shifted = {m.group(1) for k in keys if marker in k and (m := _BLOCK.search(k))}
@@ -177,7 +193,11 @@ def _shifted_blocks(keys: list[str], rules: _Rules, layout: str) -> set[str]:
 def _shifted_model_blocks(model: nn.Module) -> set[str]:
     from .models.tsm import TemporalShift
 
-    return {m.group(1) for n, module in model.named_modules() if isinstance(module, TemporalShift) and (m := _BLOCK.search(n + "."))}
+    return {
+        m.group(1)
+        for name, module in model.named_modules()
+        if isinstance(module, TemporalShift) and (m := _BLOCK.search(name + "."))
+    }
 
 
 def _listing(keys: list[str]) -> str:
@@ -192,14 +212,16 @@ def key_map(model_keys: list[str], source_keys: list[str], layout: str) -> dict[
     return {key: by_canonical.get(_canonical(key, rules)) for key in source_keys}
 
 
-def map_state(model: nn.Module, state: Mapping[str, torch.Tensor], layout: str, name: str = "state dict") -> dict[str, torch.Tensor]:
+def map_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], layout: str, name: str = "state dict"
+) -> dict[str, torch.Tensor]:
     """The model's full state dict with every source tensor in its place, or a VtempoError."""
     target = model.state_dict()
     destinations = key_map(list(target), list(state), layout)
-    rules = _LAYOUT_RULES[layout]
     placed: dict[str, torch.Tensor] = {}
     unplaced: list[str] = []
     mismatched: list[str] = []
+    wrong_shape: set[str] = set()
     for key, tensor in state.items():
         if key in IGNORED_KEYS:
             continue
@@ -212,9 +234,10 @@ def map_state(model: nn.Module, state: Mapping[str, torch.Tensor], layout: str, 
             tensor = tensor.squeeze(-1)  # TCM's Conv1d head [C, 2048, 1]
         if tensor.shape != expected.shape:
             mismatched.append(f"{key} {list(tensor.shape)} vs {list(expected.shape)}")
+            wrong_shape.add(model_key)
             continue
         placed[model_key] = tensor.to(expected.dtype) if expected.is_floating_point() else tensor
-    missing = [k for k in target if k not in placed and not k.endswith("num_batches_tracked")]
+    missing = [k for k in target if k not in placed and k not in wrong_shape and not k.endswith("num_batches_tracked")]
     problems = []
     if unplaced:
         problems.append(f"{len(unplaced)} checkpoint keys fit no model key: {_listing(unplaced)}")
@@ -226,7 +249,7 @@ def map_state(model: nn.Module, state: Mapping[str, torch.Tensor], layout: str, 
             f"{_listing(mismatched)}"
         )
     if not problems:
-        source_shifted = _shifted_blocks(list(state), rules, layout)
+        source_shifted = _shifted_blocks(list(state), layout)
         model_shifted = _shifted_model_blocks(model)
         if source_shifted != model_shifted:
             problems.append(
@@ -263,7 +286,9 @@ def _fixed_frames(model: nn.Module) -> int | None:
     return None
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None = None, frames: int | None = None, **meta: Any) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, arch: str | None = None, frames: int | None = None, **meta: Any
+) -> Path:
     """Write `{'format': 'vtempo', 'arch', 'num_classes', 'frames', 'state_dict', **meta}` (weights_only-safe).
 
     `arch` defaults to `model.arch` or, for TSN/TSM/TAM/TCM, is read off the weights; `frames` to the
@@ -307,7 +332,7 @@ def infer_arch(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
         family = "tcm"
     elif any(".tam." in k for k in canonical):
         family = "tam"
-    elif _shifted_blocks(list(state), rules, layout):
+    elif _shifted_blocks(list(state), layout):
         family = "tsm"
     else:
         family = "tsn"

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from .errors import UsageError, VtempoError
@@ -301,13 +300,16 @@ class Classifier:
             raise UsageError("--topk and --batch-size must be at least 1")
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (decode in this process) or more")
+        view_override = parse_views(views) if views else None
+        if weights is not None and str(weights) != "default" and not Path(weights).is_file():
+            raise UsageError(f"--weights {weights}: no such file")
         meta: dict[str, Any] = {}
         if isinstance(model, torch.nn.Module):
             net, entry = model, getattr(model, "entry", None)
             name = entry.name if entry else getattr(model, "arch", type(model).__name__)
         else:
             name = model
-            arch, entry = api.resolve(model, user_registry)
+            _, entry = api.resolve(model, user_registry)
             if weights is None:
                 net = api.create_model(model, frames=frames, user_registry=user_registry)
             elif str(weights) == "default":
@@ -316,7 +318,11 @@ class Classifier:
                         f"{model} is an architecture, not a trained model: pass --weights FILE (and --labels FILE), "
                         f"or use a registry model (`vtempo models` lists them)"
                     )
-                net = api.create_model(model, weights="default", frames=frames, user_registry=user_registry)
+                from .hub import weights_path
+
+                # before building anything: says what is missing and how to get it, or downloads
+                checkpoint = weights_path(entry)
+                net = api.create_model(model, weights=checkpoint, frames=frames, user_registry=user_registry)
             else:
                 from .checkpoint import load_weights
 
@@ -333,7 +339,7 @@ class Classifier:
             pass
 
         protocol = entry.protocol if entry else _protocol_from(meta)
-        clips, crop = parse_views(views) if views else (protocol.clips, protocol.crop)
+        clips, crop = view_override or (protocol.clips, protocol.crop)
         preprocess = _preprocess_from(meta) if meta.get("input_size") and not entry else Preprocess.from_entry(entry)
         num_classes = net.fc.out_features if hasattr(net, "fc") else None
         names = _labels(labels, meta, entry, num_classes, name)
@@ -347,37 +353,45 @@ class Classifier:
         )
 
     def run(self, videos: Sequence[Path]) -> Iterator[VideoResult]:
-        """Results for `videos`, in order, each as soon as it is complete."""
-        from .runtime import autocast
+        """Results for `videos`, in order, each as soon as it is complete.
 
-        loader = video_loader(videos, self.plan, self.workers, pin_memory=self.device.type == "cuda")
+        The decode workers start here, before the caller iterates (and perhaps starts a progress-bar
+        thread: forking a process with more threads risks deadlocked children)."""
+        loader = iter(video_loader(videos, self.plan, self.workers, pin_memory=self.device.type == "cuda"))
+        return self._results(loader, videos)
+
+    def _results(self, loader, videos: Sequence[Path]) -> Iterator[VideoResult]:
         pending: deque[_Pending] = deque()
         batch: list[tuple[_Pending, torch.Tensor]] = []
         filled = 0
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            for item in loader:
-                views = item.pop("views")  # only the batch holds the pixels from here on
-                entry = _Pending(item, Path(videos[item["index"]]), 0 if views is None else len(views))
-                pending.append(entry)
-                start = 0
-                while views is not None and start < len(views):
-                    take = min(self.batch_size - filled, len(views) - start)
-                    batch.append((entry, views[start : start + take]))
-                    filled += take
-                    start += take
-                    if filled == self.batch_size:
-                        self._score(batch)
-                        batch, filled = [], 0
-                while pending and pending[0].done:
-                    yield self._result(pending.popleft())
-            if batch:
-                self._score(batch)
-            while pending:
+        for item in loader:
+            views = item.pop("views")  # only the batch holds the pixels from here on
+            entry = _Pending(item, Path(videos[item["index"]]), 0 if views is None else len(views))
+            pending.append(entry)
+            start = 0
+            while views is not None and start < len(views):
+                take = min(self.batch_size - filled, len(views) - start)
+                batch.append((entry, views[start : start + take]))
+                filled += take
+                start += take
+                if filled == self.batch_size:
+                    self._score(batch)
+                    batch, filled = [], 0
+            while pending and pending[0].done:
                 yield self._result(pending.popleft())
+        if batch:
+            self._score(batch)
+        while pending:
+            yield self._result(pending.popleft())
 
     def _score(self, batch: list[tuple[_Pending, torch.Tensor]]) -> None:
+        from .runtime import autocast
+
         clips = torch.cat([views for _, views in batch]).to(self.device, non_blocking=True)
-        logits = self.model(clips).float().cpu()
+        # entered per call, not around the generator: the caller's code between results must not run
+        # under inference mode or autocast
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            logits = self.model(clips).float().cpu()
         start = 0
         for entry, views in batch:
             entry.scores.append(logits[start : start + len(views)])

@@ -229,12 +229,11 @@ def train_crop(frames: np.ndarray, pre: Preprocess, rng: random.Random, flip: bo
 
 
 def to_tensor(frames: np.ndarray | Sequence[np.ndarray], pre: Preprocess) -> torch.Tensor:
-    """uint8 (..., T, H, W, 3) → normalised float (..., T, 3, H, W)."""
-    array = np.ascontiguousarray(np.asarray(frames))
-    tensor = torch.from_numpy(array).float().div_(255)
-    mean = torch.tensor(pre.mean).view(3, 1, 1)
-    std = torch.tensor(pre.std).view(3, 1, 1)
-    return (tensor.movedim(-1, -3) - mean) / std
+    """uint8 (..., T, H, W, 3) → normalised float (..., T, 3, H, W), in one fused numpy pass."""
+    scale = (1.0 / (255.0 * np.asarray(pre.std, np.float32))).astype(np.float32)
+    offset = (-np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)).astype(np.float32)
+    array = np.asarray(frames, np.uint8) * scale + offset
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, -3)))
 
 
 # --------------------------------------------------------------------------- datasets
@@ -250,23 +249,37 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, videos: VideoSet, frames: int, protocol: Protocol, pre: Preprocess, train: bool,
-                 clips: int | None = None, crop: str | None = None, seed: int = 0, flip: bool = False):
+                 clips: int | None = None, crop: str | None = None, seed: int = 0, flip: bool = False,
+                 cache: bool = False):
         if crop is not None and crop not in CROPS:
             raise UsageError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
         self.videos, self.frames, self.protocol, self.pre, self.train = videos, frames, protocol, pre, train
         self.clips, self.crop = clips or protocol.clips, crop or protocol.crop
         self.seed, self.flip, self.epoch = seed, flip, 0
+        # cache: every frame of each video, decoded once and kept (small sets, in-process loading only)
+        self.cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.videos)
 
+    def _decode(self, index: int, rng: random.Random) -> tuple[list[list[int]], np.ndarray]:
+        path = self.videos.videos[index][0]
+        if self.cache is not None and index in self.cache:
+            every = self.cache[index]
+            clips = clip_indices(self.protocol, len(every), self.frames, self.clips, self.train, rng)
+            return clips, every[[i for clip in clips for i in clip]]
+        with open_video(path) as reader:
+            clips = clip_indices(self.protocol, reader.num_frames, self.frames, self.clips, self.train, rng)
+            if self.cache is None:
+                return clips, reader.get([i for clip in clips for i in clip])
+            self.cache[index] = reader.get(range(reader.num_frames))
+        return clips, self.cache[index][[i for clip in clips for i in clip]]
+
     def __getitem__(self, index: int):
-        path, label = self.videos.videos[index]
+        label = self.videos.videos[index][1]
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
         try:
-            with open_video(path) as reader:
-                clips = clip_indices(self.protocol, reader.num_frames, self.frames, self.clips, self.train, rng)
-                decoded = reader.get([i for clip in clips for i in clip])
+            clips, decoded = self._decode(index, rng)
         except VideoError as error:
             return None, label, index, str(error)
         clips_frames = decoded.reshape(len(clips), self.frames, *decoded.shape[1:])

@@ -104,7 +104,7 @@ class _UncountedOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func._overloadpacket in self.counted or func.is_view or not isinstance(func, torch._ops.OpOverload):
+        if not isinstance(func, torch._ops.OpOverload) or func._overloadpacket in self.counted or func.is_view:
             return out
         name = op_type(func)
         if name in _MOVEMENT:
@@ -122,7 +122,8 @@ def _attach_analytic_hooks(model: torch.nn.Module, totals: dict[str, float]) -> 
         if shape is not None:
             totals[type(module).__name__] += float(module.uncounted_macs(shape))
 
-    return [m.register_forward_pre_hook(record) for m in model.modules() if callable(getattr(m, "uncounted_macs", None))]
+    reporting = [m for m in model.modules() if callable(getattr(m, "uncounted_macs", None))]
+    return [module.register_forward_pre_hook(record) for module in reporting]
 
 
 def count_macs(model: torch.nn.Module, frames: int = 8, size: int = 224) -> MacCount:

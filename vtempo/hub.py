@@ -13,6 +13,7 @@ A file is "cached" only when its record matches the registry (the source's sha25
 registry's hash, or, for entries without a hash, the file came from the registry's URL or an import)
 and its size is the recorded one. Only http(s) URLs are fetched, redirects included; a download is
 checked against the registry's size and hash before it is moved into place, and deleted on mismatch.
+A user entry whose url is a local path is used where it is (checked against size and hash), not copied.
 """
 from __future__ import annotations
 
@@ -231,9 +232,10 @@ def download(entry: ModelEntry, force: bool = False, progress: bool = True) -> P
         _fetch(entry, weights.url, part, progress)
         _discard(part, keep_data=True)  # complete: its resume state is done with
         digest = _verify(entry, part, f"the download from {weights.url}", delete=True)
-        if not weights.sha256:
+        if len(weights.sha256 or "") < 64:
+            known = "a prefix of its hash" if weights.sha256 else "no hash"
             _console.print(
-                f"{entry.name}: the registry has no hash for this file; recorded sha256 {digest}",
+                f"{entry.name}: the registry has {known}; recorded the full sha256 {digest}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
@@ -275,8 +277,9 @@ def _fetch(entry: ModelEntry, url: str, part: Path, progress: bool) -> None:
         _discard(part)
         state = {"url": url}
     hint = f"to supply the file yourself: `vtempo download {entry.name} --from-file PATH`"
-    with _progress_bar(progress) as bar:
-        task = bar.add_task(entry.name, total=None)
+    bar = _progress_bar(progress)  # shown from the first answer on, so a failed connection prints one line
+    task = bar.add_task(entry.name, total=None)
+    try:
         for attempt in range(RETRIES + 1):
             try:
                 return _fetch_once(entry, url, part, state, state_path, bar, task)
@@ -300,6 +303,9 @@ def _fetch(entry: ModelEntry, url: str, part: Path, progress: bool) -> None:
             if attempt < RETRIES:
                 bar.console.print(f"{entry.name}: {reason}; retrying", markup=False, highlight=False, soft_wrap=True)
                 time.sleep(BACKOFF_S * 2**attempt)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     raise VtempoError(f"{entry.name}: download from {url} failed after {RETRIES + 1} attempts ({reason}); {hint}")
 
 
@@ -354,6 +360,8 @@ def _fetch_once(entry: ModelEntry, url: str, part: Path, state: dict[str, Any], 
             raise VtempoError(f"{entry.name}: the server offers {total} bytes, the registry expects {expected}; nothing kept")
         state.update(total=total, validator=response.headers.get("ETag") or response.headers.get("Last-Modified"))
         _write_json(state_path, state)
+        if not bar.live.is_started:
+            bar.start()
         bar.update(task, total=total, completed=offset)
         written = offset
         with open(part, mode) as out:

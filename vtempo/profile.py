@@ -29,8 +29,9 @@ from .api import create_model, resolve
 from .errors import UsageError
 from .flops import count_macs
 from .registry import ModelEntry, load_registry
-from .runtime import autocast, check_dtype, pick_device, prepare, set_threads, synchronize
+from .runtime import CHANNELS_LAST, autocast, check_dtype, pick_device, prepare, set_threads, synchronize
 
+PAPER_SIZE = 224  # the input side the papers' GMACs are quoted at
 DEFAULT_NAMES = ("tsn-r50", "tsm-r50", "tam-r50", "tcm-r50", "stc-r50", "stc-light-r50", "tefe-r50", "tsi-r50")
 
 
@@ -52,8 +53,9 @@ class Settings:
             check_dtype(dtype)
         if not self.dtypes:
             raise UsageError("give at least one --dtype")
-        for option, value, least in (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
-                                     ("--iters", self.iters, 1), ("--warmup", self.warmup, 0)):
+        limits = (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
+                  ("--iters", self.iters, 1), ("--warmup", self.warmup, 0))
+        for option, value, least in limits:
             if value is not None and value < least:
                 raise UsageError(f"{option} must be at least {least}, got {value}")
 
@@ -78,7 +80,7 @@ class Cost:
 @dataclass
 class Timing:
     dtype: str
-    first_ms: float  # the first call: kernel selection, weight packing, compilation
+    first_ms: float  # the first call (kernel selection, weight packing, compilation); a timed one if no warm-up
     warmup_ms: float  # all warm-up calls together (the first included)
     median_ms: float
     p90_ms: float
@@ -130,8 +132,10 @@ class ModelProfile:
 
     @property
     def paper_diff(self) -> float | None:
-        """Relative difference of our MACs (counted + analytic) from the paper's: +0.05 = 5 % more."""
-        if self.cost is None or not self.paper_gmacs:
+        """Relative difference of our MACs (counted + analytic) from the paper's: +0.05 = 5 % more.
+
+        Only at the papers' 224² input; at other sizes the figures do not compare."""
+        if self.cost is None or not self.paper_gmacs or self.size != PAPER_SIZE:
             return None
         return self.cost.complete_gmacs / self.paper_gmacs - 1
 
@@ -143,14 +147,13 @@ class ModelProfile:
         return data
 
 
-def paper_figure(name: str, arch: str, entry: ModelEntry | None, frames: int, size: int,
+def paper_figure(arch: str, entry: ModelEntry | None, frames: int,
                  entries: dict[str, ModelEntry]) -> tuple[float | None, str | None]:
-    """The paper's GMACs: the entry's own, else the first entry of the same architecture, frames and size."""
-    if entry is not None:
-        fits = entry.frames == frames and entry.input_size == size
-        return (entry.paper_gmacs, entry.name) if fits and entry.paper_gmacs else (None, None)
-    for candidate in entries.values():
-        if (candidate.arch, candidate.frames, candidate.input_size) == (arch, frames, size) and candidate.paper_gmacs:
+    """The paper's GMACs for `frames` frames: the entry's own, else the first entry of that architecture
+    and frame count. Papers quote them at 224² whatever size the entry is tested at (PAPER_SIZE)."""
+    candidates = [entry] if entry is not None else list(entries.values())
+    for candidate in candidates:
+        if candidate.arch == arch and candidate.frames == frames and candidate.paper_gmacs:
             return candidate.paper_gmacs, candidate.name
     return None, None
 
@@ -271,7 +274,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         frames = settings.frames or (entry.frames if entry else 8)
         size = settings.size or (entry.input_size if entry else 224)
         profile = ModelProfile(name, arch, frames, size, settings.batch, entry.num_classes if entry else 400)
-        profile.paper_gmacs, profile.paper_entry = paper_figure(name, arch, entry, frames, size, entries)
+        profile.paper_gmacs, profile.paper_entry = paper_figure(arch, entry, frames, entries)
         profiles.append(profile)
         say(f"building {name}")
         try:
@@ -306,7 +309,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
     with _compile_context(settings, device):
         for name, dtype in plan:
             say(f"warming up {name} {dtype}")
-            for _ in range(max(1, settings.warmup)):
+            for _ in range(settings.warmup):
                 if name in failed:
                     break
                 elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
@@ -323,13 +326,13 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             if name in failed:
                 continue
             say(f"peak memory {name} {dtype}")
-            peak = peak_memory_mib(lambda: runners[name](dtype), device)
+            peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runners[name](dtype), device))
             times = samples[name, dtype]
             median = statistics.median(times)
             clips_per_s = settings.batch / (median / 1000)
             by_name[name].timings[dtype] = Timing(
                 dtype=dtype,
-                first_ms=warmups[name, dtype][0],
+                first_ms=(warmups[name, dtype] or times)[0],
                 warmup_ms=sum(warmups[name, dtype]),
                 median_ms=median,
                 p90_ms=_percentile(times, 0.9),
@@ -339,7 +342,8 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
                 times_ms=times,
             )
             if dtype != "fp32" and "fp32" in settings.dtypes:
-                agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runners[name].model, runners[name].clip, dtype))
+                runner = runners[name]
+                agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runner.model, runner.clip, dtype))
                 if agreement is not None:
                     by_name[name].agreement[dtype] = agreement
     return profiles
@@ -374,7 +378,8 @@ def relative_to(profiles: list[ModelProfile], reference: str) -> dict[tuple[str,
             macs = None
             if profile.cost is not None and base.cost is not None and base.cost.complete_gmacs:
                 macs = profile.cost.complete_gmacs / base.cost.complete_gmacs
-            ratios[profile.name, dtype] = Ratio(reference, dtype, timing.median_ms / base.timings[dtype].median_ms, macs)
+            time_ratio = timing.median_ms / base.timings[dtype].median_ms
+            ratios[profile.name, dtype] = Ratio(reference, dtype, time_ratio, macs)
     return ratios
 
 
@@ -397,7 +402,7 @@ def environment(settings: Settings) -> dict:
         "processor": _cpu_name(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": settings.threads or torch.get_num_threads(),
-        "channels_last": settings.channels_last,
+        "channels_last": CHANNELS_LAST if settings.channels_last is None else settings.channels_last,
         "compile": settings.compile,
     }
 

@@ -11,8 +11,8 @@ motion runs through the whole clip, so any window of it shows the action, and a 
 stride shows the same action at a faster apparent tempo (the TCM paper's robustness protocol).
 
 `render_clip` returns the frames and the moving object's bounding box in every frame (for Grad-CAM
-checks); `generate` writes a labelled set of MJPG .avi files (every frame a key frame, so any decoder
-seeks frame-accurately), a `list.txt` of `path label` lines and a `labels.txt`.
+checks); `generate` writes a labelled set of .mp4 files (MPEG-4 Part 2, which decord and OpenCV read
+frame-accurately), a `list.txt` of `path label` lines and a `labels.txt`.
 """
 from __future__ import annotations
 
@@ -251,12 +251,13 @@ class SynthSet:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = FPS) -> None:
-    """Write RGB uint8 frames as an MJPG .avi (every frame a key frame: frame-accurate everywhere)."""
+    """Write RGB uint8 frames as MPEG-4 Part 2 (`mp4v`) in .mp4: OpenCV's wheel writes it everywhere,
+    decord and OpenCV read it frame-accurately, it is 5x smaller than MJPG, and the bytes depend only
+    on the frames (no timestamps in the header)."""
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV cannot open an MJPG writer")
-    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 90)
+        raise OSError(f"{path}: OpenCV cannot open an mp4v writer")
     try:
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -294,7 +295,7 @@ def generate(
         (root / name).mkdir(exist_ok=True)
         for index in range(clips_per_class):
             clip = render_clip(name, clip_seed(seed, CLASSES.index(name), index), frames, size, speed)
-            relative = f"{name}/{name}_{index:04d}.avi"
+            relative = f"{name}/{name}_{index:04d}.mp4"
             write_video(root / relative, clip.frames)
             videos.append((root / relative, label))
             lines.append(f"{relative} {label}\n")
@@ -304,6 +305,6 @@ def generate(
     list_file.write_text("".join(lines), encoding="utf-8")
     labels_file.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     settings = {"classes": names, "clips_per_class": clips_per_class, "frames": frames, "size": size,
-                "speed": list(speed), "seed": seed, "fps": FPS, "codec": "MJPG"}
+                "speed": list(speed), "seed": seed, "fps": FPS, "codec": "mp4v"}
     (root / "synth.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     return SynthSet(root, list_file, labels_file, names, videos)

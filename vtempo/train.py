@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     threads: int | None = None  # torch intra-op threads per process
+    cache: bool = False  # keep every decoded video in memory (small sets); loads in-process (no workers)
     seed: int = 0
     resume: bool = False
     progress: bool = True
@@ -258,8 +259,29 @@ def model_meta(config: TrainConfig, arch: str, classes: list[str], frames: int, 
     }
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def train_step(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, dtype: str = "fp32", clip_grad: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step (autocast forward, scaled backward, gradient clipping); (loss, logits)."""
+    with autocast(clips.device, dtype):
+        logits = net(clips)
+        loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """Store 2D convolution weights channels-last: oneDNN and cuDNN run them faster (1.2-1.6x on
+    the demo models on CPU). Only Conv2d weights: `model.to(memory_format=...)` fails on 3D kernels."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
 
 
 def train(config: TrainConfig, console=None) -> TrainResult:
@@ -293,16 +315,18 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     if config.resize:
         pre = dataclasses.replace(pre, resize=(config.resize,))
     dtype = resolve_dtype(config.dtype, ranks.device)
-    workers = default_workers() if config.workers is None else config.workers
+    workers = 0 if config.cache else default_workers() if config.workers is None else config.workers
     out = Path(config.out)
 
     model = create_model(config.model, num_classes=len(classes), frames=frames, dropout=config.dropout)
     loaded = initial_weights(model, config.weights) if config.weights else None
     model.to(ranks.device)
+    channels_last(model)
     optimizer = make_optimizer(model, config)
-    train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip)
+    train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip,
+                             cache=config.cache)
     eval_protocol = dataclasses.replace(protocol, clips=1, crop="centre")
-    val_data = ClipDataset(val_set, frames, eval_protocol, pre, train=False, seed=config.seed)
+    val_data = ClipDataset(val_set, frames, eval_protocol, pre, train=False, seed=config.seed, cache=config.cache)
     sampler = torch.utils.data.DistributedSampler(
         train_data, ranks.world, ranks.rank, shuffle=True, seed=config.seed, drop_last=True
     ) if ranks.distributed else None
@@ -326,6 +350,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_top1, best_epoch = state["epoch"] + 1, state["best_top1"], state["best_epoch"]
+        torch.set_rng_state(state["torch_rng"])  # dropout continues exactly where it stopped
         history = [json.loads(line) for line in log_path.read_text().splitlines() if '"epoch"' in line] \
             if log_path.is_file() else []
         history = [h for h in history if h.get("epoch", -1) < start_epoch]
@@ -348,13 +373,14 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
                                   "val_videos": len(val_set), "world": ranks.world, "dtype": dtype,
                                   "initial_weights": loaded, "start_epoch": start_epoch}) + "\n")
         say(f"training {arch} on {len(train_set)} videos ({len(classes)} classes), validating on {len(val_set)}; "
-            f"{frames} frames, {protocol.sampling}" + (f" stride {protocol.stride}" if protocol.stride else "")
+            f"{frames} frames, " + (f"stride {protocol.stride}" if protocol.sampling == "stride" else f"{protocol.sampling} sampling")
             + f", {pre.size}px, {ranks.world} process(es) on {ranks.device}, {dtype}")
 
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         epoch_lr = optimizer.param_groups[0]["lr"]
         train_data.epoch = epoch
+        generator.manual_seed(config.seed * 1_000_003 + epoch)  # shuffle order depends on the epoch only
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
@@ -366,18 +392,9 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
                 if clips is None:
                     advance()
                     continue
-                clips = clips.to(ranks.device, non_blocking=True)
                 labels = labels.to(ranks.device, non_blocking=True)
-                with autocast(ranks.device, dtype):
-                    logits = net(clips)
-                    loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.clip_grad:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
+                loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True), labels, optimizer, scaler,
+                                          dtype, config.clip_grad)
                 scheduler.step()
                 if not torch.isfinite(loss):
                     raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower --lr or use fp32")
@@ -409,7 +426,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epoch, "best_top1": best_top1, "best_epoch": best_epoch,
-                "arch": arch, "classes": classes,
+                "arch": arch, "classes": classes, "torch_rng": torch.get_rng_state(),
             }
             temporary = last_path.with_suffix(".tmp")
             torch.save(state, temporary)

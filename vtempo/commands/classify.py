@@ -81,10 +81,11 @@ def register(app: typer.Typer) -> None:
         )
         writer = ResultWriter(output, classifier.topk) if output is not None else None
         done, failed = [], 0
+        results = classifier.run(videos)  # decode workers start before the progress bar's thread
         try:
             with _progress() as progress:
                 task = progress.add_task(f"{classifier.name}", total=len(videos))
-                for result in classifier.run(videos):
+                for result in results:
                     if writer is not None:
                         writer.write(result)
                     if not result.ok:

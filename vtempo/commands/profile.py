@@ -1,6 +1,7 @@
 """`vtempo profile [NAME...]`: parameters, MACs, latency, throughput and memory, side by side."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UsageError
+from ..errors import UsageError, VtempoError
 from .common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
 
 
@@ -44,7 +45,7 @@ def cost_table(profiles) -> Table:
             f"{cost.params / 1e6:.2f}",
             _gmacs(cost.gmacs),
             _gmacs(cost.gmacs_without_head),
-            f"{analytic:.3f}" if analytic else "",
+            _gmacs(analytic) if analytic else "",
             "–" if profile.paper_gmacs is None else _gmacs(profile.paper_gmacs),
             "–" if profile.paper_diff is None else f"{profile.paper_diff:+.1%}",
             ", ".join(cost.unusual_uncounted),
@@ -81,8 +82,7 @@ def speed_table(profiles, settings, environment: dict) -> Table:
 
 
 def ratio_table(profiles, reference: str, ratios: dict) -> Table:
-    table = Table(title=f"Against {reference}, same dtype (time/MACs ≤ 1.3: no slower than its MACs allow)",
-                  title_justify="left")
+    table = Table(title=f"vs {reference}, same dtype (target: time/MACs ≤ 1.3)", title_justify="left")
     for column in ("model", "dtype", "time ×", "MACs ×", "time/MACs"):
         table.add_column(column, justify="left" if column in ("model", "dtype") else "right")
     for profile in profiles:
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
             None, help="Registry or architecture names. Default: the R-50 architectures (tsn-r50 … tsi-r50)."
         ),
         frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the entry's, else 8)."),
-        size: Optional[int] = typer.Option(None, "--size", help="Input side in pixels (default: the entry's, else 224)."),
+        size: Optional[int] = typer.Option(None, "--size", help="Input side in px (default: the entry's, else 224)."),
         batch: int = typer.Option(1, "--batch", help="Clips per call."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, …"),
         dtype: Optional[List[str]] = typer.Option(
@@ -122,7 +122,9 @@ def register(app: typer.Typer) -> None:
         pipeline: Optional[Path] = typer.Option(
             None, "--pipeline", help="Also time the whole classify pipeline (decode, sample, run) on the videos in DIR."
         ),
-        registry: Optional[Path] = typer.Option(None, "--registry", help="A user registry file extending checkpoints.yaml."),
+        registry: Optional[Path] = typer.Option(
+            None, "--registry", help="A user registry file extending checkpoints.yaml."
+        ),
     ) -> None:
         """Parameters, GMACs, latency, clips/s and peak memory of each model, measured in one run."""
         from ..profile import DEFAULT_NAMES, Settings, environment, profile_models, relative_to, speedup
@@ -144,15 +146,11 @@ def register(app: typer.Typer) -> None:
         profiles = profile_models(names, settings, user_registry=registry,
                                   progress=lambda message: show(f"[dim]{message}…[/]"))
         env = environment(settings)
-        from ..runtime import CHANNELS_LAST
-
-        env["channels_last"] = CHANNELS_LAST if settings.channels_last is None else settings.channels_last
         ratios = {reference: relative_to(profiles, reference) for reference in references}
         pipeline_results = _pipeline(names, pipeline, settings, registry) if pipeline is not None else None
 
         if as_json:
-            document = {"settings": {**settings.__dict__, "dtypes": list(settings.dtypes)}, "environment": env,
-                        "models": []}
+            document = {"settings": dataclasses.asdict(settings), "environment": env, "models": []}
             for profile in profiles:
                 data = profile.to_dict()
                 data["bf16_speedup"] = speedup(profile)
@@ -173,24 +171,42 @@ def register(app: typer.Typer) -> None:
             for reference, by_model in ratios.items():
                 out.print(ratio_table(profiles, reference, by_model))
             if pipeline_results is not None:
-                out.print_json(json.dumps(pipeline_results, default=str))
-            for profile in profiles:
-                for error in profile.errors:
-                    err_console.print(f"[bold red]error:[/] {profile.name}: {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_SOME_FAILED if any(profile.errors for profile in profiles) else EXIT_OK)
+                out.print(pipeline_table(pipeline_results))
+        errors = [(profile.name, error) for profile in profiles for error in profile.errors]
+        errors += [(name, f"pipeline: {report['error']}") for name, report in (pipeline_results or {}).items()
+                   if "error" in report]
+        for name, error in errors:
+            err_console.print(f"[bold red]error:[/] {name}: {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_SOME_FAILED if errors else EXIT_OK)
 
 
-def _pipeline(names: list[str], folder: Path, settings, registry: Path | None) -> dict:
-    """The classify pipeline's own timing (decode, sampling, transforms, model) per model."""
-    try:
-        from ..classify import measure_pipeline
-    except ImportError:
-        raise UsageError("--pipeline needs vtempo.classify.measure_pipeline, which this version lacks") from None
-    import dataclasses
+def _pipeline(names: list[str], folder: Path, settings, registry: Path | None) -> dict[str, dict]:
+    """The classify pipeline's own timing per model: decoding, sampling + transforms, model, end to end."""
+    from ..classify import measure_pipeline
 
     results = {}
     for name in names:
-        result = measure_pipeline(name, folder, device=settings.device, dtype=settings.dtypes[0],
-                                  channels_last=settings.channels_last, batch=settings.batch, user_registry=registry)
-        results[name] = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+        try:
+            report = measure_pipeline(name, folder, device=settings.device, dtype=settings.dtypes[0],
+                                      channels_last=settings.channels_last, batch=settings.batch,
+                                      frames=settings.frames, size=settings.size, user_registry=registry)
+        except Exception as error:  # noqa: BLE001 - the model profiles already measured must still be printed
+            message = str(error) if isinstance(error, VtempoError) else f"{type(error).__name__}: {error}"
+            results[name] = {"error": message}
+            continue
+        results[name] = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(report)
     return results
+
+
+def pipeline_table(results: dict[str, dict]) -> Table:
+    table = Table(title="Whole pipeline on the --pipeline videos (clips/s; untrained weights)", title_justify="left")
+    for column in ("model", "files", "decode", "decode+transforms", "model only", "end to end", "÷ model only",
+                   "peak RSS MB"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, report in results.items():
+        rates = report.get("decode_clips_per_s") or {}
+        decode = ", ".join(f"{backend} {rate:.1f}" for backend, rate in rates.items())
+        table.add_row(name, str(report.get("files", "")), decode, _g(report.get("data_clips_per_s"), 1),
+                      _g(report.get("model_clips_per_s"), 1), _g(report.get("end_to_end_clips_per_s"), 1),
+                      _g(report.get("end_to_end_vs_model"), 2), _g(report.get("peak_rss_mb"), 0))
+    return table

@@ -111,6 +111,7 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per rank."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per process."),
     seed: int = typer.Option(0, "--seed"),
+    cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory across epochs (small sets; loads in-process)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -124,7 +125,7 @@ def train(
         size=size, resize=resize, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, milestones=_ints(milestones, "--milestones"), warmup=warmup,
         dropout=dropout, clip_grad=clip_grad or None, flip=flip, dtype=dtype, device=device, workers=workers,
-        threads=threads, seed=seed, resume=resume, progress=progress,
+        threads=threads, seed=seed, cache=cache, resume=resume, progress=progress,
     )
     result = run_training(config, console)
     if result.best_epoch >= 0:

@@ -28,8 +28,9 @@ Choices where the paper is silent (each also noted at the code):
 Size and cost at R-50, 8 frames, 224², 174 classes (`count_macs`, conv + matmul MACs):
 STC 21,978,350 parameters, 26.67 GMACs (paper 22.0M, 26.9G: −0.1%, −0.9%); STC-Light 20,054,766,
 26.58 GMACs (paper 20.1M, 26.8G: −0.2%, −0.8%). Uncounted by FlopCounterMode: the TR/SR gate
-products, the means and the shift (elementwise, ~0.02 GMACs); the paper's thop count also includes
-BN and pooling, which is the likely remainder.
+products (0.011 G multiplies, in `count_macs(...).uncounted`), the means and the shift (data
+movement). The paper counted with thop, whose rules for BN, ReLU and pooling differ from
+FlopCounterMode's; which it applied is not stated, so the −0.9% remainder is not attributed further.
 """
 from __future__ import annotations
 

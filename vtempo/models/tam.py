@@ -10,7 +10,7 @@ spatially pooled features θ (N, C, T) it learns two things per clip:
   with zero padding: out[t] = k0·y[t-1] + k1·y[t] + k2·y[t+1].
 
 G's first layer is a T×2T matrix, so a model is built for one clip length (`fixed_frames`): an 8-frame
-checkpoint needs an 8-frame model. All TAM layers are bias-free with PyTorch's default init. Every
+checkpoint needs an 8-frame model. TAM convs and linears are bias-free, with PyTorch's default init. Every
 block of the backbone gets one (16 in R-50, all 33 in R-101, as the official code does); BasicBlock
 ResNets (R-18) get one in the same place, before their second 3×3 conv. The blocks stay torchvision's:
 the TAM runs on the input of `conv2` (`conv2.tam`, with the conv itself as `conv2.conv`), which is
@@ -58,7 +58,10 @@ class TemporalAdaptiveModule(TemporalModule):
         y = clip.transpose(1, 2) * importance.view(n, c, t, 1, 1)
         # Depth-wise over (clip, channel): a grouped conv, so FLOP counters see it as the reference's conv.
         out = F.conv2d(
-            y.reshape(1, n * c, t, h * w), kernel.view(n * c, 1, KERNEL_SIZE, 1), padding=(KERNEL_SIZE // 2, 0), groups=n * c
+            y.reshape(1, n * c, t, h * w),
+            kernel.view(n * c, 1, KERNEL_SIZE, 1),
+            padding=(KERNEL_SIZE // 2, 0),
+            groups=n * c,
         )
         return out.view(n, c, t, h, w).transpose(1, 2).reshape(x.shape)
 

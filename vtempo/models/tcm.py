@@ -1,9 +1,12 @@
-"""TCM: Temporal Correlation Module (Liu et al., "Motion-driven visual tempo learning", TIP 2022).
+"""TCM: Temporal Correlation Module (Liu, Yuan & Tu, "Motion-driven Visual Tempo Learning for
+Video-based Action Recognition").
 
 A TSM network (shift in every residual block, also in R-101, as the official TCM code does) with one
-TCM after layer2, fused as `x + attention(dynamics(x))`. The reference is the official code (its
-released weights were trained with it); where it departs from the paper (displacement radius 7 instead
-of H/2, so 0.16 GMACs of correlation instead of the paper's ~2.3G) vtempo follows the code.
+TCM after layer2 (appended to the stage as `layer2.tcm`), fused as `x + attention(dynamics(x))`. The
+reference is the official code, whose released weights were trained with it. Where it departs from the
+paper vtempo follows the code: displacement radius 7 (a 15×15 window) instead of the paper's
+R = INT(H/2), and 23.94M parameters / 33.14 GMACs (conv + matmul, plus 0.158 GMACs of correlation) for
+R-50 at 8×224² instead of the paper's 24.5M / 35.3G.
 
 Temporal dynamics (the paper's MTDM), on layer2's output (N·T, C, H, W):
 1. 1×1 conv C→64 + BN + ReLU, then L2 normalisation over channels (x / sqrt(Σx² + 1e-6)).

@@ -23,14 +23,17 @@ Choices where the paper is silent (each also noted at the code):
   model is built for one clip length (`fixed_frames`).
 - TE's reduction keeps at least 8 channels so narrow backbones never reach 0.
 - BasicBlock (ResNet-18): TE follows conv1-bn1-relu and FE replaces conv1 (see `surgery`).
+- `add_tefe(net, frames)` inflates whatever 2D weights `net` holds at that moment: to start from
+  ImageNet as the paper does, load the 2D weights into the ResNet first, then call it.
 
 Cost at R-50, 8 frames, 174 classes, measured with FlopCounterMode (conv + matmul MACs): 78.95
 GMACs at 224² (`count_macs`), 64,766,510 parameters (the paper gives none; each FE block holds two
 3×3×3 convs, 6× the 2D 3×3's weights). The paper reports 90 GFLOPs (its FLOPs are MACs: TSN is 33
 in its table). The gap is the input size: the paper's inference resizes frames to 224×256 and feeds
 them uncropped; at 224×256 every feature map is 8/7 larger and we measure 90.22 GMACs (16 frames:
-180.44 vs the paper's 181). At 224² the paper's 90 is missed by −12.3%. Uncounted: FE's Hadamard
-product, TE's gate and its 3-tap channel-wise temporal conv (elementwise, ~0.02 GMACs).
+180.44 vs the paper's 181). At 224² the paper's 90 is missed by −12.3%. Uncounted by FlopCounterMode:
+TE's 3-tap channel-wise temporal conv, built from elementwise ops, which TE reports through
+`uncounted_macs` (0.009 GMACs), and the gate and Hadamard products (0.017 G multiplies).
 """
 from __future__ import annotations
 
@@ -78,6 +81,10 @@ class TemporalExtraction(TemporalModule):
         )
         return like(out.flatten(0, 1), x)
 
+    def uncounted_macs(self, input_shape: torch.Size) -> float:
+        """The channel-wise temporal conv above is elementwise arithmetic: K MACs per output element."""
+        return KERNEL_SIZE * input_shape.numel()
+
 
 class FeatureEnhancement(TemporalModule):
     """FE module: Conv1(X) ⊙ Conv2(X) with 3×3×3 convs, inflated from a 2D 3×3 conv."""
@@ -108,7 +115,8 @@ class FeatureEnhancement(TemporalModule):
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last_3d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        clip = self.split(x).transpose(1, 2).contiguous(memory_format=torch.channels_last_3d)  # (N, C, T, H, W)
+        clip = self.split(x).transpose(1, 2)  # (N, C, T, H, W)
+        clip = clip.contiguous(memory_format=torch.channels_last_3d)  # free when x is channels-last
         y = self.conv1(clip) * self.conv2(clip)
         return like(y.transpose(1, 2).flatten(0, 1), x)
 

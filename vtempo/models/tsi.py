@@ -5,8 +5,8 @@ No official code exists; the paper is the reference. Every residual block become
 
 - SME (Salient Motion Excitation, eqs. 3-7): 1×1 reduction by r = 16 (+BN); saliency alignment of
   frame t+1 to frame t: scaled dot-product spatial attention with query = frame t, key = value =
-  frame t+1, whose output multiplies frame t+1 elementwise; pyramidal feature difference with K = 4
-  depth-wise 3×3 convs in cascade, D_0 = conv_0(A), D_k = conv_k(D_{k-1} + A), M = Σ_k (D_k − X_t);
+  frame t+1, whose output multiplies frame t+1 elementwise (= S); pyramidal feature difference with
+  K = 4 depth-wise 3×3 convs in cascade, D_0 = conv_0(S), D_k = conv_k(D_{k-1} + S), M = Σ_k (D_k − X_t);
   1×1 expansion (+BN); spatial mean → sigmoid → channel attention; output X + X·A.
 - CTI (Cross-scale Temporal Integration, eqs. 8-10): G = 4 channel groups; group 0 passes
   through; group g is a depth-wise temporal conv (k=3) of α⊙X_g + (1−α)⊙T_{g−1}, where α comes
@@ -15,6 +15,8 @@ No official code exists; the paper is the reference. Every residual block become
 Choices where the paper is silent (each also noted at the code):
 - The motion of the pair (t, t+1) is assigned to frame t; the last frame has no successor and gets
   zero motion (as STM and TEA pad), so its attention is sigmoid of the expansion applied to zeros.
+- Saliency attention: softmax over frame t+1's positions (the keys), scale 1/sqrt(C/r), as in
+  F.scaled_dot_product_attention; its output is indexed by frame t's positions.
 - Softmax axis of CI: the FC gives, per frame and channel, one logit for each of the two scales being
   mixed (X_g and T_{g−1}); the softmax runs over that pair (SK-Net's selection rule), so α and 1−α
   of eq. 10 are its two outputs. The FC has no bias.
@@ -27,10 +29,15 @@ Choices where the paper is silent (each also noted at the code):
 - BasicBlock (ResNet-18): SME → CTI follow conv1-bn1-relu, before conv2 (see `surgery`).
 
 Cost at R-50, 8 frames, 224², 174 classes (`count_macs`): 34.94 GMACs (paper: 34G, 1.03× ResNet-50;
-+2.8%) and 24,518,310 parameters (the paper gives none). The attention is
-F.scaled_dot_product_attention, which the counter sees (1.98 GMACs, mostly res2 where 56² = 3136
-positions attend to each other); uncounted: the saliency product, the differences, the gates and the
-CI blend (elementwise, ~0.06 GMACs) and the attention's softmax (~0.2 G exponentials).
++2.8%) and 24,518,310 parameters (the paper gives none). Of these, 32.96 are convolutions and the
+head (1.008× TSN's 32.70) and 1.98 the attention (F.scaled_dot_product_attention, which the counter
+sees; mostly res2, where 56² = 3136 positions attend to each other with 4 channels). The paper's 34
+lies between 32.96 and 34.94; a counter that skips matmuls (thop does) would give 33. Uncounted here: the
+saliency product, the differences, the gates and the CI blend (0.03 G elementwise ops) and the
+attention's softmax (0.225 G elements). Time is another matter: that softmax over 3136×3136
+scores per frame pair (~30% of the forward time on CPU) made TSI 1.54× TSN's time per clip in one
+measurement (CPU, 1 thread, fp32, channels-last, best of 5), more than its 1.068× MACs suggest; the
+paper's own Table 8 shows 1.85× (44 vs 81.5 clips/s on a GPU).
 """
 from __future__ import annotations
 
@@ -50,12 +57,15 @@ GROUPS = 4
 
 
 class SalientMotionExcitation(TemporalModule):
+    """SME on (N·T, C, H, W): X + X·A, A a per-(frame, channel) motion attention."""
+
     def __init__(self, channels: int):
         super().__init__()
         reduced = min(channels, max(MIN_REDUCED, channels // REDUCTION))
         self.reduce = nn.Sequential(nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced))
         self.pyramid = nn.ModuleList(
-            nn.Conv2d(reduced, reduced, 3, padding=1, groups=reduced, bias=False) for _ in range(PYRAMID_LEVELS)
+            nn.Conv2d(reduced, reduced, 3, padding=1, groups=reduced, bias=False)
+            for _ in range(PYRAMID_LEVELS)
         )
         self.expand = nn.Sequential(nn.Conv2d(reduced, channels, 1, bias=False), nn.BatchNorm2d(channels))
 
@@ -77,16 +87,19 @@ class SalientMotionExcitation(TemporalModule):
             difference = conv(difference + aligned)
             motion = motion + difference - current
         # Motion of (t, t+1) belongs to frame t; the last frame gets zero motion.
-        motion = F.pad(motion.view(len(reduced), self.frames - 1, *motion.shape[1:]), (0, 0, 0, 0, 0, 0, 0, 1))
+        motion = motion.view(len(reduced), self.frames - 1, *motion.shape[1:])
+        motion = F.pad(motion, (0, 0, 0, 0, 0, 0, 0, 1))
         attention = torch.sigmoid(self.expand(motion.flatten(0, 1)).mean((2, 3), keepdim=True))
         return x + x * attention
 
 
 class CrossScaleTemporalIntegration(TemporalModule):
+    """CTI on (N·T, C, H, W): cascaded depth-wise temporal convs over 4 channel groups."""
+
     def __init__(self, channels: int):
         super().__init__()
         if channels % GROUPS:
-            raise ValueError(f"CTI splits channels into {GROUPS} groups; {channels} is not divisible by {GROUPS}")
+            raise ValueError(f"TSI's CTI needs a width divisible by {GROUPS}, got {channels}")
         width = channels // GROUPS
         self.temporal = nn.ModuleList(
             nn.Conv3d(width, width, (3, 1, 1), padding=(1, 0, 0), groups=width, bias=False)

@@ -6,9 +6,9 @@
 and the reason.
 
 Decoding traps handled here (see ../shared/reference/tooling.md):
-- decord: only `get_batch` (its `seek`+`next` returns key frames). Files without usable timestamps
-  (MPEG program streams) make even `get_batch` return wrong frames, and rotated videos crash it, so
-  such files go to the next backend.
+- decord: only `get_batch` (its `seek`+`next` returns key frames). Containers without an index (MPEG
+  program and transport streams) make even `get_batch` return wrong frames (torchcodec's too), and
+  rotated videos and some frame widths crash it, so such files go to the next backend.
 - OpenCV: BGR, and its header frame count and frame seeking are unreliable, so it counts frames by
   decoding and reads sequentially: slow for long files, but always right.
 - Damaged (e.g. truncated) files: the last frames a header lists may not decode, and random access
@@ -23,7 +23,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .vob .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mjpeg".split()
 )
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .webp .tif .tiff".split())
+
 
 class VideoError(VtempoError):
     """A video that cannot be read; the message is one line: `<file>: <reason>`."""
@@ -89,6 +90,8 @@ def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # decord's messages carry source locations like "[12:00:00] /path/file.cc:123: "; keep the reason
     line = re.sub(r"^(\[[\d:]+\] \S+:\d+: )+", "", lines[-1] if lines else text)
+    # torchcodec's carry "Function, /path/file.cpp:123, "
+    line = re.sub(r"^.*?\.cpp:\d+,\s*", "", line)
     return line[:200]
 
 
@@ -199,6 +202,7 @@ class DecordReader(VideoReader):
 
         self._decord = decord
         decord.logging.set_level(decord.logging.QUIET)
+        _refuse_unindexed(self.path, self.backend)
         self._uri = self._native_path()
         coded_height, coded_width, rotation = _probe_opencv(self._uri)
         if rotation:
@@ -212,7 +216,8 @@ class DecordReader(VideoReader):
         self._reader = self._open()
         self.header_frames = len(self._reader)
         self.fps = _valid_fps(self._reader.get_avg_fps())
-        # decord seeks by timestamp: without valid, ordered ones (MPEG-PS) get_batch returns wrong frames
+        # decord seeks by timestamp: without valid, ordered ones get_batch returns wrong frames (a second
+        # guard for unindexed files `_refuse_unindexed` does not recognise)
         starts = self._reader.get_frame_timestamp(range(self.header_frames))[:, 0]
         if not (np.all(np.isfinite(starts)) and np.all(np.abs(starts) < 1e7) and np.all(np.diff(starts) >= 0)):
             raise VideoError(self.path, "decord cannot seek in this file (no usable frame timestamps)")
@@ -328,6 +333,7 @@ class TorchcodecReader(VideoReader):
         super().__init__(path)
         from torchcodec.decoders import VideoDecoder
 
+        _refuse_unindexed(self.path, self.backend)
         self._uri = self._native_path()
         try:
             with quiet_stderr():
@@ -401,6 +407,23 @@ class FrameFolderReader(VideoReader):
         for n, index in enumerate(indices):
             out[n] = cv2.cvtColor(_resize(self._load(index), self.height, self.width), cv2.COLOR_BGR2RGB)
         return out
+
+
+def _refuse_unindexed(path: Path, backend: str) -> None:
+    """MPEG program and transport streams have no index; the seeking backends returned wrong frames
+    for them (decord and torchcodec alike), so they are left to OpenCV's sequential reading."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(189)
+    except OSError:
+        return  # check_readable already reported what it could
+    if head[:4] == b"\x00\x00\x01\xba":
+        kind = "an MPEG program stream"
+    elif len(head) == 189 and head[0] == head[188] == 0x47:
+        kind = "an MPEG transport stream"
+    else:
+        return
+    raise VideoError(path, f"{backend} cannot seek frame-accurately in {kind} (it has no index)")
 
 
 def _damaged(listed: int) -> str:
