@@ -160,7 +160,8 @@ def test_cli_contact_sheet_and_maps(video, checkpoints, tmp_path):
     np.testing.assert_array_equal(saved["indices"], uniform_indices(12, FRAMES))
     for name in saved["models"]:
         assert saved[name].shape == (FRAMES, HEIGHT, WIDTH) and saved[name].max() == pytest.approx(1.0)
-        assert tuple(saved[f"{name}.crop"]) == CROP and int(saved[f"{name}.target"]) == CLASSES.index("down")
+        assert tuple(saved[f"{name}.crop"]) == CROP and tuple(saved[f"{name}.grid"]) == (2, 2)
+        assert int(saved[f"{name}.target"]) == CLASSES.index("down")
 
 
 def test_videos_have_one_frame_per_sampled_frame(clip, tmp_path):
@@ -195,3 +196,18 @@ def test_cli_usage_errors_are_one_line_with_exit_code_2(video, checkpoints, tmp_
     assert not list(tmp_path.iterdir())
     result = CliRunner().invoke(app, ["cam", str(video), "--model", "tsm-r14w16", "--out", str(tmp_path / "a.png")])
     assert result.exit_code == 2 and "--weights" in result.output
+
+
+# --------------------------------------------------------------------------- bundled demo models
+
+
+def peak_hits(result: cam.ModelCam, boxes: np.ndarray) -> list[bool]:
+    """Per frame: does the map's peak lie in the object's box? A map of h×w cells cannot place its peak
+    closer than a cell, so the box is widened by half a cell (a pointing game with that tolerance)."""
+    x0, y0, x1, y1 = result.crop
+    slack_x, slack_y = (x1 - x0) / result.grid[1] / 2, (y1 - y0) / result.grid[0] / 2
+    hits = []
+    for heat, (bx0, by0, bx1, by1) in zip(result.maps, boxes):
+        y, x = np.unravel_index(heat.argmax(), heat.shape)
+        hits.append(bx0 - slack_x <= x < bx1 + slack_x and by0 - slack_y <= y < by1 + slack_y)
+    return hits

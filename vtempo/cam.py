@@ -54,6 +54,7 @@ class ModelCam:
     maps: np.ndarray  # (T, H, W) float32 in [0, 1] at the original frame resolution; 0 outside `crop`
     crop: Box  # the part of the original frames the network input covers (clipped to the frame)
     layer: str
+    grid: tuple[int, int]  # (h, w) of the layer's maps: one cell spans crop / grid original pixels
     target: int
     target_label: str
     target_score: float  # softmax probability of the target class
@@ -349,6 +350,7 @@ def explain_frames(
                 maps=full_maps,
                 crop=inside,
                 layer=layer_name,
+                grid=(int(maps.shape[2]), int(maps.shape[3])),
                 target=chosen,
                 target_label=model.labels[chosen],
                 target_score=float(probabilities[chosen]),
@@ -529,7 +531,8 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> bool:
 
 def save_maps(clip: ClipCam, path: str | os.PathLike) -> Path:
     """An .npz with `indices` (T,), `models` (names) and, per model NAME: `NAME` (T, H, W) float32 maps at
-    the original resolution, `NAME.crop` (x0, y0, x1, y1), `NAME.target` and `NAME.score`."""
+    the original resolution, `NAME.crop` (x0, y0, x1, y1) of the region the network saw, `NAME.grid`
+    (h, w) of the layer's maps before upsampling, `NAME.target` and `NAME.score`."""
     path = check_maps_path(path)
     arrays: dict[str, np.ndarray] = {
         "indices": clip.indices,
@@ -540,6 +543,7 @@ def save_maps(clip: ClipCam, path: str | os.PathLike) -> Path:
     for result in clip.models:
         arrays[result.name] = result.maps.astype(np.float32)
         arrays[f"{result.name}.crop"] = np.array(result.crop, np.int64)
+        arrays[f"{result.name}.grid"] = np.array(result.grid, np.int64)
         arrays[f"{result.name}.target"] = np.array(result.target, np.int64)
         arrays[f"{result.name}.score"] = np.array(result.target_score, np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ is kept, so memory stays flat however many files there are. A file that fails gi
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import re
 import threading
@@ -195,8 +197,24 @@ def _keep(item):
     return item
 
 
+def _fixed_mmap_threshold(threshold: int = 1 << 17) -> None:
+    """Serve every buffer over 128 KiB from its own mapping, returned to the OS when freed.
+
+    glibc raises its mmap threshold each time such a buffer is freed, after which decoded frames and
+    views land on the heap and fragment it: memory then grows with every file decoded.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def _init_worker(_: int) -> None:
     import cv2
+
+    # Objects inherited from the parent stay out of the worker's garbage collector: collecting them
+    # writes to their pages, and the copy-on-write grows the worker's memory with every file it decodes.
+    gc.freeze()
 
     cv2.setNumThreads(1)  # the workers already run in parallel; nested thread pools only contend
     torch.set_num_threads(1)
@@ -209,6 +227,7 @@ def default_workers() -> int:
 
 def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memory: bool = False):
     """A DataLoader yielding one decoded item per video, in order."""
+    _fixed_mmap_threshold()  # before the workers fork, so they inherit it
     return torch.utils.data.DataLoader(
         VideoViews(videos, plan),
         batch_size=None,

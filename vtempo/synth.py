@@ -94,9 +94,11 @@ def _colour(rng: np.random.Generator, saturation: tuple[float, float], value: tu
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth coloured noise with static clutter (lines, blobs, small polygons) drawn on it."""
-    coarse = rng.uniform(60, 190, size=(rng.integers(3, 7), rng.integers(3, 7), 3)).astype(np.float32)
-    base = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    """Smooth, weakly coloured noise with static clutter (lines, blobs, small polygons) drawn on it."""
+    cells = (int(rng.integers(3, 7)), int(rng.integers(3, 7)))
+    grey = rng.uniform(60, 190, size=(*cells, 1))
+    tint = rng.uniform(-30, 30, size=(*cells, 3))
+    base = cv2.resize((grey + tint).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
     fine = cv2.resize(rng.normal(0, 14, size=(height // 4, width // 4, 3)).astype(np.float32), (width, height))
     canvas = np.clip(base + fine, 0, 255).astype(np.uint8)
     scale = min(height, width)

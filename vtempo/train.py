@@ -363,7 +363,15 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     if ranks.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
 
-    say = (console.print if console is not None else print) if ranks.main else (lambda *a, **k: None)
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+
+    def say(message: str) -> None:
+        if ranks.main:
+            console.print(message, soft_wrap=True, highlight=False)
+
     meta = model_meta(config, arch, classes, frames, protocol, pre)
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,7 @@ def evaluate(
         json_path, png_path = save_evaluation(result, out)
         console.print(f"wrote {json_path} and {png_path}")
     for path, reason in result.failed:
-        err_console.print(f"[yellow]failed[/] {reason}", highlight=False)
+        err_console.print(f"[yellow]failed[/] {reason}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -228,7 +228,7 @@ def robustness(
     paths = save(result, out)
     console.print(f"wrote {paths['json']}, {paths['csv']} and {paths['png']}")
     for path, reason in result.failed:
-        err_console.print(f"[yellow]failed[/] {reason}", highlight=False)
+        err_console.print(f"[yellow]failed[/] {reason}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 

@@ -36,7 +36,9 @@ def split_name(arch: str) -> tuple[str, str]:
 
 def build(arch: str, num_classes: int = 400, frames: int = 8, **options) -> VideoRecognizer:
     family, backbone = split_name(arch)
-    return FAMILIES[family](backbone, num_classes=num_classes, frames=frames, **options)
+    model = FAMILIES[family](backbone, num_classes=num_classes, frames=frames, **options)
+    model.arch = arch
+    return model
 
 
 def architecture_names() -> list[str]:
