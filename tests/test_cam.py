@@ -17,9 +17,9 @@ from vtempo.checkpoint import save_checkpoint
 from vtempo.classify import Classifier
 from vtempo.cli import app
 from vtempo.errors import UsageError
-from vtempo.models import FAMILIES, build
-from vtempo.registry import ModelEntry
-from vtempo.video import uniform_indices
+from vtempo.models import FAMILIES, build, split_name
+from vtempo.registry import ModelEntry, load_registry
+from vtempo.video import clip_indices, uniform_indices
 
 HEIGHT, WIDTH, PAD = 96, 128, 16  # a 96² synthetic clip padded left and right to 96×128
 FRAMES, CLASSES = 4, ("left", "right", "up", "down")
@@ -179,12 +179,15 @@ def test_videos_have_one_frame_per_sampled_frame(clip, tmp_path):
     with Image.open(cam.write(result, tmp_path / "cam.gif")) as gif:
         assert gif.n_frames == FRAMES and gif.size == (size[1], size[0])
 
+    sheet = cv2.imread(str(cam.write(result, tmp_path / "cam.jpg")))  # the smaller contact sheet
+    assert sheet.shape == (3 * (cam.BAND_HEIGHT + HEIGHT), FRAMES * WIDTH, 3)
+
 
 def test_cli_usage_errors_are_one_line_with_exit_code_2(video, checkpoints, tmp_path):
     base = ["cam", str(video), "--model", "tsm-r14w16", "--weights", str(checkpoints["tsm-r14w16"]), "--device", "cpu"]
     cases = {
         ("--layer", "layer9.0", "--out", str(tmp_path / "a.png")): "backbone.layer4.0",
-        ("--out", str(tmp_path / "a.jpg")): ".mp4 or .gif",
+        ("--out", str(tmp_path / "a.webp")): ".mp4 or .gif",
         ("--save-maps", str(tmp_path / "m.txt")): ".npz",
         ("--method", "scorecam"): "gradcam++",
     }
@@ -211,3 +214,39 @@ def peak_hits(result: cam.ModelCam, boxes: np.ndarray) -> list[bool]:
         y, x = np.unravel_index(heat.argmax(), heat.shape)
         hits.append(bx0 - slack_x <= x < bx1 + slack_x and by0 - slack_y <= y < by1 + slack_y)
     return hits
+
+
+def bundled_temporal_demos() -> dict[str, str]:
+    """family → registry name of the bundled demo model, for every family but TSN."""
+    demos = {}
+    for name, entry in sorted(load_registry().items()):
+        family = split_name(entry.arch)[0]
+        if entry.weights is not None and entry.weights.bundled and family != "tsn":
+            demos.setdefault(family, name)
+    return demos
+
+
+def hit_rate(model: Classifier, seed: int) -> float:
+    """Share of sampled frames whose map peaks on the moving object, over one clip of each
+    single-object class the demo models were trained on (seeds no training or test set uses)."""
+    hits = []
+    for name in synth.CLASSES[:8]:  # moving, rotating, growing and shrinking: one object each
+        label = model.labels.index(name)
+        rendered = synth.render_clip(name, seed=[seed, label])
+        indices = clip_indices(model.plan.protocol, len(rendered.frames), model.plan.frames)[0]
+        result = cam.explain_frames(rendered.frames[indices], indices, [model], target=label).models[0]
+        hits += peak_hits(result, rendered.boxes[indices])
+    return float(np.mean(hits))
+
+
+def test_demo_models_look_at_the_moving_object():
+    demos = bundled_temporal_demos()
+    assert set(demos) == set(FAMILIES) - {"tsn"}, f"bundled temporal demo models in checkpoints.yaml: {demos}"
+    rates = {name: hit_rate(Classifier.create(name, device="cpu"), seed=31337) for name in demos.values()}
+    assert all(rate >= 0.7 for rate in rates.values()), rates
+    # control: the same measure on an untrained copy of one of them stays far below
+    untrained = Classifier.create(demos["tsm"], device="cpu")
+    torch.manual_seed(0)
+    untrained.model.load_state_dict(build(untrained.model.entry.arch, untrained.model.num_classes,
+                                          untrained.plan.frames).state_dict())
+    assert hit_rate(untrained, seed=31337) < rates[demos["tsm"]] - 0.2, rates

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 import videogen
 from vtempo.cli import app
-from vtempo.dataset import Preprocess, read_video_set
+from vtempo.dataset import read_video_set
 from vtempo.errors import UsageError
 from vtempo.robustness import StrideSweepDataset, parse_strides, sweep_indices
 from vtempo.video import readers
+from vtempo.video.transforms import Preprocess
 
 
 def test_parse_strides():
@@ -42,7 +43,7 @@ def test_each_stride_gets_exactly_its_frames_from_one_decode(tmp_path, monkeypat
     monkeypatch.setattr(readers.VideoReader, "get", lambda self, idx: calls.append(list(idx)) or original(self, idx))
     (tmp_path / "labels.txt").write_text("a\n")
     (tmp_path / "list.txt").write_text("v.mp4 0\n")
-    pre = Preprocess(64, (48, 64), mean=(0, 0, 0), std=(1, 1, 1))
+    pre = Preprocess((48, 64), 64, mean=(0, 0, 0), std=(1, 1, 1))
     dataset = StrideSweepDataset(read_video_set(tmp_path / "list.txt"), 4, [2, 5, 8], [pre])
     clips, label, index, error = dataset[0]
     assert error is None and label == 0 and len(calls) == 1

@@ -19,7 +19,8 @@ from vtempo.dataset import read_video_set, split_video_set
 from vtempo.errors import VtempoError
 from vtempo.models import build
 from vtempo.models.backbone import resnet
-from vtempo.dataset import ClipDataset, Preprocess
+from vtempo.dataset import ClipDataset
+from vtempo.video.transforms import Preprocess
 from vtempo.registry import Protocol
 from vtempo.train import TrainConfig, channels_last, initial_weights, lr_factor, make_optimizer, train, train_step
 
@@ -36,7 +37,7 @@ def tiny_set(tmp_path_factory) -> Path:
 def test_a_few_steps_make_the_loss_fall(tiny_set):
     """The training step (optimizer, autocast, clipping) on a fixed batch of decoded clips: it must fit them."""
     videos = read_video_set(tiny_set)
-    data = ClipDataset(videos, 2, Protocol(sampling="stride", stride=3), Preprocess(32, (32,)), train=True)
+    data = ClipDataset(videos, 2, Protocol(sampling="stride", stride=3), Preprocess((32,), 32), train=True)
     clips = torch.stack([data[i][0] for i in (0, 1, 6, 7)])
     labels = torch.tensor([data[i][1] for i in (0, 1, 6, 7)])
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 NORMS = ("clip", "frame")
-OUTPUT_SUFFIXES = (".png", ".mp4", ".gif")
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".mp4", ".gif")
 
 BAND_HEIGHT = 20  # the text band above every row of tiles
 MAX_TILE_HEIGHT = 360  # tiles taller than this are scaled down in the sheet and videos (maps are not)
@@ -147,6 +147,10 @@ def _grad_cam_class(method: str):
     return Unnormalised
 
 
+def _cut_graph_below(module: nn.Module, inputs, output):
+    return output.detach().requires_grad_(True) if isinstance(output, torch.Tensor) else None
+
+
 class _FloatLogits(nn.Module):
     """The model with fp32 logits: grad-cam picks default targets in numpy, which has no bf16."""
 
@@ -189,23 +193,31 @@ def clip_cams(
         raise ValueError(f"expected one target per clip ({n}), got {len(targets)}")
     layer_name, module = resolve_layer(model, layer, model_name)
     cam_class = _grad_cam_class(method)
-    if not any(parameter.requires_grad for parameter in model.parameters()):
-        clips = clips.detach().requires_grad_(True)  # a frozen model still needs a graph to the layer
-    with torch.enable_grad(), cam_class(model=_FloatLogits(model), target_layers=[module]) as cam:
-        try:
+    # The maps need gradients at this layer only: cutting the graph there spares the backward pass
+    # through every layer below it (registered before grad-cam's hooks, so they capture the cut output).
+    cut = module.register_forward_hook(_cut_graph_below)
+    cam = None
+    try:
+        cam = cam_class(model=_FloatLogits(model), target_layers=[module])
+        with torch.enable_grad():
             maps = cam(
                 input_tensor=clips,
                 targets=None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets],
             )
-        except _LayerCalls as error:
-            problem = f"layer {layer_name!r} ran {error.calls} times in one forward"
-            if error.calls > 1:
-                problem += " (torchvision's Bottleneck reuses its relu; hook a block)"
-            raise UsageError(_layer_error(model, model_name, problem)) from None
-        except _LayerShape as error:
-            problem = f"layer {layer_name!r} gives outputs of shape {error.shape}, not per-frame maps (N·T, C, h, w)"
-            raise UsageError(_layer_error(model, model_name, problem)) from None
         logits = cam.outputs.detach().float()
+    except _LayerCalls as error:
+        problem = f"layer {layer_name!r} ran {error.calls} times in one forward"
+        if error.calls > 1:
+            problem += " (torchvision's Bottleneck reuses its relu; hook a block)"
+        raise UsageError(_layer_error(model, model_name, problem)) from None
+    except _LayerShape as error:
+        problem = f"layer {layer_name!r} gives outputs of shape {error.shape}, not per-frame maps (N·T, C, h, w)"
+        raise UsageError(_layer_error(model, model_name, problem)) from None
+    finally:
+        # not grad-cam's context manager: its exit swallows IndexErrors raised inside the model
+        if cam is not None:
+            cam.activations_and_grads.release()
+        cut.remove()
     if maps.shape[0] != n * t:
         raise UsageError(_layer_error(model, model_name, f"layer {layer_name!r} does not give one map per frame"))
     return maps.reshape(n, t, *maps.shape[1:]).astype(np.float32), logits, layer_name
@@ -476,7 +488,7 @@ def side_by_side(clip: ClipCam, alpha: float = 0.5) -> list[np.ndarray]:
 def check_output(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(f"{path}: unsupported output type; use .png (contact sheet), .mp4 or .gif")
+        raise UsageError(f"{path}: unsupported output type; use .png or .jpg (contact sheet), .mp4 or .gif")
     return path
 
 
@@ -488,12 +500,15 @@ def check_maps_path(path: str | os.PathLike) -> Path:
 
 
 def write(clip: ClipCam, path: str | os.PathLike, alpha: float = 0.5) -> Path:
-    """A contact sheet (.png) or a side-by-side video (.mp4, .gif) with one frame per sampled frame."""
+    """A contact sheet (.png, or .jpg where size matters more than exact colours) or a side-by-side
+    video (.mp4, .gif) with one frame per sampled frame."""
     path = check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    if suffix == ".png":
-        ok = cv2.imwrite(str(path), cv2.cvtColor(contact_sheet(clip, alpha), cv2.COLOR_RGB2BGR))
+    if suffix in (".png", ".jpg", ".jpeg"):
+        sheet = cv2.cvtColor(contact_sheet(clip, alpha), cv2.COLOR_RGB2BGR)
+        quality = [cv2.IMWRITE_PNG_COMPRESSION, 9] if suffix == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 90]
+        ok = cv2.imwrite(str(path), sheet, quality)
     elif suffix == ".gif":
         ok = _write_gif(side_by_side(clip, alpha), path)
     else:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import cv2
 import torch
 
 from .errors import UsageError, VtempoError
@@ -210,13 +211,9 @@ def _fixed_mmap_threshold(threshold: int = 1 << 17) -> None:
 
 
 def _init_worker(_: int) -> None:
-    import cv2
-
     # Objects inherited from the parent stay out of the worker's garbage collector: collecting them
     # writes to their pages, and the copy-on-write grows the worker's memory with every file it decodes.
     gc.freeze()
-
-    cv2.setNumThreads(1)  # the workers already run in parallel; nested thread pools only contend
     torch.set_num_threads(1)
 
 
@@ -228,6 +225,10 @@ def default_workers() -> int:
 def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memory: bool = False):
     """A DataLoader yielding one decoded item per video, in order."""
     _fixed_mmap_threshold()  # before the workers fork, so they inherit it
+    if workers:
+        # One OpenCV thread, set here before the fork: the workers already run in parallel, and a
+        # worker that reconfigures a thread pool it inherited from a fork can deadlock on its lock.
+        cv2.setNumThreads(1)
     return torch.utils.data.DataLoader(
         VideoViews(videos, plan),
         batch_size=None,

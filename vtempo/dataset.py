@@ -6,8 +6,9 @@ list file; labels are class indices, or class names when a labels file is known:
 `labels.txt` beside the list file).
 
 `ClipDataset` decodes the frames a sampling protocol picks and returns a float tensor ready for the
-model; training clips get a random multi-scale crop (never a horizontal flip unless asked: the
-direction of motion is the label in Something-Something and in the synthetic benchmark).
+model; test views are made exactly as `classify` makes them (`vtempo.video.transforms`), training
+clips get a random multi-scale crop (never a horizontal flip unless asked: the direction of motion is
+the label in Something-Something and in the synthetic benchmark).
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 
 from .errors import UsageError, VtempoError
-from .registry import CROPS, IMAGENET_MEAN, IMAGENET_STD, Protocol
-from .video import VIDEO_EXTENSIONS, IMAGE_EXTENSIONS, VideoError, clip_indices, open_video
+from .registry import CROPS, Protocol
+from .video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoError, clip_indices, open_video
+from .video.transforms import Preprocess, make_views, normalise, resize_frames
 
 TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSM's multi-scale crop
 
@@ -144,96 +146,26 @@ def split_video_set(videos: VideoSet, fraction: float, seed: int = 0) -> tuple[V
 # --------------------------------------------------------------------------- pixels
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """How frames become model input: resize, crop size, normalisation."""
-
-    size: int = 224
-    resize: tuple[int, ...] = (256,)  # short side, or exact (height, width)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @classmethod
-    def for_entry(cls, entry, size: int | None = None) -> "Preprocess":
-        if entry is None:
-            size = size or 224
-            return cls(size, (round(size * 256 / 224),))
-        if size and size != entry.input_size:
-            return cls(size, (round(size * entry.resize[0] / entry.input_size),) if len(entry.resize) == 1
-                       else tuple(round(r * size / entry.input_size) for r in entry.resize), entry.mean, entry.std)
-        return cls(entry.input_size, entry.resize, entry.mean, entry.std)
-
-
-def resize_frames(frames: np.ndarray, resize: tuple[int, ...]) -> np.ndarray:
-    """(T, H, W, 3) uint8 resized so the short side is resize[0], or to exactly (height, width)."""
-    height, width = frames.shape[1:3]
-    if len(resize) == 2:
-        new_h, new_w = resize
-    elif height <= width:
-        new_h, new_w = resize[0], max(1, round(width * resize[0] / height))
-    else:
-        new_h, new_w = max(1, round(height * resize[0] / width)), resize[0]
-    if (new_h, new_w) == (height, width):
-        return frames
-    interpolation = cv2.INTER_AREA if new_h < height else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f, (new_w, new_h), interpolation=interpolation) for f in frames])
-
-
-def crop_boxes(height: int, width: int, size: int, crop: str) -> list[tuple[int, int]]:
-    """Top-left corners of the `crop` views (centre, three along the long side, ten = five + flips)."""
-    size_h, size_w = min(size, height), min(size, width)
-    centre = ((height - size_h) // 2, (width - size_w) // 2)
-    if crop == "centre":
-        return [centre]
-    if crop == "three":
-        if width >= height:
-            return [(centre[0], 0), centre, (centre[0], width - size_w)]
-        return [(0, centre[1]), centre, (height - size_h, centre[1])]
-    corners = [(0, 0), (0, width - size_w), (height - size_h, 0), (height - size_h, width - size_w), centre]
-    return corners
-
-
-def test_views(frames: np.ndarray, pre: Preprocess, crop: str) -> list[np.ndarray]:
-    """The crops a test protocol takes from one clip (ten-crop: five crops and their mirror images)."""
-    frames = resize_frames(frames, pre.resize)
-    height, width = frames.shape[1:3]
-    views = []
-    for top, left in crop_boxes(height, width, pre.size, crop):
-        view = frames[:, top : top + pre.size, left : left + pre.size]
-        if view.shape[1:3] != (pre.size, pre.size):
-            view = np.stack([cv2.resize(f, (pre.size, pre.size)) for f in view])
-        views.append(view)
-    if crop == "ten":
-        views += [v[:, :, ::-1] for v in views]
-    return views
-
-
-def train_crop(frames: np.ndarray, pre: Preprocess, rng: random.Random, flip: bool = False) -> np.ndarray:
-    """TSM's multi-scale crop: crop sides drawn from TRAIN_SCALES of the short side (their aspect ratio
-    distorted by at most one scale step), placed at one of 13 fixed positions, resized to size × size."""
+def train_crop(frames: np.ndarray, pre: Preprocess, rng: random.Random, flip: bool = False,
+               scales: Sequence[float] = TRAIN_SCALES) -> np.ndarray:
+    """TSM's multi-scale crop: crop sides drawn from `scales` of the short side (their aspect ratio
+    distorted by at most one scale step), placed at one of 13 fixed positions, resized to the input size."""
     frames = resize_frames(frames, pre.resize)
     height, width = frames.shape[1:3]
     base = min(height, width)
-    sides = [int(base * s) for s in TRAIN_SCALES]
+    sides = [int(base * s) for s in scales]
     pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= 1]
     crop_h, crop_w = rng.choice(pairs)
     step_h, step_w = (height - crop_h) // 4, (width - crop_w) // 4
     positions = [(a * step_h, b * step_w) for a, b in
                  [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (0, 2), (4, 2), (2, 0), (2, 4), (1, 1), (1, 3), (3, 1), (3, 3)]]
     top, left = rng.choice(positions)
-    out = np.stack([cv2.resize(f[top : top + crop_h, left : left + crop_w], (pre.size, pre.size),
+    size = pre.input_size
+    out = np.stack([cv2.resize(f[top : top + crop_h, left : left + crop_w], (size, size),
                                interpolation=cv2.INTER_LINEAR) for f in frames])
     if flip and rng.random() < 0.5:
         out = out[:, :, ::-1]
     return out
-
-
-def to_tensor(frames: np.ndarray | Sequence[np.ndarray], pre: Preprocess) -> torch.Tensor:
-    """uint8 (..., T, H, W, 3) → normalised float (..., T, 3, H, W), in one fused numpy pass."""
-    scale = (1.0 / (255.0 * np.asarray(pre.std, np.float32))).astype(np.float32)
-    offset = (-np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)).astype(np.float32)
-    array = np.asarray(frames, np.uint8) * scale + offset
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, -3)))
 
 
 # --------------------------------------------------------------------------- datasets
@@ -250,12 +182,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, videos: VideoSet, frames: int, protocol: Protocol, pre: Preprocess, train: bool,
                  clips: int | None = None, crop: str | None = None, seed: int = 0, flip: bool = False,
-                 cache: bool = False):
+                 cache: bool = False, scales: Sequence[float] = TRAIN_SCALES):
         if crop is not None and crop not in CROPS:
             raise UsageError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
         self.videos, self.frames, self.protocol, self.pre, self.train = videos, frames, protocol, pre, train
         self.clips, self.crop = clips or protocol.clips, crop or protocol.crop
-        self.seed, self.flip, self.epoch = seed, flip, 0
+        self.seed, self.flip, self.scales, self.epoch = seed, flip, tuple(scales), 0
         # cache: every frame of each video, decoded once and kept (small sets, in-process loading only)
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
 
@@ -284,29 +216,10 @@ class ClipDataset(torch.utils.data.Dataset):
             return None, label, index, str(error)
         clips_frames = decoded.reshape(len(clips), self.frames, *decoded.shape[1:])
         if self.train:
-            return to_tensor(train_crop(clips_frames[0], self.pre, rng, self.flip), self.pre), label, index, None
-        views = [view for clip in clips_frames for view in test_views(clip, self.pre, self.crop)]
-        return to_tensor(np.stack(views), self.pre), label, index, None
+            crop = train_crop(clips_frames[0], self.pre, rng, self.flip, self.scales)
+            return normalise(crop, self.pre.mean, self.pre.std), label, index, None
+        views = torch.cat([make_views(clip, self.pre, self.crop) for clip in clips_frames])
+        return views, label, index, None
 
 
-def parse_views(text: str) -> tuple[int, str]:
-    """`--views CLIPSxCROPS` (e.g. 1x1, 2x3, 10x3) → (clips, crop name)."""
-    try:
-        clips, crops = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--views must look like 1x1, 2x3 or 10x3, got {text!r}") from None
-    names = {n: name for name, n in CROPS.items()}
-    if clips < 1 or crops not in names:
-        raise UsageError(f"--views {text}: clips must be ≥ 1 and crops one of {sorted(names)}")
-    return clips, names[crops]
-
-
-def check_decodable(path: Path) -> None:
-    """Raise `VideoError` early for a file that cannot be opened (used on the first item of a set)."""
-    open_video(path).close()
-
-
-__all__ = [
-    "ClipDataset", "Preprocess", "VideoError", "VideoSet", "check_decodable", "parse_views", "read_class_names",
-    "read_video_set", "split_video_set", "test_views", "to_tensor", "train_crop",
-]
+__all__ = ["ClipDataset", "VideoSet", "read_class_names", "read_video_set", "split_video_set", "train_crop"]

@@ -39,7 +39,7 @@ class Recipe:
     train_clips: int = 60  # per class
     val_clips: int = 20
     test_clips: int = 50
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float = 2e-3

@@ -21,10 +21,12 @@ import torch.nn as nn
 
 from . import distributed
 from .api import create_model, resolve
-from .dataset import ClipDataset, Preprocess, VideoSet, parse_views, read_video_set
+from .classify import parse_views
+from .dataset import ClipDataset, VideoSet, read_video_set
 from .errors import UsageError, VtempoError
 from .registry import CROPS, Protocol, labels_path, read_labels
 from .runtime import autocast
+from .video.transforms import Preprocess
 
 
 @dataclass
@@ -81,10 +83,11 @@ def load_model(name: str, weights: str | os.PathLike | None = None, frames: int 
         classes = read_labels(labels_path(entry))
     protocol = _protocol_from_meta(meta.get("protocol"), entry.protocol if entry else Protocol())
     if "input_size" in meta:
-        pre = Preprocess(int(meta["input_size"]), tuple(meta.get("resize") or (round(meta["input_size"] * 256 / 224),)),
+        size = int(meta["input_size"])
+        pre = Preprocess(tuple(int(v) for v in meta.get("resize") or (round(size * 256 / 224),)), size,
                          tuple(meta.get("mean") or Preprocess.mean), tuple(meta.get("std") or Preprocess.std))
     else:
-        pre = Preprocess.for_entry(entry)
+        pre = Preprocess.from_entry(entry)
     display = name if weights is None else f"{name} ({Path(weights).name})"
     return LoadedModel(display, model, list(classes) if classes else None, int(frames), protocol, pre,
                        str(weights) if weights is not None else None)

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from . import distributed
-from .dataset import Preprocess, VideoSet, read_video_set, test_views, to_tensor
+from .dataset import VideoSet, read_video_set
 from .errors import UsageError, VtempoError
 from .evaluate import LoadedModel, align_classes, load_model
 from .runtime import autocast
 from .video import VideoError, open_video, stride_indices
+from .video.transforms import Preprocess, make_views
 
 
 def parse_strides(text: str) -> list[int]:
@@ -77,9 +78,8 @@ class StrideSweepDataset(torch.utils.data.Dataset):
         position = {frame: n for n, frame in enumerate(needed)}
         out = {}
         for pre in self.pres:
-            ready = test_views(decoded, pre, "centre")[0]  # resize and crop each decoded frame once
-            clips = np.stack([ready[[position[i] for i in per_stride[s]]] for s in self.strides])
-            out[pre] = to_tensor(clips, pre)
+            ready = make_views(decoded, pre, "centre")[0]  # each decoded frame resized, cropped, normalised once
+            out[pre] = torch.stack([ready[[position[i] for i in per_stride[s]]] for s in self.strides])
         return out, label, index, None
 
 

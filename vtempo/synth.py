@@ -40,9 +40,10 @@ MIRROR: dict[str, str] = {a: b for a, b in PAIRS} | {b: a for a, b in PAIRS}
 
 # Per-frame rates at tempo 1.0, as fractions of the frame size (rotation in degrees, scale in log units).
 TRANSLATION_RATE = 0.014
-ROTATION_RATE = 6.0
-SCALE_RATE = 0.025
-APPROACH_RATE = 0.006  # per object, so the gap changes at twice this rate
+ROTATION_RATE = 10.0
+SCALE_RATE = 0.035
+APPROACH_RATE = 0.008  # per object, so the gap changes at twice this rate
+CLUTTER_OPACITY = 0.55
 
 DEFAULT_FRAMES = 32
 DEFAULT_SIZE = 128
@@ -99,8 +100,9 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     grey = rng.uniform(60, 190, size=(*cells, 1))
     tint = rng.uniform(-30, 30, size=(*cells, 3))
     base = cv2.resize((grey + tint).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
-    fine = cv2.resize(rng.normal(0, 14, size=(height // 4, width // 4, 3)).astype(np.float32), (width, height))
-    canvas = np.clip(base + fine, 0, 255).astype(np.uint8)
+    fine = cv2.resize(rng.normal(0, 8, size=(height // 4, width // 4, 3)).astype(np.float32), (width, height))
+    plain = np.clip(base + fine, 0, 255).astype(np.uint8)
+    canvas = plain.copy()
     scale = min(height, width)
     for _ in range(rng.integers(6, 14)):
         colour = _colour(rng, (0.0, 0.45), (0.25, 0.85))
@@ -118,7 +120,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
             points = _place(shape, (rng.uniform(0, width), rng.uniform(0, height)), rng.uniform(0.03, 0.07) * scale,
                             rng.uniform(0, 360))
             cv2.fillPoly(canvas, [np.round(points * 16).astype(np.int32)], colour, cv2.LINE_AA, shift=4)
-    return canvas
+    # clutter at part opacity: visible texture, but fainter than the (opaque, outlined) moving objects
+    return cv2.addWeighted(canvas, CLUTTER_OPACITY, plain, 1 - CLUTTER_OPACITY, 0)
 
 
 def _place(shape: np.ndarray, centre: tuple[float, float], radius: float, angle_deg: float) -> np.ndarray:
@@ -229,7 +232,9 @@ def render_clip(
         for sprite in sprites:
             centre = sprite.centres[t] + jitter
             points = _place(sprite.shape, centre, sprite.radii[t], sprite.angles[t])
-            cv2.fillPoly(canvas, [np.round(points * 16).astype(np.int32)], sprite.colour, cv2.LINE_AA, shift=4)
+            polygon = [np.round(points * 16).astype(np.int32)]
+            cv2.fillPoly(canvas, polygon, sprite.colour, cv2.LINE_AA, shift=4)
+            cv2.polylines(canvas, polygon, True, (20, 20, 20), max(1, size // 96), cv2.LINE_AA, shift=4)
             tip = _place(sprite.shape[:1] * 0.55, centre, sprite.radii[t], sprite.angles[t])[0]
             cv2.circle(canvas, (int(round(tip[0] * 16)), int(round(tip[1] * 16))),
                        max(16, int(sprite.radii[t] * 0.22 * 16)), sprite.marker, -1, cv2.LINE_AA, shift=4)

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 from . import distributed
 from .api import create_model, resolve
-from .dataset import ClipDataset, Preprocess, VideoSet, read_video_set, split_video_set
+from .dataset import TRAIN_SCALES, ClipDataset, VideoSet, read_video_set, split_video_set
 from .errors import UsageError, VtempoError
 from .registry import Protocol
 from .runtime import autocast
+from .video.transforms import Preprocess
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -65,6 +66,7 @@ class TrainConfig:
     dropout: float = 0.5
     clip_grad: float | None = 20.0
     flip: bool = False  # horizontal flips swap left and right: off for direction-sensitive classes
+    scales: tuple[float, ...] = TRAIN_SCALES  # multi-scale crop sides, fractions of the short side; (1.0,): none
     dtype: str = "auto"  # auto: bf16 (fp16 when unsupported) autocast on CUDA, fp32 on CPU
     device: str = "auto"
     workers: int | None = None
@@ -251,7 +253,7 @@ def model_meta(config: TrainConfig, arch: str, classes: list[str], frames: int, 
         "num_classes": len(classes),
         "frames": frames,
         "classes": list(classes),
-        "input_size": pre.size,
+        "input_size": pre.input_size,
         "resize": list(pre.resize),
         "mean": list(pre.mean),
         "std": list(pre.std),
@@ -311,7 +313,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     classes = train_set.classes
     frames = config.frames or (entry.frames if entry else 8)
     protocol = training_protocol(config, entry)
-    pre = Preprocess.for_entry(entry, config.size)
+    pre = Preprocess.from_entry(entry, config.size)
     if config.resize:
         pre = dataclasses.replace(pre, resize=(config.resize,))
     dtype = resolve_dtype(config.dtype, ranks.device)
@@ -323,8 +325,10 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     model.to(ranks.device)
     channels_last(model)
     optimizer = make_optimizer(model, config)
+    if not config.scales or not all(0 < s <= 1 for s in config.scales):
+        raise UsageError(f"--scales must be fractions in (0, 1], got {config.scales}")
     train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip,
-                             cache=config.cache)
+                             cache=config.cache, scales=config.scales)
     eval_protocol = dataclasses.replace(protocol, clips=1, crop="centre")
     val_data = ClipDataset(val_set, frames, eval_protocol, pre, train=False, seed=config.seed, cache=config.cache)
     sampler = torch.utils.data.DistributedSampler(
@@ -382,7 +386,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
                                   "initial_weights": loaded, "start_epoch": start_epoch}) + "\n")
         say(f"training {arch} on {len(train_set)} videos ({len(classes)} classes), validating on {len(val_set)}; "
             f"{frames} frames, " + (f"stride {protocol.stride}" if protocol.sampling == "stride" else f"{protocol.sampling} sampling")
-            + f", {pre.size}px, {ranks.world} process(es) on {ranks.device}, {dtype}")
+            + f", {pre.input_size}px, {ranks.world} process(es) on {ranks.device}, {dtype}")
 
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()

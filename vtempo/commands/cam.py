@@ -32,7 +32,7 @@ def cam(
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the heat map in the overlay."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames to sample (default: the first model's)."),
     out: Path = typer.Option(
-        Path("cam.png"), "--out", "-o", help=".png contact sheet, or .mp4/.gif with the models side by side."
+        Path("cam.png"), "--out", "-o", help=".png/.jpg contact sheet, or .mp4/.gif with the models side by side."
     ),
     save_maps: Optional[Path] = typer.Option(
         None, "--save-maps", help=".npz with each model's T×H×W maps at the original resolution and the frame indices."
@@ -62,14 +62,15 @@ def cam(
         video, model, target=target, layer=layer, method=method, norm=norm,
         weights=weights or None, frames=frames, device=device, dtype=dtype, user_registry=registry,
     )
-    written = [cams.write(result, out, alpha)]
-    if save_maps is not None:
-        written.append(cams.save_maps(result, save_maps))
+    written = [cams.save_maps(result, save_maps)] if save_maps is not None else []
+    written.append(cams.write(result, out, alpha))
 
     for item in result.models:
         console.print(
             f"{item.name}: top {item.top_label} ({item.top_score:.3f}); map for {item.target_label} "
             f"({item.target_score:.3f}) at {item.layer}",
             highlight=False,
+            soft_wrap=True,
         )
-    console.print(f"frames {', '.join(str(i) for i in result.indices)} → {', '.join(map(str, written))}", highlight=False)
+    frames_used = ", ".join(str(i) for i in result.indices)
+    console.print(f"frames {frames_used} → {', '.join(map(str, written))}", highlight=False, soft_wrap=True)

@@ -43,12 +43,15 @@ def results_table(rows, topk: int) -> Table:
     return table
 
 
+DEMO_MODEL = "tsm-demo"  # bundled, so a fresh install classifies offline
+
+
 def register(app: typer.Typer) -> None:
     @app.command("classify")
     @friendly_errors
     def classify_command(
         paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
-        model: str = typer.Option(..., "--model", "-m", help="A registry model (`vtempo models`) or an architecture with --weights."),
+        model: str = typer.Option(DEMO_MODEL, "--model", "-m", help="A registry model (`vtempo models`) or an architecture with --weights."),
         weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Checkpoint in any supported layout (default: the registry's)."),
         labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
         frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the model's)."),

@@ -72,6 +72,13 @@ def synth(
                   f"(list: {result.list_file.name}, labels: {result.labels_file.name})")
 
 
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
 def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
     if text is None:
         return None
@@ -106,6 +113,7 @@ def train(
     dropout: float = typer.Option(0.5, "--dropout"),
     clip_grad: float = typer.Option(20.0, "--clip-grad", help="Clip the gradient norm (0: off)."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips (wrong when direction is the label)."),
+    scales: str = typer.Option("1,0.875,0.75,0.66", "--scales", help="Multi-scale crop sides as fractions of the short side (1: no scale jitter)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, … (under torchrun: one device per rank)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per rank."),
@@ -124,7 +132,7 @@ def train(
         labels=str(labels) if labels else None, weights=weights, frames=frames, sampling=sampling, stride=stride,
         size=size, resize=resize, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, milestones=_ints(milestones, "--milestones"), warmup=warmup,
-        dropout=dropout, clip_grad=clip_grad or None, flip=flip, dtype=dtype, device=device, workers=workers,
+        dropout=dropout, clip_grad=clip_grad or None, flip=flip, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,
         threads=threads, seed=seed, cache=cache, resume=resume, progress=progress,
     )
     result = run_training(config, console)
