@@ -53,7 +53,7 @@ def write(path: Path, models: dict | str) -> Path:
 
 
 def test_builtin_registry_holds_every_public_checkpoint():
-    entries = registry.load_registry()
+    entries = {name: entry for name, entry in registry.load_registry().items() if not name.endswith("-demo")}
     assert set(entries) == set(PUBLISHED_TOP1)
     for name, entry in entries.items():
         parts = NAME.fullmatch(name)

@@ -43,7 +43,7 @@ def results_table(rows, topk: int) -> Table:
     return table
 
 
-DEMO_MODEL = "tsm-demo"  # bundled, so a fresh install classifies offline
+DEMO_MODEL = "tcm-demo"  # bundled, so a fresh install classifies offline
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,33 @@
+"""The README's first command: `vtempo classify examples/clips` with the bundled default demo model."""
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from vtempo.cli import app
+from vtempo.registry import load_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_first_command_classifies_the_examples_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    monkeypatch.setenv("VTEMPO_OFFLINE", "1")
+    out = tmp_path / "results.jsonl"
+    result = CliRunner().invoke(app, ["classify", str(ROOT / "examples" / "clips"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    clips = sorted(p.name for p in (ROOT / "examples" / "clips").iterdir())
+    assert sorted(Path(row["path"]).name for row in rows) == clips
+    labels = set((ROOT / "vtempo" / "labels" / "synth10.txt").read_text().split())
+    assert all(row["top"][0]["label"] in labels for row in rows), rows[0]
+
+
+def test_bundled_demo_weights_match_their_registry_hashes():
+    import hashlib
+
+    demos = {name: entry for name, entry in load_registry().items() if name.endswith("-demo")}
+    assert demos
+    for name, entry in demos.items():
+        path = ROOT / "vtempo" / "weights" / entry.weights.bundled
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.weights.sha256, name
