@@ -4,8 +4,8 @@ tests/data/reference_logits/<arch>.pt holds logits that the public reference cod
 this repository (mit-han-lab/temporal-shift-module for TSN and TSM, liu-zhy/temporal-adaptive-module
 for TAM, zphyix/TCM with the spatial_correlation_sampler C++ extension for TCM; commits in each file).
 The weights are not stored: `fidelity_weights` regenerates them from a seed, here and in the reference
-run (tests/data/reference_logits/run_reference.py, which says how it was run), which copied them into
-the reference model through the official key names. Checksums of the
+run (outside the repository, on CPU, with the official code unchanged but for device and stub
+shims), which copied them into the reference model through the official key names. Checksums of the
 weights and of the input separate a change of torch's random generator from a change of the model.
 """
 from __future__ import annotations
