@@ -47,6 +47,7 @@ class Recipe:
     schedule: str = "cosine"
     warmup: int = 1
     dropout: float = 0.3
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop; (1.0,) = none (learns faster here)
     dtype: str = "bf16"  # CPU autocast; on CPUs without native bf16 use fp32 (slower, same accuracy within noise)
 
     def arch(self, family: str) -> str:
@@ -80,7 +81,8 @@ def _train_config(family: str, data: dict[str, Path], out: Path, seed: int, reci
         data=str(data["train"]), val=str(data["val"]), model=recipe.arch(family), out=str(out / "runs" / family),
         frames=recipe.frames, stride=recipe.stride, size=recipe.size, resize=recipe.size, epochs=recipe.epochs,
         batch_size=recipe.batch_size, optimizer=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
-        schedule=recipe.schedule, warmup=recipe.warmup, dropout=recipe.dropout, dtype=recipe.dtype, seed=seed,
+        schedule=recipe.schedule, warmup=recipe.warmup, dropout=recipe.dropout, scales=recipe.scales,
+        dtype=recipe.dtype, seed=seed,
         cache=True, threads=threads, progress=False,
     )
 
