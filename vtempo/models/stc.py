@@ -41,21 +41,11 @@ from . import register
 from .backbone import blocks, resnet
 from .base import TemporalModule, VideoRecognizer
 from .surgery import like, replace_spatial_conv, spatial_conv
+from .tsm import shift_clip
 
 ALPHA = 0.75
 LIGHT_REDUCTION = 4
 MIN_REDUCED = 8  # the paper's max(8, αC/r), after SK-Net
-
-
-def temporal_shift(clip: torch.Tensor, fold: int) -> torch.Tensor:
-    """TSM's shift on (N, T, C, H, W): channels [0, fold) take frame t+1, [fold, 2·fold) frame t-1."""
-    if fold == 0:
-        return clip
-    out = torch.zeros_like(clip)
-    out[:, :-1, :fold] = clip[:, 1:, :fold]
-    out[:, 1:, fold : 2 * fold] = clip[:, :-1, fold : 2 * fold]
-    out[:, :, 2 * fold :] = clip[:, :, 2 * fold :]
-    return out
 
 
 def split_width(channels: int, alpha: float = ALPHA) -> int:
@@ -125,7 +115,7 @@ class SpatioTemporalCollaboration(TemporalModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial_part, temporal_part = x[:, : self.spatial_in], x[:, self.spatial_in :]
 
-        shifted = temporal_shift(self.split(spatial_part), self.fold).flatten(0, 1)
+        shifted = shift_clip(self.split(spatial_part), self.fold).flatten(0, 1)
         y_st = self.spatial(shifted)
         gate = self.temporal_refinement(self.split(y_st).mean((3, 4)).transpose(1, 2))  # (N, C, T)
         z_st = y_st * gate.transpose(1, 2).reshape(-1, gate.shape[1], 1, 1)

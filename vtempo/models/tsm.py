@@ -22,17 +22,20 @@ from .base import TemporalModule, VideoRecognizer
 FOLD_DIV = 8
 
 
-def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = FOLD_DIV) -> torch.Tensor:
-    """Shift C//fold_div channels of an (N·T, C, H, W) batch one frame back and as many one frame forward."""
-    clip = x.view(-1, frames, *x.shape[1:])
-    fold = x.shape[1] // fold_div
+def shift_clip(clip: torch.Tensor, fold: int) -> torch.Tensor:
+    """(N, T, C, ...): channels [0, fold) take frame t+1, [fold, 2·fold) frame t-1, zeros past the ends."""
     out = torch.empty_like(clip)  # every element is written once below: no clone-then-overwrite
     out[:, :-1, :fold] = clip[:, 1:, :fold]  # frame t sees frame t+1
     out[:, -1:, :fold] = 0
     out[:, 1:, fold : 2 * fold] = clip[:, :-1, fold : 2 * fold]  # frame t sees frame t-1
     out[:, :1, fold : 2 * fold] = 0
     out[:, :, 2 * fold :] = clip[:, :, 2 * fold :]
-    return out.view(x.shape)
+    return out
+
+
+def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = FOLD_DIV) -> torch.Tensor:
+    """Shift C//fold_div channels of an (N·T, C, H, W) batch one frame back and as many one frame forward."""
+    return shift_clip(x.view(-1, frames, *x.shape[1:]), x.shape[1] // fold_div).view(x.shape)
 
 
 class TemporalShift(TemporalModule):
