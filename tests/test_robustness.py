@@ -88,3 +88,22 @@ def test_synth_train_evaluate_robustness_end_to_end(tmp_path):
     assert len(rows) == 14 and {r["model"] for r in rows} == {"a", "b"}
     plot = cv2.imread(str(tmp_path / "rob" / "robustness.png"))
     assert plot is not None and plot.shape[1] > plot.shape[0] > 300
+
+
+def test_demo_zoo_retrain_runs_two_trainings_at_once(tmp_path):
+    from vtempo.demo_zoo import Recipe, retrain
+
+    tiny = Recipe(backbone="r10w8", size=32, clip_frames=12, train_clips=2, val_clips=1, test_clips=1, epochs=2,
+                  batch_size=4, classes=4)
+    report = retrain(tmp_path, families=["tsn", "tsm"], jobs=2, recipe=tiny)
+    assert set(report["models"]) == {"tsn", "tsm"} and report["jobs"] == 2
+    for family in ("tsn", "tsm"):
+        log = (tmp_path / "runs" / family / "train.log").read_text()
+        assert "epoch 2/2" in log
+        assert (tmp_path / "eval" / family / "evaluation.json").is_file()
+    assert set(report["robustness"]["models"]) == {"tsn", "tsm"}
+    assert "| tsm-demo |" in (tmp_path / "report.md").read_text()
+    # a second call finds both runs finished and trains nothing
+    again = retrain(tmp_path, families=["tsn", "tsm"], jobs=2, recipe=tiny)
+    assert again["models"]["tsm"]["top1"] == report["models"]["tsm"]["top1"]
+    assert again["seconds"]["tsm"] == 0.0

@@ -17,6 +17,7 @@ import ctypes
 import gc
 import os
 import re
+import statistics
 import threading
 import time
 from collections import deque
@@ -512,7 +513,8 @@ class PipelineReport:
     data_clips_per_s: float  # decode + views (resize, crop, normalise), one process
     model_clips_per_s: float  # the model alone on ready tensors
     end_to_end_clips_per_s: float  # classify(): workers decoding while the model runs
-    end_to_end_vs_model: float
+    end_to_end_vs_model: float  # median over the rounds of each round's ratio
+    rounds: int  # alternating model-only and end-to-end runs; every rate is the median over them
     peak_rss_mb: float | None  # this process during the end-to-end run
     worker_peak_rss_mb: float | None  # the largest decode worker during the end-to-end run
     failed: int
@@ -576,6 +578,7 @@ def measure_pipeline(
     files: int | None = None,
     readers: Sequence[str] | None = None,
     user_registry: str | os.PathLike | None = None,
+    rounds: int = 3,
 ) -> PipelineReport:
     """Clips/s of each stage of classify on the videos in `folder` (untrained weights: speed only).
 
@@ -625,27 +628,32 @@ def measure_pipeline(
     calls = max(1, -(-total_clips // classifier.batch_size))
     with torch.inference_mode(), autocast(classifier.device, dtype):
         classifier.model(sample.to(classifier.device))  # warm-up
-        synchronize(classifier.device)
-        started = time.perf_counter()
-        for _ in range(calls):
-            classifier.model(sample.to(classifier.device)).float().cpu()
-        synchronize(classifier.device)
-    model_rate = calls * classifier.batch_size / (time.perf_counter() - started)
-
+    # Model-only and end-to-end runs alternate and the medians are reported: on a shared machine the
+    # speed drifts by ±20% from minute to minute, more than the difference being measured.
+    model_rates, end_to_end_rates, ratios = [], [], []
     failed = 0
     with _RssSampler() as memory:
-        started, clips = time.perf_counter(), 0
-        for result in classifier.run(videos):
-            clips += result.views
-            failed += not result.ok
-        end_to_end = clips / (time.perf_counter() - started)
+        for _ in range(rounds):
+            with torch.inference_mode(), autocast(classifier.device, dtype):
+                synchronize(classifier.device)
+                started = time.perf_counter()
+                for _ in range(calls):
+                    classifier.model(sample.to(classifier.device)).float().cpu()
+                synchronize(classifier.device)
+            model_rates.append(calls * classifier.batch_size / (time.perf_counter() - started))
+            started, clips, failed = time.perf_counter(), 0, 0
+            for result in classifier.run(videos):
+                clips += result.views
+                failed += not result.ok
+            end_to_end_rates.append(clips / (time.perf_counter() - started))
+            ratios.append(end_to_end_rates[-1] / model_rates[-1])
     mb = 1024 * 1024
     return PipelineReport(
         model=model, files=len(videos), clips=clips, views=f"{plan.clips}x{CROPS[plan.crop]}", frames=plan.frames,
         input_size=size_, device=str(classifier.device), dtype=dtype, batch_size=classifier.batch_size,
         workers=classifier.workers, decode_clips_per_s=decode, data_clips_per_s=data_rate,
-        model_clips_per_s=model_rate, end_to_end_clips_per_s=end_to_end,
-        end_to_end_vs_model=end_to_end / model_rate if model_rate else float("nan"),
+        model_clips_per_s=statistics.median(model_rates), end_to_end_clips_per_s=statistics.median(end_to_end_rates),
+        end_to_end_vs_model=statistics.median(ratios), rounds=rounds,
         peak_rss_mb=memory.peak / mb if memory.peak else None,
         worker_peak_rss_mb=memory.children_peak / mb if memory.children_peak else None,
         failed=failed,

@@ -247,10 +247,10 @@ def train_demo_zoo(
     seed: int = typer.Option(0, "--seed", help="Seeds the training set, the runs and (seed+1) the test set."),
     family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all eight)."),
     install: bool = typer.Option(False, "--install", help="Also write the fp16 weights into vtempo/weights/ (maintainers)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: all cores)."),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:
     """Retrain every bundled demo model from scratch on a fresh synthetic set (see vtempo/demo_zoo.py)."""
     from ..demo_zoo import retrain
 
-    report = retrain(out, seed=seed, families=family or None, install=install, threads=threads, console=console)
+    report = retrain(out, seed=seed, families=family or None, install=install, jobs=jobs, console=console)
     console.print(json.dumps(report["summary"], indent=1))

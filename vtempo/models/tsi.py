@@ -28,16 +28,18 @@ Choices where the paper is silent (each also noted at the code):
   change width); SME/CTI see the 3×3 conv's output, already at the new resolution.
 - BasicBlock (ResNet-18): SME → CTI follow conv1-bn1-relu, before conv2 (see `surgery`).
 
-Cost at R-50, 8 frames, 224², 174 classes (`count_macs`): 34.94 GMACs (paper: 34G, 1.03× ResNet-50;
-+2.8%) and 24,518,310 parameters (the paper gives none). Of these, 32.96 are convolutions and the
-head (1.008× TSN's 32.70) and 1.98 the attention (F.scaled_dot_product_attention, which the counter
-sees; mostly res2, where 56² = 3136 positions attend to each other with 4 channels). The paper's 34
-lies between 32.96 and 34.94; a counter that skips matmuls (thop does) would give 33. Uncounted here: the
-saliency product, the differences, the gates and the CI blend (0.03 G elementwise ops) and the
-attention's softmax (0.225 G elements). Time is another matter: that softmax over 3136×3136
-scores per frame pair (~30% of the forward time on CPU) made TSI 1.54× TSN's time per clip in one
-measurement (CPU, 1 thread, fp32, channels-last, best of 5), more than its 1.068× MACs suggest; the
-paper's own Table 8 shows 1.85× (44 vs 81.5 clips/s on a GPU).
+Cost at R-50, 8 frames, 224², 174 classes (`count_macs`): 34.84 GMACs (paper: 34G, 1.03× ResNet-50;
++2.5%) and 24,518,310 parameters (the paper gives none). Of these, 32.86 are convolutions and the head
+and 1.98 the attention (F.scaled_dot_product_attention, which the counter sees; mostly res2, where
+56² = 3136 positions attend to each other with 4 channels). In eval mode SME expands the spatially
+pooled motion instead of pooling the expanded one (the 1×1 conv and an eval-mode BN are affine per
+position, so the two orders are equal); counted in the paper's order the total is 34.94. A counter
+that skips matmuls (thop does) would give 33. Uncounted here: the saliency product, the differences,
+the gates and the CI blend (0.03 G elementwise ops) and the attention's softmax (0.225 G elements).
+Time is another matter: that softmax over 3136×3136 scores per frame pair, which no choice of kernel
+made cheaper (F.scaled_dot_product_attention's fused CPU kernel beat bmm + softmax, chunked or not,
+by 2× or more), costs ~220 ms of a ~780 ms forward on 2 CPU cores and keeps TSI at 1.6-1.7× TSN's
+time per clip for 1.07× its MACs; the paper's own Table 8 shows 1.85× (44 vs 81.5 clips/s on a GPU).
 """
 from __future__ import annotations
 
@@ -89,7 +91,11 @@ class SalientMotionExcitation(TemporalModule):
         # Motion of (t, t+1) belongs to frame t; the last frame gets zero motion.
         motion = motion.view(len(reduced), self.frames - 1, *motion.shape[1:])
         motion = F.pad(motion, (0, 0, 0, 0, 0, 0, 0, 1))
-        attention = torch.sigmoid(self.expand(motion.flatten(0, 1)).mean((2, 3), keepdim=True))
+        motion = motion.flatten(0, 1)
+        if self.training:
+            attention = torch.sigmoid(self.expand(motion).mean((2, 3), keepdim=True))
+        else:  # the 1×1 conv and an eval-mode BN are affine per position, so they commute with the mean
+            attention = torch.sigmoid(self.expand(motion.mean((2, 3), keepdim=True)))
         return x + x * attention
 
 
