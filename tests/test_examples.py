@@ -31,3 +31,21 @@ def test_bundled_demo_weights_match_their_registry_hashes():
     for name, entry in demos.items():
         path = ROOT / "vtempo" / "weights" / entry.weights.bundled
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.weights.sha256, name
+
+
+def test_bundled_demos_fit_the_size_budget_and_leave_a_4x4_map():
+    import torch
+
+    import vtempo
+
+    demos = {name: entry for name, entry in load_registry().items() if name.endswith("-demo")}
+    total = sum((ROOT / "vtempo" / "weights" / entry.weights.bundled).stat().st_size for entry in demos.values())
+    assert total <= 15 * 1024 * 1024, total
+    for name, entry in demos.items():
+        model = vtempo.create_model(name, weights=None)
+        clip = torch.zeros(1, entry.frames, 3, entry.input_size, entry.input_size)
+        shapes = []
+        model.backbone.layer4.register_forward_hook(lambda module, args, out: shapes.append(out.shape))
+        with torch.no_grad():
+            model(clip)
+        assert min(shapes[0][-2:]) >= 4, (name, shapes)  # the map Grad-CAM sees
