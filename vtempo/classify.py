@@ -515,8 +515,8 @@ class PipelineReport:
     end_to_end_clips_per_s: float  # classify(): workers decoding while the model runs
     end_to_end_vs_model: float  # median over the rounds of each round's ratio
     rounds: int  # alternating model-only and end-to-end runs; every rate is the median over them
-    peak_rss_mb: float | None  # this process during the end-to-end run
-    worker_peak_rss_mb: float | None  # the largest decode worker during the end-to-end run
+    peak_rss_mb: float | None  # this process during the rounds
+    worker_peak_rss_mb: float | None  # the largest decode worker during the rounds
     failed: int
 
 
