@@ -631,7 +631,6 @@ def measure_pipeline(
     # Model-only and end-to-end runs alternate and the medians are reported: on a shared machine the
     # speed drifts by ±20% from minute to minute, more than the difference being measured.
     model_rates, end_to_end_rates, ratios = [], [], []
-    failed = 0
     with _RssSampler() as memory:
         for _ in range(rounds):
             with torch.inference_mode(), autocast(classifier.device, dtype):

@@ -181,7 +181,6 @@ def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = 
                 family = running[done]
                 timings[family] = done.result()
                 say(f"{family}: trained ({timings[family] / 60:.1f} min)")
-    torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, dict[str, Any]] = {}
     for family in families:
         run = out / "runs" / family
