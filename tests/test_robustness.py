@@ -107,3 +107,13 @@ def test_demo_zoo_retrain_runs_two_trainings_at_once(tmp_path):
     again = retrain(tmp_path, families=["tsn", "tsm"], jobs=2, recipe=tiny)
     assert again["models"]["tsm"]["top1"] == report["models"]["tsm"]["top1"]
     assert again["seconds"]["tsm"] == 0.0
+
+
+def test_demo_recipe_gives_each_family_its_own_settings(tmp_path):
+    from vtempo.demo_zoo import Recipe, _train_config
+
+    recipe = Recipe(epochs=3, lr=1e-3, per_family={"tam": {"lr": 5e-3, "epochs": 7}})
+    data = {"train": tmp_path / "train", "val": tmp_path / "val"}
+    tam, tsm = (_train_config(family, data, tmp_path, 0, recipe, 1) for family in ("tam", "tsm"))
+    assert (tam.lr, tam.epochs, tam.model) == (5e-3, 7, "tam-r14w16")
+    assert (tsm.lr, tsm.epochs, tsm.model) == (1e-3, 3, "tsm-r14w16")
