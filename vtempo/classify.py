@@ -216,6 +216,10 @@ def _init_worker(_: int) -> None:
     # writes to their pages, and the copy-on-write grows the worker's memory with every file it decodes.
     gc.freeze()
     torch.set_num_threads(1)
+    # The model runs as many threads as there are cores and they meet at a barrier after every op: a
+    # worker that preempts one of them stalls them all. At the lowest priority the workers decode in
+    # the gaps the model leaves (end to end rose from 0.84-0.91× to 0.93-0.98× model-only on 2 cores).
+    os.nice(19)
 
 
 def default_workers() -> int:
