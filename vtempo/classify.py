@@ -218,7 +218,7 @@ def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
     # The model runs as many threads as there are cores and they meet at a barrier after every op: a
     # worker that preempts one of them stalls them all. At the lowest priority the workers decode in
-    # the gaps the model leaves (end to end rose from 0.84-0.91× to 0.93-0.98× model-only on 2 cores).
+    # the gaps the model leaves.
     os.nice(19)
 
 
@@ -632,6 +632,8 @@ def measure_pipeline(
     calls = max(1, -(-total_clips // classifier.batch_size))
     with torch.inference_mode(), autocast(classifier.device, dtype):
         classifier.model(sample.to(classifier.device))  # warm-up
+    for _ in classifier.run(videos[: classifier.batch_size]):  # warm-up: one-off start-up costs stay out of the rates
+        pass
     # Model-only and end-to-end runs alternate and the medians are reported: on a shared machine the
     # speed drifts by ±20% from minute to minute, more than the difference being measured.
     model_rates, end_to_end_rates, ratios = [], [], []
