@@ -132,14 +132,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_bf16_keeps_top1_and_logits_within_tolerance(family, one_thread):
+def test_bf16_keeps_top1_and_logits_within_tolerance(family, device, one_thread):
     torch.manual_seed(0)
     model = build(f"{family}-r14w16", num_classes=10, frames=4)
     # a trained-like head: logits of order 1 that differ between classes (the N(0, 0.001) init gives near-ties)
     nn.init.normal_(model.fc.weight, 0, 1 / math.sqrt(model.fc.in_features))
-    model = prepare(model, torch.device("cpu"), channels_last=True)
-    clips = torch.randn(8, 4, 3, 64, 64)
+    model = prepare(model, torch.device(device), channels_last=True)
+    clips = torch.randn(8, 4, 3, 64, 64).to(device)
     agreement = logit_agreement(model, clips, "bf16")
     assert 0 < agreement.relative < BF16_RELATIVE_TOLERANCE, agreement  # > 0: autocast really ran in bf16
 
@@ -148,9 +152,10 @@ def test_bf16_keeps_top1_and_logits_within_tolerance(family, one_thread):
     top2 = logits.topk(2, dim=-1).values
     clear = (top2[:, 0] - top2[:, 1]) > 2 * BF16_RELATIVE_TOLERANCE * logits.abs().max()
     assert clear.sum() >= 2  # the check below is not vacuous
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
         reduced = model(clips).float()
     assert torch.equal(reduced.argmax(-1)[clear], logits.argmax(-1)[clear])
+
 
 
 def test_pipeline_option_times_the_classify_pipeline(tmp_path):

@@ -62,7 +62,8 @@ def test_train_writes_log_and_a_self_describing_best_checkpoint(tiny_set, tmp_pa
 
 
 def test_resume_continues_exactly_where_it_stopped(tiny_set, tmp_path):
-    common = dict(data=str(tiny_set), model="tsn-r10w8", milestones=[5], val_split=0.25, **TINY)
+    # On the CPU: cuDNN's backward kernels are not deterministic, so on CUDA a resumed run is close, not equal.
+    common = dict(data=str(tiny_set), model="tsn-r10w8", milestones=[5], val_split=0.25, device="cpu", **TINY)
     train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **common))
     train(TrainConfig(out=str(tmp_path / "split"), epochs=1, **common))
     with pytest.raises(VtempoError, match="--resume"):
@@ -75,6 +76,19 @@ def test_resume_continues_exactly_where_it_stopped(tiny_set, tmp_path):
         assert torch.equal(value, resumed["model"][key]), key
     epochs = [json.loads(line).get("epoch") for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [e for e in epochs if e is not None] == [0, 1]
+
+
+def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):
+    from vtempo import distributed
+    from vtempo.errors import UsageError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "pick_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match="rank 1 .* 1 are visible.*--device cpu"):
+        distributed.start("auto")
+    assert not torch.distributed.is_initialized()
 
 
 def test_learning_rate_schedules():
@@ -147,7 +161,7 @@ def test_ddp_two_gloo_processes_train_and_evaluate(tiny_set, tmp_path):
     run = subprocess.run(
         torchrun + ["train", str(tiny_set), "--model", "tsm-r10w8", "--out", str(out), "--epochs", "2", "--frames", "2",
                     "--size", "32", "--resize", "32", "--stride", "3", "--batch-size", "2", "--workers", "0",
-                    "--val-split", "0.25", "--no-progress"],
+                    "--val-split", "0.25", "--device", "cpu", "--no-progress"],
         env=env, capture_output=True, text=True, timeout=240,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -157,12 +171,12 @@ def test_ddp_two_gloo_processes_train_and_evaluate(tiny_set, tmp_path):
 
     evaluation = subprocess.run(
         torchrun + ["evaluate", str(tiny_set), "--model", str(out / "best.pt"), "--out", str(tmp_path / "eval-ddp"),
-                    "--workers", "0", "--no-progress"],
+                    "--workers", "0", "--device", "cpu", "--no-progress"],
         env=env, capture_output=True, text=True, timeout=240,
     )
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     single = CliRunner().invoke(app, ["evaluate", str(tiny_set), "--model", str(out / "best.pt"), "--out",
-                                      str(tmp_path / "eval-one"), "--workers", "0", "--no-progress"])
+                                      str(tmp_path / "eval-one"), "--workers", "0", "--device", "cpu", "--no-progress"])
     assert single.exit_code == 0, single.output
     ddp = json.loads((tmp_path / "eval-ddp" / "evaluation.json").read_text())
     one = json.loads((tmp_path / "eval-one" / "evaluation.json").read_text())

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
 from .runtime import pick_device
 
 
@@ -38,6 +39,10 @@ def start(device: str = "auto") -> Ranks:
         return Ranks(0, 1, chosen)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if chosen.type == "cuda":
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise UsageError(f"rank {local_rank} of this node needs a GPU of its own, but {visible} are visible: "
+                             f"start at most {visible} processes per node, or pass --device cpu")
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():

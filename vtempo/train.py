@@ -4,7 +4,8 @@ The recipe defaults are the papers' (SGD, momentum 0.9, weight decay 5e-4, lr 0.
 and 80% of the epochs, dropout 0.5, gradient norm clipped at 20, TSM's multi-scale crop); AdamW and a
 cosine schedule with warm-up are one flag away. The same code runs on one process or under `torchrun`
 (DDP, one rank per device, gloo on CPU). Everything random is seeded: clip sampling and crops depend
-only on (seed, epoch, video), never on the number of workers.
+only on (seed, epoch, video), never on the number of workers. On the CPU a rerun or a resumed run is
+bit-identical; on CUDA, cuDNN's backward kernels are not deterministic, so it is close, not equal.
 
 The output folder holds `log.jsonl` (one line per epoch), `last.pt` (the full training state, for
 `--resume`), `best.pt` (the best model by validation top-1, a vtempo checkpoint that records the
