@@ -132,7 +132,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -155,7 +156,6 @@ def test_bf16_keeps_top1_and_logits_within_tolerance(family, device, one_thread)
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
         reduced = model(clips).float()
     assert torch.equal(reduced.argmax(-1)[clear], logits.argmax(-1)[clear])
-
 
 
 def test_pipeline_option_times_the_classify_pipeline(tmp_path):
