@@ -301,6 +301,8 @@ def test_interrupted_run_keeps_finished_results(tiny, good_videos, tmp_path):
     process = subprocess.Popen(
         [*VTEMPO, "classify", str(videos), *tiny_args(tiny, "--workers", "1", "-o", str(out))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python keeps that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
