@@ -182,3 +182,27 @@ def test_ddp_two_gloo_processes_train_and_evaluate(tiny_set, tmp_path):
     one = json.loads((tmp_path / "eval-one" / "evaluation.json").read_text())
     assert ddp["videos"] == one["videos"] == 12
     assert ddp["confusion"] == one["confusion"] and ddp["top1"] == one["top1"]
+
+
+def test_ddp_ranks_skip_together_when_one_rank_has_no_decodable_clip(tiny_set, tmp_path):
+    """Batch size 1, one undecodable file among 14: the rank whose batch failed and the other skip that step
+    together (without the agreement the other rank waits in its gradient all-reduce until the timeout)."""
+    data = tmp_path / "with-broken"
+    for label in ("grow", "shrink"):
+        (data / label).mkdir(parents=True)
+        for clip in (tiny_set / label).iterdir():
+            (data / label / clip.name).write_bytes(clip.read_bytes())
+    (data / "grow" / "copy.mp4").write_bytes(next((tiny_set / "grow").glob("*.mp4")).read_bytes())
+    (data / "shrink" / "broken.mp4").write_bytes(b"not a video")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", "-m", "vtempo.cli", "train", str(data), "--val", str(tiny_set), "--model",
+         "tsn-r10w8", "--out", str(tmp_path / "run"), "--epochs", "1", "--frames", "2", "--size", "32", "--resize", "32",
+         "--stride", "3", "--batch-size", "1", "--workers", "0", "--device", "cpu", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.stdout.count("skipped") == 1 and "broken.mp4" in run.stdout
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r.get("epoch") for r in records[1:]] == [0] and records[1]["steps"] == 6

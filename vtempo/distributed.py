@@ -67,6 +67,13 @@ def all_sum(values: list[float], ranks: Ranks) -> list[float]:
     return tensor.tolist()
 
 
+def all_true(flag: bool, ranks: Ranks) -> bool:
+    """Whether `flag` holds on every rank (one small all-reduce under DDP)."""
+    if not ranks.distributed:
+        return flag
+    return all_sum([float(not flag)], ranks)[0] == 0
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()

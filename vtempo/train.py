@@ -399,10 +399,13 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
         net.train()
         totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
         failures: list[tuple[int, str]] = []
+        steps = 0
         with _progress(config.progress and ranks.main, console, f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as advance:
             for clips, labels, _, failed in loader:
                 failures += failed
-                if clips is None:
+                # Under DDP each step's backward is an all-reduce every rank must join, so when one rank's
+                # whole batch failed to decode, all ranks skip that step together.
+                if not distributed.all_true(clips is not None, ranks):
                     advance()
                     continue
                 labels = labels.to(ranks.device, non_blocking=True)
@@ -414,6 +417,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
                 totals[0] += loss.item() * len(labels)
                 totals[1] += (logits.argmax(1) == labels).sum().item()
                 totals[2] += len(labels)
+                steps += 1
                 advance(loss=loss.item())
         loss_sum, correct, count = distributed.all_sum(totals, ranks)
         for rank_failures in distributed.all_gather_objects(failures, ranks):
@@ -425,7 +429,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
         val_loss = float(F.cross_entropy(torch.from_numpy(val_scores), torch.from_numpy(val_labels))) if len(val_labels) else math.nan
         top1, top5 = (topk_accuracy(val_scores, val_labels, k) for k in (1, min(5, len(classes))))
         record = {
-            "epoch": epoch, "lr": epoch_lr, "train_loss": loss_sum / max(count, 1),
+            "epoch": epoch, "lr": epoch_lr, "steps": steps, "train_loss": loss_sum / max(count, 1),
             "train_top1": 100 * correct / max(count, 1), "val_loss": val_loss, "val_top1": top1, "val_top5": top5,
             "val_failed": len(val_failed), "seconds": round(time.perf_counter() - began, 2),
         }
