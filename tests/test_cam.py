@@ -19,6 +19,7 @@ from vtempo.cli import app
 from vtempo.errors import UsageError
 from vtempo.models import FAMILIES, build, split_name
 from vtempo.registry import ModelEntry, load_registry
+from vtempo.runtime import prepare
 from vtempo.video import clip_indices, uniform_indices
 
 HEIGHT, WIDTH, PAD = 96, 128, 16  # a 96² synthetic clip padded left and right to 96×128
@@ -264,6 +265,6 @@ def test_untrained_control_misses_the_object():
     trained = hit_rate(Classifier.create(demos["tsm"], device="cpu"), seed=31337)
     untrained = Classifier.create(demos["tsm"], device="cpu")
     torch.manual_seed(0)
-    untrained.model.load_state_dict(build(untrained.model.entry.arch, untrained.model.num_classes,
-                                          untrained.plan.frames).state_dict())
+    fresh = build(untrained.model.entry.arch, untrained.model.num_classes, untrained.plan.frames)
+    untrained.model.load_state_dict(prepare(fresh, torch.device("cpu")).state_dict())  # folded like the demo
     assert hit_rate(untrained, seed=31337) < trained - 0.2

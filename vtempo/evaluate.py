@@ -25,7 +25,7 @@ from .classify import parse_views
 from .dataset import ClipDataset, VideoSet, read_video_set
 from .errors import UsageError, VtempoError
 from .registry import CROPS, Protocol, labels_path, read_labels
-from .runtime import autocast
+from .runtime import autocast, prepare
 from .video.transforms import Preprocess
 
 
@@ -216,7 +216,7 @@ def evaluate(data: str, model: str, weights: str | None = None, views: str | Non
         videos = align_classes(read_video_set(data, labels), loaded.classes, num_classes)
         clips, crop = parse_views(views) if views else (loaded.protocol.clips, loaded.protocol.crop)
         dataset = ClipDataset(videos, loaded.frames, loaded.protocol, loaded.pre, train=False, clips=clips, crop=crop)
-        loaded.model.to(ranks.device)
+        prepare(loaded.model, ranks.device)
         shard_size = len(range(ranks.rank, len(dataset), ranks.world))
         with (progress_factory(shard_size) if progress_factory and ranks.main else _nothing()) as advance:
             scores, truth, failed = predict(

@@ -24,7 +24,7 @@ from . import distributed
 from .dataset import VideoSet, read_video_set
 from .errors import UsageError, VtempoError
 from .evaluate import LoadedModel, align_classes, load_model
-from .runtime import autocast
+from .runtime import autocast, prepare
 from .video import VideoError, open_video, stride_indices
 from .video.transforms import Preprocess, make_views
 
@@ -131,7 +131,7 @@ def sweep(data: str, models: Sequence[LoadedModel], strides: Sequence[int], fram
             raise VtempoError(f"{m.name} and {reference.name} do not share their classes: compare models of one label set")
     for m in models:
         m.model.set_frames(frames)  # fails early, naming the model, when it was built for another T
-        m.model.to(ranks.device).eval()
+        prepare(m.model, ranks.device)
     dataset = StrideSweepDataset(videos, frames, strides, [m.pre for m in models])
     shard = list(range(ranks.rank, len(dataset), ranks.world))
     loader = torch.utils.data.DataLoader(

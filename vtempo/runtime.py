@@ -43,14 +43,19 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def prepare(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None) -> torch.nn.Module:
-    """Move to the device in eval mode; weights stay fp32 (reduced precision comes from autocast).
+    """Ready a model for inference, in place: eval mode on the device, every BatchNorm that follows a
+    conv folded into it (`models.fuse`; the model can no longer be trained), weights in fp32 (reduced
+    precision comes from autocast).
 
     channels_last=None takes the default (`CHANNELS_LAST`). Inputs need no conversion: the first
     convolution's channels-last weights make every later activation channels-last.
     """
+    from .models.fuse import fold_batch_norms
+
     channels_last = CHANNELS_LAST if channels_last is None else channels_last
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).eval()
+    fold_batch_norms(model)
     # Only 4-D tensors (Conv2d weights) take this layout; `model.to(memory_format=)` would fail on the
     # 5-D weights of a Conv3d.
     for tensor in (*model.parameters(), *model.buffers()):

@@ -7,7 +7,8 @@ spatially pooled features θ (N, C, T) it learns two things per clip:
   Conv1d(C/4→C, k=1) → sigmoid, that rescales the features;
 - the global branch G: a per-(clip, channel) temporal kernel of size 3 that sums to one,
   Linear(T→2T) → BN → ReLU → Linear(2T→3) → softmax, applied as a depth-wise temporal convolution
-  with zero padding: out[t] = k0·y[t-1] + k1·y[t] + k2·y[t+1].
+  with zero padding: out[t] = k0·y[t-1] + k1·y[t] + k2·y[t+1] (elementwise here, not the reference's
+  grouped conv, so it reports its MACs through `uncounted_macs`: 0.033 GMACs at R-50, 8×224²).
 
 G's first layer is a T×2T matrix, so a model is built for one clip length (`fixed_frames`): an 8-frame
 checkpoint needs an 8-frame model. TAM convs and linears are bias-free, with PyTorch's default init. Every
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchvision.models.resnet import ResNet
 
 from . import register
 from .backbone import blocks, resnet
 from .base import TemporalModule, VideoRecognizer
+from .surgery import like
 
 KERNEL_SIZE = 3
 
@@ -51,19 +52,31 @@ class TemporalAdaptiveModule(TemporalModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = self.split(x)  # (N, T, C, H, W)
-        n, t, c, h, w = clip.shape
+        n, t, c = clip.shape[:3]
         theta = clip.mean((-2, -1)).transpose(1, 2)  # (N, C, T)
         kernel = self.global_branch(theta.reshape(n * c, t))  # (N·C, 3)
         importance = self.local_branch(theta)  # (N, C, T)
-        y = clip.transpose(1, 2) * importance.view(n, c, t, 1, 1)
-        # Depth-wise over (clip, channel): a grouped conv, so FLOP counters see it as the reference's conv.
-        out = F.conv2d(
-            y.reshape(1, n * c, t, h * w),
-            kernel.view(n * c, 1, KERNEL_SIZE, 1),
-            padding=(KERNEL_SIZE // 2, 0),
-            groups=n * c,
-        )
-        return out.view(n, c, t, h, w).transpose(1, 2).reshape(x.shape)
+        return like(adaptive_temporal_conv(clip, kernel.view(n, c, KERNEL_SIZE), importance).flatten(0, 1), x)
+
+    def uncounted_macs(self, input_shape: torch.Size) -> float:
+        """The temporal conv is elementwise arithmetic here (the reference's grouped conv, which FLOP counters
+        see): K MACs per output element."""
+        return KERNEL_SIZE * input_shape.numel()
+
+
+def adaptive_temporal_conv(clip: torch.Tensor, kernel: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """out[t] = k0·y[t-1] + k1·y[t] + k2·y[t+1] with y = gate·clip, zero past the ends, per (clip, channel).
+
+    clip (N, T, C, H, W); kernel (N, C, 3); gate (N, C, T). The gate folds into the weight of each (source
+    frame, tap), so the clip is read three times and written once, in its own (channels-last) layout; a
+    grouped conv over (N·C, T, H·W) needed two more reshaping copies. TAM and TEFE's TE both use it.
+    """
+    taps = (kernel.unsqueeze(2) * gate.unsqueeze(3)).to(clip.dtype).transpose(1, 2)  # (N, T source, C, 3)
+    taps = taps[..., None, None]  # broadcast over (H, W)
+    out = clip * taps[:, :, :, 1]
+    out[:, 1:].addcmul_(clip[:, :-1], taps[:, :-1, :, 0])
+    out[:, :-1].addcmul_(clip[:, 1:], taps[:, 1:, :, 2])
+    return out
 
 
 class TemporalAdaptiveConv(nn.Module):

@@ -5,8 +5,10 @@ A TSM network (shift in every residual block, also in R-101, as the official TCM
 TCM after layer2 (appended to the stage as `layer2.tcm`), fused as `x + attention(dynamics(x))`. The
 reference is the official code, whose released weights were trained with it. Where it departs from the
 paper vtempo follows the code: displacement radius 7 (a 15×15 window) instead of the paper's
-R = INT(H/2), and 23.94M parameters / 33.14 GMACs (conv + matmul, plus 0.158 GMACs of correlation) for
-R-50 at 8×224² instead of the paper's 24.5M / 35.3G.
+R = INT(H/2), and 23.94M parameters / 33.14 GMACs of convolutions and head, plus 0.158 GMACs of correlation,
+for R-50 at 8×224² instead of the paper's 24.5M / 35.3G. The correlation runs as a banded matrix product
+(see `correlation`) that computes whole rows of the 28×28 map, 0.295 GMACs, which FLOP counters see:
+`count_macs` gives 33.43 in all.
 
 Temporal dynamics (the paper's MTDM), on layer2's output (N·T, C, H, W):
 1. 1×1 conv C→64 + BN + ReLU, then L2 normalisation over channels (x / sqrt(Σx² + 1e-6)).
@@ -83,12 +85,6 @@ class TemporalDynamics(TemporalModule):
         self.reduce = nn.Sequential(
             nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(inplace=True)
         )
-
-    def uncounted_macs(self, input_shape: torch.Size) -> float:
-        """The correlation's multiply-accumulates (FLOP counters see no conv or matmul in it)."""
-        frames_total, _, h, w = input_shape
-        pairs = 2 * (frames_total // self.frames) * (self.frames - 1)
-        return float(pairs * self.reduce[0].out_channels * (2 * self.radius + 1) ** 2 * h * w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = self.split(l2_normalize(self.reduce(x)))  # (N, T, c, H, W)

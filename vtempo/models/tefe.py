@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import register
 from .backbone import blocks, resnet
 from .base import TemporalModule, VideoRecognizer
+from .tam import adaptive_temporal_conv
 from .surgery import insert_before_output_conv, like, replace_spatial_conv, spatial_conv, spatial_width
 
 REDUCTION = 4
@@ -70,16 +70,10 @@ class TemporalExtraction(TemporalModule):
         clip = self.split(x)  # (N, T, C, H, W)
         means = clip.mean((3, 4)).transpose(1, 2)  # (N, C, T)
         motion = torch.sigmoid(self.expand(self.reduce(means)))  # M, eq. 3
-        short_term = clip * motion.transpose(1, 2)[..., None, None]  # X0 = M ⊙ X, eq. 4
         kernel = self.kernel(means).softmax(-1)  # (N, C, 3), eq. 5
-        # Channel-wise temporal convolution of X0 with each channel's kernel, zero padding (eq. 6):
-        # out[t] = k0·X0[t-1] + k1·X0[t] + k2·X0[t+1].
-        padded = F.pad(short_term, (0, 0, 0, 0, 0, 0, 1, 1))
-        frames = clip.shape[1]
-        out = sum(
-            kernel[:, None, :, k, None, None] * padded[:, k : k + frames] for k in range(KERNEL_SIZE)
-        )
-        return like(out.flatten(0, 1), x)
+        # X0 = M ⊙ X (eq. 4), then the channel-wise temporal convolution of X0 with each channel's kernel,
+        # zero padding (eq. 6): out[t] = k0·X0[t-1] + k1·X0[t] + k2·X0[t+1]. TANet's TAM does the same.
+        return like(adaptive_temporal_conv(clip, kernel, motion).flatten(0, 1), x)
 
     def uncounted_macs(self, input_shape: torch.Size) -> float:
         """The channel-wise temporal conv above is elementwise arithmetic: K MACs per output element."""
