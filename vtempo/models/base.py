@@ -29,6 +29,12 @@ class TemporalModule(nn.Module):
         return x.view(-1, self.frames, *x.shape[1:])
 
 
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the last two (H, W) dimensions. A sum divided by H·W: on CPU a bf16 `mean` first makes
+    an fp32 copy of the whole tensor, 5× the time of the sum."""
+    return x.sum((-2, -1)) / (x.shape[-2] * x.shape[-1])
+
+
 class VideoRecognizer(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.5):
         super().__init__()

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import register
 from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer
+from .base import TemporalModule, VideoRecognizer, spatial_mean
 from .surgery import like, replace_spatial_conv, spatial_conv
 from .tsm import shift_clip
 
@@ -111,17 +112,29 @@ class SpatioTemporalCollaboration(TemporalModule):
             temporal_in, temporal_out, (3, 1, 1), (1, stride, stride), (1, 0, 0), bias=False
         )
         self.spatial_refinement = SpatialRefinement(temporal_out, light)
+        # channels-last weights (see `temporal_conv`), or oneDNN reorders them on every call
+        self.temporal.weight.data = self.temporal.weight.data.contiguous(memory_format=torch.channels_last_3d)
+
+    def temporal_conv(self, clip: torch.Tensor) -> torch.Tensor:
+        """`self.temporal` (3×1×1, spatial stride s) on (N, C, T, H, W), run as the equal 2D conv (3×1) over
+        (T, H·W) of the subsampled clip: PyTorch sends a batch-1 Conv3d with a 1×1 spatial kernel to its
+        slow reference kernel, while oneDNN takes the 2D form in channels-last without copies."""
+        stride = self.temporal.stride[1]
+        clip = clip[..., ::stride, ::stride].contiguous(memory_format=torch.channels_last_3d)
+        height, width = clip.shape[-2:]
+        out = F.conv2d(clip.flatten(3), self.temporal.weight.squeeze(-1), padding=(1, 0))
+        return out.unflatten(3, (height, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial_part, temporal_part = x[:, : self.spatial_in], x[:, self.spatial_in :]
 
         shifted = shift_clip(self.split(spatial_part), self.fold).flatten(0, 1)
         y_st = self.spatial(shifted)
-        gate = self.temporal_refinement(self.split(y_st).mean((3, 4)).transpose(1, 2))  # (N, C, T)
-        z_st = y_st * gate.transpose(1, 2).reshape(-1, gate.shape[1], 1, 1)
+        gate = self.temporal_refinement(spatial_mean(self.split(y_st)).transpose(1, 2))  # (N, C, T)
+        z_st = y_st * gate.transpose(1, 2).contiguous().view(-1, gate.shape[1], 1, 1)  # dense, or the product crawls
 
-        y_ts = self.temporal(self.split(temporal_part).transpose(1, 2))  # (N, C, T, H, W)
-        z_ts = y_ts * self.spatial_refinement(y_ts.mean(2)).unsqueeze(2)
+        y_ts = self.temporal_conv(self.split(temporal_part).transpose(1, 2))  # (N, C, T, H, W)
+        z_ts = y_ts * self.spatial_refinement(y_ts.sum(2) / y_ts.shape[2]).unsqueeze(2)
         z_ts = z_ts.transpose(1, 2).flatten(0, 1)
 
         return like(torch.cat([z_st, z_ts], 1), x)

@@ -44,7 +44,7 @@ from torchvision.models.resnet import ResNet
 
 from . import register
 from .backbone import resnet
-from .base import TemporalModule, VideoRecognizer
+from .base import TemporalModule, VideoRecognizer, spatial_mean
 from .correlation import spatial_correlation
 from .tsm import add_temporal_shift
 
@@ -129,9 +129,9 @@ class TemporalAttention(TemporalModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = self.split(self.conv4(self.conv3(self.conv2(self.conv1(x)))))  # (N, T, C, H, W)
         n, t, c = clip.shape[:3]
-        sequence = clip.mean((-2, -1)).transpose(1, 2).reshape(n * c, 1, t)
-        gate = torch.sigmoid(self.temporal_gate(sequence)).view(n, c, t).transpose(1, 2)
-        return (clip * gate.reshape(n, t, c, 1, 1)).view(-1, *clip.shape[2:])
+        sequence = spatial_mean(clip).transpose(1, 2).reshape(n * c, 1, t)
+        gate = torch.sigmoid(self.temporal_gate(sequence)).view(n, c, t).transpose(1, 2).contiguous()  # dense: fast product
+        return (clip * gate.view(n, t, c, 1, 1)).view(-1, *clip.shape[2:])
 
 
 def eca_kernel_size(frames: int) -> int:

@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from . import register
 from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer
+from .base import TemporalModule, VideoRecognizer, spatial_mean
 from .tam import adaptive_temporal_conv
 from .surgery import insert_before_output_conv, like, replace_spatial_conv, spatial_conv, spatial_width
 
@@ -68,7 +68,7 @@ class TemporalExtraction(TemporalModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = self.split(x)  # (N, T, C, H, W)
-        means = clip.mean((3, 4)).transpose(1, 2)  # (N, C, T)
+        means = spatial_mean(clip).transpose(1, 2)  # (N, C, T)
         motion = torch.sigmoid(self.expand(self.reduce(means)))  # M, eq. 3
         kernel = self.kernel(means).softmax(-1)  # (N, C, 3), eq. 5
         # X0 = M ⊙ X (eq. 4), then the channel-wise temporal convolution of X0 with each channel's kernel,

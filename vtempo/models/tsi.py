@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from . import register
 from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer
+from .base import TemporalModule, VideoRecognizer, spatial_mean
 from .surgery import insert_before_output_conv, like, spatial_width
 
 REDUCTION = 16
@@ -93,9 +93,9 @@ class SalientMotionExcitation(TemporalModule):
         motion = F.pad(motion, (0, 0, 0, 0, 0, 0, 0, 1))
         motion = motion.flatten(0, 1)
         if self.training:
-            attention = torch.sigmoid(self.expand(motion).mean((2, 3), keepdim=True))
+            attention = torch.sigmoid(spatial_mean(self.expand(motion))[..., None, None])
         else:  # the 1×1 conv and an eval-mode BN are affine per position, so they commute with the mean
-            attention = torch.sigmoid(self.expand(motion.mean((2, 3), keepdim=True)))
+            attention = torch.sigmoid(self.expand(spatial_mean(motion)[..., None, None]))
         return x + x * attention
 
 
@@ -122,9 +122,10 @@ class CrossScaleTemporalIntegration(TemporalModule):
         outputs = [groups[0]]
         for conv, select, group in zip(self.temporal, self.select, groups[1:]):
             previous = outputs[-1]
-            pooled = (previous + group).mean((3, 4)).transpose(1, 2)  # (N, T, C/G)
+            pooled = spatial_mean(previous + group).transpose(1, 2)  # (N, T, C/G)
             logits = select(pooled).unflatten(-1, (2, -1))  # (N, T, 2, C/G): one per scale
-            alpha = logits.softmax(2)[:, :, 0].transpose(1, 2)[..., None, None]  # (N, C/G, T, 1, 1)
+            # (N, C/G, T, 1, 1) with channels innermost in memory, like the channels-last features it weighs
+            alpha = logits.softmax(2)[:, :, 0].contiguous().transpose(1, 2)[..., None, None]
             outputs.append(conv(alpha * group + (1 - alpha) * previous))
         return like(torch.cat(outputs, 1).transpose(1, 2).flatten(0, 1), x)
 
