@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.models import build
+from vtempo.runtime import prepare
 
 DATA = Path(__file__).parent / "data" / "reference_logits"
 CASES = sorted(p.stem for p in DATA.glob("*.pt"))
@@ -83,3 +84,8 @@ def test_logits_equal_reference_implementation(case):
     if "motion" in reference:
         motion_error = (motion["out"] - reference["motion"]).abs().max() / reference["motion"].abs().max()
         assert motion_error <= RELATIVE_TOLERANCE, f"TCM motion maps: relative error {motion_error:.2e}"
+    # the inference path of every command (BN folded into the convs, channels-last) as well
+    with torch.no_grad():
+        prepared = prepare(model, torch.device("cpu"))(clip)
+    error = (prepared - expected).abs().max() / expected.abs().max()
+    assert error <= RELATIVE_TOLERANCE, f"{case}, prepared for inference: relative error {error:.2e}"

@@ -36,6 +36,7 @@ checkpoint converter squeezes its last dimension).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -87,7 +88,12 @@ class TemporalDynamics(TemporalModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        clip = self.split(l2_normalize(self.reduce(x)))  # (N, T, c, H, W)
+        # In fp32 also under autocast, like the correlation: its soft-argmax multiplies by a temperature of
+        # 100, and bf16-rounded features moved the demo model's logits by 11% (3% with this).
+        exact = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
+        with exact:
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            clip = self.split(l2_normalize(self.reduce(x)))  # (N, T, c, H, W)
         n, t, c, h, w = clip.shape
         if t < 2:
             raise ValueError("TCM needs at least 2 frames per clip")
