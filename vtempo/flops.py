@@ -17,8 +17,9 @@ A module that knows the MACs of such work can say so: give it a method
 returning the multiply-accumulates one call on an input of that shape (its first tensor argument, the
 whole (N·T, C, H, W) batch; `self.frames` is already set) performs in ops the counter cannot see.
 `count_macs` calls it during the meta forward and reports the sum per module class in `analytic`
-(e.g. TANet's temporal convolution, elementwise in vtempo: 0.033 GMACs for R-50, 8 frames, 224²). Only report work done by uncounted
-ops; MACs of a conv, linear, matmul, bmm or einsum are counted already and would be counted twice.
+(e.g. TANet's temporal convolution, elementwise in vtempo: 0.033 GMACs for R-50, 8 frames, 224²).
+Only report work done by uncounted ops; MACs of a conv, linear, matmul, bmm or einsum are counted
+already and would be counted twice.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ paper vtempo follows the code: displacement radius 7 (a 15×15 window) instead o
 R = INT(H/2), and 23.94M parameters / 33.14 GMACs of convolutions and head, plus 0.158 GMACs of correlation,
 for R-50 at 8×224² instead of the paper's 24.5M / 35.3G. The correlation runs as a banded matrix product
 (see `correlation`) that computes whole rows of the 28×28 map, 0.295 GMACs, which FLOP counters see:
-`count_macs` gives 33.43 in all.
+`count_macs` gives 33.43 in all. The dynamics (reduction, normalisation, correlation, soft-argmax) run
+in fp32 also under bf16 autocast: the soft-argmax's temperature of 100 amplifies rounding.
 
 Temporal dynamics (the paper's MTDM), on layer2's output (N·T, C, H, W):
 1. 1×1 conv C→64 + BN + ReLU, then L2 normalisation over channels (x / sqrt(Σx² + 1e-6)).
