@@ -71,6 +71,14 @@ def autocast(device: torch.device, dtype: str = "fp32"):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
+def full_precision(device: torch.device):
+    """Autocast off inside (for numerically sensitive parts of a model run under `autocast`); a no-op on
+    devices without autocast, such as the meta device that MAC counting uses."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (None keeps torch's default); returns the count in use."""
     if threads is not None:

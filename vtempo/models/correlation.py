@@ -19,10 +19,10 @@ temperature of 100, so bf16's three significant digits would move the flow estim
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
+
+from ..runtime import full_precision
 
 
 def spatial_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
@@ -32,9 +32,7 @@ def spatial_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torc
     b, c, h, w = f1.shape
     size = 2 * radius + 1
     dtype = torch.promote_types(f1.dtype, torch.float32)
-    # (the meta device, used to count MACs, has no autocast to turn off)
-    exact = torch.autocast(f1.device.type, enabled=False) if f1.device.type in ("cpu", "cuda") else nullcontext()
-    with exact:
+    with full_precision(f1.device):
         rows = f1.to(dtype).permute(0, 2, 3, 1).reshape(b * h, w, c)
         # every pair's rows of f2 in one stack, channels last, with R zero rows before and after it; row
         # h's band is rows h-R..h+R of the stack (rows of a neighbouring pair are zeroed below)

@@ -57,10 +57,8 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         shift = shift + bn.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) and \
-        not conv.weight.is_contiguous() else torch.contiguous_format
-    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-    conv.weight = nn.Parameter(weight.contiguous(memory_format=layout), requires_grad=conv.weight.requires_grad)
+    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)  # keeps the weight's memory layout
+    conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
     conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
 
 

@@ -37,7 +37,6 @@ checkpoint converter squeezes its last dimension).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -46,6 +45,7 @@ from torchvision.models.resnet import ResNet
 
 from . import register
 from .backbone import resnet
+from ..runtime import full_precision
 from .base import TemporalModule, VideoRecognizer, spatial_mean
 from .correlation import spatial_correlation
 from .tsm import add_temporal_shift
@@ -91,8 +91,7 @@ class TemporalDynamics(TemporalModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In fp32 also under autocast, like the correlation: its soft-argmax multiplies by a temperature of
         # 100, and bf16-rounded features moved the demo model's logits by 11% (3% with this).
-        exact = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
-        with exact:
+        with full_precision(x.device):
             x = x.to(torch.promote_types(x.dtype, torch.float32))
             clip = self.split(l2_normalize(self.reduce(x)))  # (N, T, c, H, W)
         n, t, c, h, w = clip.shape
