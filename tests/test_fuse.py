@@ -1,4 +1,5 @@
-"""Folding eval-mode BatchNorm into the conv before it: the same logits, fewer passes over the maps."""
+"""What `runtime.prepare` does to a model for inference, each without changing its logits: eval-mode
+BatchNorm folded into the conv before it, and autocast's weight casts made once."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ import torch.nn as nn
 
 from vtempo.models import FAMILIES, build
 from vtempo.models.fuse import fold_batch_norms
-from vtempo.runtime import prepare
+from vtempo.runtime import autocast, prepare
 
 
 def with_random_statistics(arch: str) -> nn.Module:
@@ -48,3 +49,48 @@ def test_prepare_folds_and_a_training_model_is_refused():
     assert batch_norms(prepare(copy.deepcopy(model), torch.device("cpu"))) == 0
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(model.train())
+
+
+def unprepared_twin(prepared: nn.Module) -> nn.Module:
+    """The prepared model's folded weights in a fresh model whose convs cast on every call."""
+    twin = build(prepared.arch, num_classes=5, frames=4)
+    fold_batch_norms(twin.eval())
+    twin.load_state_dict(prepared.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bf16_casts_made_once_give_the_logits_of_autocast(family):
+    model = with_random_statistics(f"{family}-r14w16")
+    model.arch = f"{family}-r14w16"
+    prepared = prepare(copy.deepcopy(model), torch.device("cpu"))
+    twin = unprepared_twin(prepared)
+    clip = torch.randn(2, 4, 3, 64, 64)
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        expected = twin(clip)
+        first, second = prepared(clip), prepared(clip)
+    assert torch.equal(first, expected) and torch.equal(second, expected)  # bit for bit
+
+
+def test_cast_cache_follows_new_weights_and_stays_out_of_autograd():
+    prepared = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    conv = prepared.backbone.conv1
+    clip = torch.randn(1, 4, 3, 64, 64)
+    device = torch.device("cpu")
+    with torch.inference_mode(), autocast(device, "bf16"):
+        before = prepared(clip)
+    (_, cast, _), = conv.forward.casts.values()
+    assert cast.dtype == torch.bfloat16 and torch.equal(cast, conv.weight.to(torch.bfloat16))
+
+    torch.manual_seed(1)
+    other = prepare(with_random_statistics("tsm-r14w16"), device)
+    for parameter in other.parameters():
+        parameter.data.normal_(0, 0.05)
+    prepared.load_state_dict(other.state_dict())  # in place: the cached casts are stale now
+    with torch.inference_mode(), autocast(device, "bf16"):
+        after, expected = prepared(clip), other(clip)
+    assert not torch.equal(after, before) and torch.equal(after, expected)
+
+    with autocast(device, "bf16"):  # autograd on: the parameters themselves, cast by autocast
+        prepared(clip).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
