@@ -233,6 +233,35 @@ def test_soft_argmax_flow_finds_the_displacement_of_the_later_frame():
     torch.testing.assert_close(confidence[inner], torch.ones(6, 6), atol=1e-5, rtol=0)
 
 
+def naive_soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
+    """The official formula, displacement by displacement: a Gaussian (σ 5) around the hard argmax times
+    the correlation, × 100, softmax over the window, expected offsets / radius; and the maximum."""
+    b, p, _, h, w = correlation.shape
+    radius = (p - 1) // 2
+    flat = correlation.reshape(b, p * p, h, w)
+    confidence, best = flat.max(1)
+    best_y, best_x = (best // p).float(), (best % p).float()
+    weighted = torch.empty_like(flat)
+    for k in range(p * p):
+        gaussian = torch.exp(-((k % p - best_x) ** 2 + (k // p - best_y) ** 2) / (2 * 5.0**2))
+        weighted[:, k] = gaussian * flat[:, k] * 100.0
+    weights = weighted.softmax(1)
+    offsets = torch.arange(p * p)
+    u = (weights * (offsets % p - radius).view(1, -1, 1, 1)).sum(1) / radius
+    v = (weights * (offsets // p - radius).view(1, -1, 1, 1)).sum(1) / radius
+    return torch.stack([u, v, confidence], 1)
+
+
+def test_soft_argmax_flow_equals_the_formula_taken_displacement_by_displacement():
+    torch.manual_seed(4)
+    f1 = nn.functional.normalize(torch.randn(3, 16, 9, 11), dim=1)
+    f2 = nn.functional.normalize(torch.randn(3, 16, 9, 11), dim=1)
+    correlation = torch.relu(spatial_correlation(f1, f2, 7))
+    expected = naive_soft_argmax_flow(correlation)
+    torch.testing.assert_close(soft_argmax_flow(correlation), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(soft_argmax_flow(correlation.contiguous()), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_correlation_and_tcm_on_cuda_match_cpu():
     torch.manual_seed(3)

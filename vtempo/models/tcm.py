@@ -61,21 +61,27 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
-    """(B, P, P, H, W) non-negative correlation → (B, 3, H, W): [u, v, confidence]."""
+    """(B, P, P, H, W) non-negative correlation → (B, 3, H, W): [u, v, confidence].
+
+    Worked on with the P·P displacements innermost, as `spatial_correlation` lays them out (there the
+    permute below is a view). The Gaussian depends only on where the hard argmax is, one of P·P cells, so
+    its P·P × P·P values are a table whose rows are gathered instead of taking an exponential per element;
+    the expected displacements are one matrix product with the (P·P, 2) offsets.
+    """
     b, p, _, h, w = correlation.shape
-    flat = correlation.reshape(b, p * p, h, w)
-    confidence, best = flat.max(1, keepdim=True)
-    best_y = torch.div(best, p, rounding_mode="floor").view(b, 1, 1, h, w).to(correlation.dtype)
-    best_x = (best % p).view(b, 1, 1, h, w).to(correlation.dtype)
+    flat = correlation.permute(0, 3, 4, 1, 2).reshape(b, h, w, p * p)
+    confidence, best = flat.max(-1)
     cells = torch.arange(p, device=correlation.device, dtype=correlation.dtype)
-    grid_y, grid_x = cells.view(1, p, 1, 1, 1), cells.view(1, 1, p, 1, 1)
-    gaussian = torch.exp(-((grid_x - best_x) ** 2 + (grid_y - best_y) ** 2) / (2 * SIGMA**2))
-    weights = torch.softmax((gaussian * correlation).reshape(b, p * p, h, w) * TEMPERATURE, 1).view(b, p, p, h, w)
+    cell_y, cell_x = cells.repeat_interleave(p), cells.repeat(p)  # of each of the P·P displacements
+    squared = (cell_x[None, :] - cell_x[:, None]) ** 2 + (cell_y[None, :] - cell_y[:, None]) ** 2
+    # row: the hard argmax; column: the displacement; the temperature folded in
+    gaussians = torch.exp(-squared / (2 * SIGMA**2)) * TEMPERATURE
+    logits = gaussians.index_select(0, best.flatten()).view_as(flat) * flat
+    weights = torch.softmax(logits, -1)
     radius = (p - 1) // 2
-    offsets = torch.arange(-radius, radius + 1, device=correlation.device, dtype=correlation.dtype)
-    u = (weights.sum(1) * offsets.view(1, p, 1, 1)).sum(1, keepdim=True) / radius
-    v = (weights.sum(2) * offsets.view(1, p, 1, 1)).sum(1, keepdim=True) / radius
-    return torch.cat([u, v, confidence], 1)
+    offsets = torch.stack([cell_x, cell_y], 1) - radius  # (P·P, 2): horizontal, vertical
+    flow = weights @ offsets / radius  # (B, H, W, 2)
+    return torch.cat([flow, confidence[..., None]], -1).permute(0, 3, 1, 2)
 
 
 class TemporalDynamics(TemporalModule):
@@ -102,7 +108,7 @@ class TemporalDynamics(TemporalModule):
         correlation = spatial_correlation(
             earlier.reshape(-1, c, h, w), torch.cat([later, later], 1).reshape(-1, c, h, w), self.radius
         )
-        motion = soft_argmax_flow(F.relu(correlation)).view(n, 2, t - 1, 3, h, w)
+        motion = soft_argmax_flow(F.relu(correlation)).reshape(n, 2, t - 1, 3, h, w)
         motion = torch.cat([motion, motion[:, :, -1:]], 2)  # T-1 pairs → T frames, repeating the last
         return motion.permute(0, 2, 1, 3, 4, 5).reshape(n * t, 6, h, w)
 
