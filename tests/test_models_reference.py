@@ -260,6 +260,9 @@ def test_soft_argmax_flow_equals_the_formula_taken_displacement_by_displacement(
     expected = naive_soft_argmax_flow(correlation)
     torch.testing.assert_close(soft_argmax_flow(correlation), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(soft_argmax_flow(correlation.contiguous()), expected, rtol=1e-5, atol=1e-6)
+    # one peak per position: the other logits lie 100 below it, under the subnormal floor
+    peaked = (correlation == correlation.amax((1, 2), keepdim=True)).float()
+    torch.testing.assert_close(soft_argmax_flow(peaked), naive_soft_argmax_flow(peaked), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
