@@ -94,3 +94,12 @@ def test_cast_cache_follows_new_weights_and_stays_out_of_autograd():
     with autocast(device, "bf16"):  # autograd on: the parameters themselves, cast by autocast
         prepared(clip).sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+
+
+def test_a_model_made_under_inference_mode_runs_in_bf16_without_the_cache():
+    device = torch.device("cpu")
+    with torch.inference_mode():  # its parameters are inference tensors, which keep no version
+        prepared = prepare(with_random_statistics("tcm-r14w16"), device)
+        with autocast(device, "bf16"):
+            logits = prepared(torch.randn(1, 4, 3, 64, 64))
+    assert logits.dtype == torch.bfloat16 and not prepared.backbone.conv1.forward.casts

@@ -66,14 +66,15 @@ def prepare(model: torch.nn.Module, device: torch.device, channels_last: bool | 
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast gives `device_type`'s matmuls and convs right now, or None when it is off."""
+    """The dtype autocast gives `device_type`'s matmuls and convs right now, or None when it is off
+    (always None on devices without autocast, such as meta)."""
+    if device_type not in ("cpu", "cuda"):
+        return None
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
         return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     if device_type == "cpu":
         return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-    if device_type == "cuda":
-        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-    return None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class _CastOnce:
@@ -90,7 +91,8 @@ class _CastOnce:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         module = self.module
         dtype = autocast_dtype(x.device.type)
-        if dtype is None or torch.is_grad_enabled():  # autograd needs the real parameters
+        # Autograd needs the real parameters; inference tensors (made under inference_mode) keep no version.
+        if dtype is None or torch.is_grad_enabled() or module.weight.is_inference():
             return type(module).forward(module, x)
         key = tuple((p._version, p.data_ptr()) for p in (module.weight, module.bias) if p is not None)
         cached = self.casts.get(dtype)
