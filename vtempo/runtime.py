@@ -15,6 +15,7 @@ import torch
 from .errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DEVICES = ("cpu", "cuda")  # elsewhere (the meta device that MAC counting uses) autocast is absent
 CHANNELS_LAST = True
 
 
@@ -68,7 +69,7 @@ def prepare(model: torch.nn.Module, device: torch.device, channels_last: bool | 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast gives `device_type`'s matmuls and convs right now, or None when it is off
     (always None on devices without autocast, such as meta)."""
-    if device_type not in ("cpu", "cuda"):
+    if device_type not in AUTOCAST_DEVICES:
         return None
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
         return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
@@ -122,7 +123,7 @@ def autocast(device: torch.device, dtype: str = "fp32"):
 def full_precision(device: torch.device):
     """Autocast off inside (for numerically sensitive parts of a model run under `autocast`); a no-op on
     devices without autocast, such as the meta device that MAC counting uses."""
-    if device.type in ("cpu", "cuda"):
+    if device.type in AUTOCAST_DEVICES:
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 
