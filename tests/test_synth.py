@@ -49,6 +49,31 @@ def test_mirrored_classes_are_the_same_clip_played_backwards(first, second):
     assert forward.tempo == backward.tempo
 
 
+def marker_turn(clip: synth.Clip) -> float:
+    """Degrees the object turned over the clip, read from its pixels: the angle of the line from the
+    object's fill to its marker dot (the fill's colour inverted). Camera jitter moves both alike; the
+    angle grows when the object turns clockwise on screen, where y points down."""
+    x0, y0, x1, y1 = clip.boxes[0]
+    colours, counts = np.unique(clip.frames[0, y0:y1, x0:x1].reshape(-1, 3), axis=0, return_counts=True)
+    fill = colours[counts.argmax()]
+    angles = []
+    for frame, (x0, y0, x1, y1) in zip(clip.frames, clip.boxes):
+        window = frame[y0:y1, x0:x1]
+        ends = [np.argwhere((window == colour).all(-1)).mean(0) for colour in (fill, 255 - fill)]
+        (fy, fx), (my, mx) = ends
+        angles.append(np.arctan2(my - fy, mx - fx))
+    return float(np.degrees(np.unwrap(angles)[-1] - angles[0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_rotations_turn_the_way_their_names_say(seed):
+    for name, sense in (("rotate_cw", 1), ("rotate_ccw", -1)):
+        clip = synth.render_clip(name, [seed, 0, 1])
+        expected = sense * synth.ROTATION_RATE * clip.tempo * (len(clip.frames) - 1)
+        assert abs(marker_turn(clip) - expected) < 5
+    assert abs(marker_turn(synth.render_clip("move_right", [seed, 0, 1]))) < 0.5 * 31 + 3  # idle spin only
+
+
 def test_the_box_follows_the_object():
     clip = synth.render_clip("move_right", [3, 0, 0], frames=8)
     still = synth.render_clip("move_right", [3, 0, 0], frames=8, speed=(1e-6, 1e-6))
