@@ -72,10 +72,10 @@ def test_bf16_casts_made_once_give_the_logits_of_autocast(family):
 
 
 def test_cast_cache_follows_new_weights_and_stays_out_of_autograd():
-    prepared = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    device = torch.device("cpu")
+    prepared = prepare(with_random_statistics("tsm-r14w16"), device)
     conv = prepared.backbone.conv1
     clip = torch.randn(1, 4, 3, 64, 64)
-    device = torch.device("cpu")
     with torch.inference_mode(), autocast(device, "bf16"):
         before = prepared(clip)
     (_, cast, _), = conv.forward.casts.values()
