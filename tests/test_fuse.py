@@ -52,10 +52,15 @@ def test_prepare_folds_and_a_training_model_is_refused():
 
 
 def unprepared_twin(prepared: nn.Module, arch: str) -> nn.Module:
-    """The prepared model's folded weights in a fresh model whose convs cast on every call."""
+    """The prepared model's folded weights, in their memory layout, in a fresh model whose convs cast on
+    every call. The layout must match too: oneDNN picks its kernel (and so its order of summation) by
+    the weight's layout, so a contiguous twin differs from a channels-last model in the last bf16 bit
+    on some CPUs (AVX512-BF16 without AMX), whatever the casts."""
     twin = build(arch, num_classes=5, frames=4)
     fold_batch_norms(twin.eval())
-    twin.load_state_dict(prepared.state_dict())
+    for name, tensor in prepared.state_dict().items():
+        twin_tensor = twin.get_parameter(name) if name in dict(twin.named_parameters()) else twin.get_buffer(name)
+        twin_tensor.data = tensor.detach().clone(memory_format=torch.preserve_format)
     return twin
 
 
