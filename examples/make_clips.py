@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vtempo.synth import CLASSES, render_clip, write_video
+from vtempo.data.synth import CLASSES, render_clip, write_video
 
 SEED = 20240  # not 0 (training), 1 (test) or 1000 (validation)
 EXAMPLES = ("move_left", "move_right", "rotate_cw", "rotate_ccw", "grow", "shrink")

@@ -12,15 +12,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vtempo import cam, synth
-from vtempo.checkpoint import save_checkpoint
-from vtempo.classify import Classifier
 from vtempo.cli import app
+from vtempo.data import synth
 from vtempo.errors import UsageError
+from vtempo.fast import prepare
+from vtempo.inference import cam
+from vtempo.inference.classify import Classifier
 from vtempo.models import FAMILIES, build, split_name
-from vtempo.registry import ModelEntry, load_registry
-from vtempo.runtime import prepare
 from vtempo.video import clip_indices, uniform_indices
+from vtempo.weights.checkpoint import save_checkpoint
+from vtempo.weights.registry import ModelEntry, load_registry
 
 HEIGHT, WIDTH, PAD = 96, 128, 16  # a 96² synthetic clip padded left and right to 96×128
 FRAMES, CLASSES = 4, ("left", "right", "up", "down")

@@ -17,15 +17,17 @@ import torch
 from typer.testing import CliRunner
 
 import vtempo
-import vtempo.classify as classify_module
-from vtempo.checkpoint import load_weights, save_checkpoint
-from vtempo.classify import Classifier, classify, collect_videos, measure_pipeline, parse_views
+import vtempo.inference.decoding as decoding_module
+from vtempo.bench.pipeline import measure_pipeline
 from vtempo.cli import app
 from vtempo.errors import UsageError
-from vtempo.registry import Protocol
+from vtempo.inference.classify import Classifier, classify, parse_views
 from vtempo.video import open_video
+from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import Preprocess, make_views
+from vtempo.weights.checkpoint import load_weights, save_checkpoint
+from vtempo.weights.registry import Protocol
 
 LABELS = ["archery", "bowling", "cycling", "diving", "fencing"]
 VTEMPO = [sys.executable, "-m", "vtempo.cli"]
@@ -238,7 +240,7 @@ def test_cli_json_and_csv_outputs(tiny, mixed_folder, tmp_path, suffix):
 
 def test_cli_usage_errors_exit_2_before_decoding(tiny, mixed_folder, monkeypatch, tmp_path):
     opened = []
-    monkeypatch.setattr(classify_module, "open_video", lambda *a, **k: opened.append(a) or pytest.fail("decoded"))
+    monkeypatch.setattr(decoding_module, "open_video", lambda *a, **k: opened.append(a) or pytest.fail("decoded"))
     video = str(mixed_folder.good[0])
     cases = [
         (["classify", video, *tiny_args(tiny, "--views", "2x4")], "--views"),
@@ -260,7 +262,7 @@ def test_cli_usage_errors_exit_2_before_decoding(tiny, mixed_folder, monkeypatch
 
 
 def test_cli_registry_model_without_weights_says_how_to_get_them(mixed_folder, monkeypatch, tmp_path):
-    monkeypatch.setattr(classify_module, "open_video", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(decoding_module, "open_video", lambda *a, **k: pytest.fail("decoded"))
     monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
     monkeypatch.setenv("VTEMPO_OFFLINE", "1")
     video = str(mixed_folder.good[0])
@@ -366,6 +368,6 @@ def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path)
 
 
 def test_decode_workers_run_below_the_model_priority():
-    code = "import os; from vtempo.classify import _init_worker; _init_worker(0); print(os.nice(0))"
+    code = "import os; from vtempo.inference.decoding import _init_worker; _init_worker(0); print(os.nice(0))"
     worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(worker.stdout) > os.nice(0)

@@ -15,10 +15,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vtempo.checkpoint import FORMAT, convert_file, infer_arch, load_weights, save_checkpoint
 from vtempo.cli import app
 from vtempo.errors import VtempoError
 from vtempo.models import build
+from vtempo.weights.checkpoint import (
+    FORMAT,
+    convert_file,
+    infer_arch,
+    load_weights,
+    save_checkpoint,
+)
 
 MANIFESTS = Path(__file__).parent / "data" / "manifests"
 SHARED_MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "manifests"

@@ -5,7 +5,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from vtempo.cli import app
-from vtempo.registry import load_registry
+from vtempo.weights.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ def test_readme_first_command_classifies_the_examples_offline(tmp_path, monkeypa
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     clips = sorted(p.name for p in (ROOT / "examples" / "clips").iterdir())
     assert sorted(Path(row["path"]).name for row in rows) == clips
-    labels = set((ROOT / "vtempo" / "labels" / "synth10.txt").read_text().split())
+    labels = set((ROOT / "vtempo" / "weights" / "labels" / "synth10.txt").read_text().split())
     assert all(row["top"][0]["label"] in labels for row in rows), rows[0]
 
 
@@ -29,7 +29,7 @@ def test_bundled_demo_weights_match_their_registry_hashes():
     demos = {name: entry for name, entry in load_registry().items() if name.endswith("-demo")}
     assert demos
     for name, entry in demos.items():
-        path = ROOT / "vtempo" / "weights" / entry.weights.bundled
+        path = ROOT / "vtempo" / "weights" / "bundled" / entry.weights.bundled
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.weights.sha256, name
 
 
@@ -39,7 +39,7 @@ def test_bundled_demos_fit_the_size_budget_and_leave_a_4x4_map():
     import vtempo
 
     demos = {name: entry for name, entry in load_registry().items() if name.endswith("-demo")}
-    total = sum((ROOT / "vtempo" / "weights" / entry.weights.bundled).stat().st_size for entry in demos.values())
+    total = sum((ROOT / "vtempo" / "weights" / "bundled" / entry.weights.bundled).stat().st_size for entry in demos.values())
     assert total <= 15 * 1024 * 1024, total
     for name, entry in demos.items():
         model = vtempo.create_model(name, weights=None)

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vtempo.fast import prepare
 from vtempo.models import build
-from vtempo.runtime import prepare
 
 DATA = Path(__file__).parent / "data" / "reference_logits"
 CASES = sorted(p.stem for p in DATA.glob("*.pt"))

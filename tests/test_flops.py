@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtempo.flops import RESNET_UNCOUNTED, count_macs
+from vtempo.bench.flops import RESNET_UNCOUNTED, count_macs
 from vtempo.models import TemporalModule, VideoRecognizer, build
 from vtempo.models.backbone import resnet
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vtempo.fast import prepare
+from vtempo.fast.fold import fold_batch_norms
 from vtempo.models import FAMILIES, build
-from vtempo.models.fuse import fold_batch_norms
-from vtempo.runtime import autocast, prepare
+from vtempo.runtime import autocast
 
 
 def with_random_statistics(arch: str) -> nn.Module:

@@ -23,11 +23,12 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from vtempo import create_model, hub, registry
-from vtempo.checkpoint import save_checkpoint
+from vtempo import create_model
 from vtempo.cli import app
 from vtempo.errors import VtempoError
 from vtempo.models import build
+from vtempo.weights import hub, registry
+from vtempo.weights.checkpoint import save_checkpoint
 
 MANIFESTS = Path(__file__).parent / "data" / "manifests"
 runner = CliRunner()
@@ -563,15 +564,15 @@ def test_cli_download_all_and_errors(site, tmp_path, monkeypatch):
 
 def test_bundled_weights_need_no_cache(site, tmp_path, monkeypatch):
     package = tmp_path / "package"
-    (package / "weights").mkdir(parents=True)
+    (package / "bundled").mkdir(parents=True)
     model = build("tsn-r10w8", num_classes=3, frames=2)
-    save_checkpoint(model, package / "weights" / "demo.pth")
-    monkeypatch.setattr(hub.resources, "files", lambda name: package)  # stands in for vtempo's package folder
+    save_checkpoint(model, package / "bundled" / "demo.pth")
+    monkeypatch.setattr(hub.resources, "files", lambda name: package)  # stands in for vtempo.weights' package folder
     spec = {"arch": "tsn-r10w8", "num_classes": 3, "frames": 2, "weights": {"bundled": "demo.pth"}}
     reg = user_registry(tmp_path / "user.yaml", {"demo": spec, "gone": {**spec, "weights": {"bundled": "gone.pth"}}})
     entry = registry.get_entry("demo", reg)
     assert hub.cache_state(entry) == "bundled"
-    assert hub.weights_path(entry) == package / "weights" / "demo.pth" == hub.download(entry)
+    assert hub.weights_path(entry) == package / "bundled" / "demo.pth" == hub.download(entry)
     assert torch.equal(create_model("demo", weights="default", user_registry=reg).fc.weight, model.fc.weight)
     result = runner.invoke(app, ["download", "demo", "--registry", str(reg)])
     assert result.exit_code == 0 and "demo: bundled" in result.output

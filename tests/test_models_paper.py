@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vtempo.flops import count_macs
+from vtempo.bench.flops import count_macs
 from vtempo.models import TemporalModule, build
 from vtempo.models.backbone import blocks, resnet
 from vtempo.models.stc import SpatioTemporalCollaboration

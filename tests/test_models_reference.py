@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vtempo.flops import count_macs
+from vtempo.bench.flops import count_macs
 from vtempo.models import build
 from vtempo.models.correlation import spatial_correlation
 from vtempo.models.tcm import eca_kernel_size, soft_argmax_flow
@@ -174,7 +174,7 @@ def test_shifted_pointwise_conv_equals_the_conv_of_the_shifted_copy(bias, clips,
 
 
 def test_tsm_inference_path_gives_the_logits_of_the_training_path():
-    from vtempo.runtime import prepare
+    from vtempo.fast import prepare
 
     model = prepare(tiny("tsm-r14w16", frames=4), torch.device("cpu"))  # bottlenecks: 1×1 conv1
     x = torch.randn(2, 4, 3, 32, 32)

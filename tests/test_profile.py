@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 from typer.testing import CliRunner
 
+from vtempo.bench.flops import count_macs
+from vtempo.bench.profile import Settings, logit_agreement, profile_models, relative_to
 from vtempo.cli import app
-from vtempo.flops import count_macs
+from vtempo.fast import prepare
 from vtempo.models import FAMILIES, VideoRecognizer, build
 from vtempo.models.backbone import resnet
-from vtempo.profile import Settings, logit_agreement, profile_models, relative_to
-from vtempo.runtime import prepare
 
 TINY = ["--size", "64", "--frames", "2", "--iters", "2", "--warmup", "1"]
 

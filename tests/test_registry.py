@@ -10,9 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vtempo import api, registry
+from vtempo import api
 from vtempo.cli import app
-from vtempo.registry import RegistryError
+from vtempo.weights import registry
+from vtempo.weights.registry import RegistryError
 
 runner = CliRunner()
 

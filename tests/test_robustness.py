@@ -8,13 +8,17 @@ import json
 import cv2
 import numpy as np
 import pytest
+import videogen
 from typer.testing import CliRunner
 
-import videogen
 from vtempo.cli import app
-from vtempo.dataset import read_video_set
+from vtempo.data.dataset import read_video_set
 from vtempo.errors import UsageError
-from vtempo.robustness import StrideSweepDataset, parse_strides, sweep_indices
+from vtempo.evaluation.robustness import (
+    StrideSweepDataset,
+    parse_strides,
+    sweep_indices,
+)
 from vtempo.video import readers
 from vtempo.video.transforms import Preprocess
 
@@ -91,7 +95,7 @@ def test_synth_train_evaluate_robustness_end_to_end(tmp_path):
 
 
 def test_demo_zoo_retrain_runs_two_trainings_at_once(tmp_path):
-    from vtempo.demo_zoo import Recipe, retrain
+    from vtempo.training.demo_zoo import Recipe, retrain
 
     tiny = Recipe(backbone="r10w8", size=32, clip_frames=12, train_clips=2, val_clips=1, test_clips=1, epochs=2,
                   batch_size=4, classes=4)
@@ -110,7 +114,7 @@ def test_demo_zoo_retrain_runs_two_trainings_at_once(tmp_path):
 
 
 def test_demo_recipe_gives_each_family_its_own_settings(tmp_path):
-    from vtempo.demo_zoo import Recipe, _train_config
+    from vtempo.training.demo_zoo import Recipe, _train_config
 
     recipe = Recipe(epochs=3, lr=1e-3, per_family={"tam": {"lr": 5e-3, "epochs": 7}})
     data = {"train": tmp_path / "train", "val": tmp_path / "val"}

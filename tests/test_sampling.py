@@ -5,7 +5,6 @@ import random
 
 import pytest
 
-from vtempo.registry import Protocol
 from vtempo.video.sampling import (
     clip_indices,
     dense_indices,
@@ -14,6 +13,7 @@ from vtempo.video.sampling import (
     twice_indices,
     uniform_indices,
 )
+from vtempo.weights.registry import Protocol
 
 LENGTHS = [1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100, 257, 1000]
 FRAMES = [1, 2, 3, 4, 8, 16, 32]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vtempo import synth
 from vtempo.cli import app
+from vtempo.data import synth
 from vtempo.video import open_video
 
 

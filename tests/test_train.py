@@ -13,16 +13,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vtempo import synth
 from vtempo.cli import app
-from vtempo.dataset import read_video_set, split_video_set
+from vtempo.data import synth
+from vtempo.data.dataset import ClipDataset, read_video_set, split_video_set
 from vtempo.errors import VtempoError
 from vtempo.models import build
 from vtempo.models.backbone import resnet
-from vtempo.dataset import ClipDataset
+from vtempo.training.train import (
+    TrainConfig,
+    channels_last,
+    initial_weights,
+    lr_factor,
+    make_optimizer,
+    train,
+    train_step,
+)
 from vtempo.video.transforms import Preprocess
-from vtempo.registry import Protocol
-from vtempo.train import TrainConfig, channels_last, initial_weights, lr_factor, make_optimizer, train, train_step
+from vtempo.weights.registry import Protocol
 
 TINY = dict(frames=2, size=32, resize=32, stride=3, batch_size=4, workers=0, progress=False, threads=1)
 
@@ -110,7 +117,7 @@ def test_starting_weights_from_torchvision_layout_and_from_another_checkpoint(tm
     assert torch.equal(model.backbone.layer1[0].conv1.net.weight, imagenet.layer1[0].conv1.weight)
     assert torch.equal(model.fc.weight, head_before)
 
-    from vtempo.checkpoint import save_checkpoint
+    from vtempo.weights.checkpoint import save_checkpoint
 
     tsm = build("tsm-r10w8", num_classes=5, frames=2)
     save_checkpoint(tsm, tmp_path / "tsm.pt", arch="tsm-r10w8")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from vtempo.registry import get_entry
 from vtempo.video.transforms import (
     CropBox,
     Preprocess,
@@ -18,6 +17,7 @@ from vtempo.video.transforms import (
     pad_to,
     resize_frames,
 )
+from vtempo.weights.registry import get_entry
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from videogen import read_index
+
 from vtempo.video import VideoError, available_backends, display_path, open_video
 from vtempo.video.readers import scaled_size
 

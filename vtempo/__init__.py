@@ -1,6 +1,6 @@
 """vtempo: video action recognition with temporal-module CNNs."""
-from .api import create_model, list_models
-from .registry import get_entry, load_registry
+from vtempo.api import create_model, list_models
+from vtempo.weights.registry import get_entry, load_registry
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "get_entry", "list_models", "load_registry"]

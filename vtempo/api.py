@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-from . import models
-from .errors import UsageError
-from .registry import ModelEntry, load_registry
+from vtempo import models
+from vtempo.errors import UsageError
+from vtempo.weights.registry import ModelEntry, load_registry
 
 
 def list_models(user_registry: str | os.PathLike | None = None) -> list[str]:
@@ -46,12 +46,12 @@ def create_model(
     model.entry = entry
     if weights is None:
         return model
-    from .checkpoint import load_weights
+    from vtempo.weights.checkpoint import load_weights
 
     if str(weights) == "default":
         if entry is None or entry.weights is None:
             raise UsageError(f"{name}: no published weights; pass a checkpoint file with weights=")
-        from .hub import weights_path
+        from vtempo.weights.hub import weights_path
 
         weights = weights_path(entry)
     load_weights(model, weights, layout=entry.weights.layout if entry and entry.weights else None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from .commands import cam, classify, convert, download, models, profile, tempo
+from vtempo.commands import cam, classify, convert, download, models, profile, tempo
 
 app = typer.Typer(
     name="vtempo",

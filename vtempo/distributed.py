@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import UsageError
-from .runtime import pick_device
+from vtempo.errors import UsageError
+from vtempo.runtime import pick_device
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import UsageError
-from .common import console, friendly_errors
+from vtempo.commands.common import console, friendly_errors
+from vtempo.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -42,8 +42,8 @@ def cam(
     registry: Optional[Path] = typer.Option(None, "--registry", help="A user registry file extending checkpoints.yaml."),
 ) -> None:
     """Grad-CAM of each model on the sampled frames of VIDEO, drawn on the original frames."""
-    from .. import cam as cams
-    from ..runtime import check_dtype
+    from vtempo.inference import cam as cams
+    from vtempo.runtime import check_dtype
 
     if method not in cams.METHODS:
         raise UsageError(f"unknown --method {method!r}: choose one of {', '.join(cams.METHODS)}")

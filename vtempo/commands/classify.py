@@ -6,11 +6,23 @@ from typing import List, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from ..errors import UsageError
-from .common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
+from vtempo.commands.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    console,
+    err_console,
+    friendly_errors,
+)
+from vtempo.errors import UsageError
 
 
 def _progress() -> Progress:
@@ -21,7 +33,7 @@ def _progress() -> Progress:
 
 
 def _short(path) -> str:
-    from ..video import display_path
+    from vtempo.video import display_path
 
     return escape(display_path(path))
 
@@ -66,7 +78,9 @@ def register(app: typer.Typer) -> None:
         registry: Optional[Path] = typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml."),
     ) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
-        from ..classify import Classifier, ResultWriter, collect_videos
+        from vtempo.inference.classify import Classifier
+        from vtempo.inference.results import ResultWriter
+        from vtempo.video.discovery import collect_videos
 
         if topk < 1:
             raise UsageError("--topk must be at least 1")
@@ -128,8 +142,9 @@ def register(app: typer.Typer) -> None:
         thorough: bool = typer.Option(False, "--thorough", help="Also decode every frame in order and compare counts."),
     ) -> None:
         """Decode every video the way classify would; report failures and frame counts (header vs decodable)."""
-        from ..classify import check_video, collect_videos
-        from ..video.readers import BACKENDS
+        from vtempo.video.check import check_video
+        from vtempo.video.discovery import collect_videos
+        from vtempo.video.readers import BACKENDS
 
         if backend != "auto" and backend not in BACKENDS:
             raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")

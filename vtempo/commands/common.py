@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError
 
 console = Console()
 err_console = Console(stderr=True)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, friendly_errors
+from vtempo.commands.common import console, friendly_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Convert a checkpoint to the vtempo format, checking that every tensor finds its place."""
-        from ..checkpoint import convert_file
+        from vtempo.weights.checkpoint import convert_file
 
         written = convert_file(src, dst, arch=arch, frames=frames)
         console.print(

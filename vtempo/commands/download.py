@@ -7,8 +7,14 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from ..errors import UsageError, VtempoError
-from .common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
+from vtempo.commands.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    console,
+    err_console,
+    friendly_errors,
+)
+from vtempo.errors import UsageError, VtempoError
 
 
 def register(app: typer.Typer) -> None:
@@ -26,8 +32,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Download checkpoints into the cache, verified by size and hash, or import a hand-downloaded one."""
-        from .. import hub
-        from ..registry import load_registry
+        from vtempo.weights import hub
+        from vtempo.weights.registry import load_registry
 
         names = list(names or [])
         if all_entries == bool(names):

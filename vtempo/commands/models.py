@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, friendly_errors
+from vtempo.commands.common import console, friendly_errors
 
 
 def _number(value: float | None) -> str:
@@ -28,9 +28,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
     ) -> None:
         """List the named checkpoints (architecture, data, frames, top-1, GMACs, weights) and the architectures."""
-        from .. import hub
-        from ..models import architecture_names
-        from ..registry import load_registry
+        from vtempo.models import architecture_names
+        from vtempo.weights import hub
+        from vtempo.weights.registry import load_registry
 
         entries = load_registry(registry)
         architectures = architecture_names()

@@ -11,8 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import UsageError, VtempoError
-from .common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
+from vtempo.commands.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    console,
+    err_console,
+    friendly_errors,
+)
+from vtempo.errors import UsageError, VtempoError
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -54,7 +60,7 @@ def cost_table(profiles) -> Table:
 
 
 def speed_table(profiles, settings, environment: dict) -> Table:
-    from ..profile import speedup
+    from vtempo.bench.profile import speedup
 
     layout = "channels-last" if environment["channels_last"] else "contiguous"
     table = Table(
@@ -127,7 +133,14 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Parameters, GMACs, latency, clips/s and peak memory of each model, measured in one run."""
-        from ..profile import DEFAULT_NAMES, Settings, environment, profile_models, relative_to, speedup
+        from vtempo.bench.profile import (
+            DEFAULT_NAMES,
+            Settings,
+            environment,
+            profile_models,
+            relative_to,
+            speedup,
+        )
 
         dtypes = _split(dtype) or ["fp32"]
         settings = Settings(frames=frames, size=size, batch=batch, device=device, dtypes=tuple(dtypes),
@@ -182,7 +195,7 @@ def register(app: typer.Typer) -> None:
 
 def _pipeline(names: list[str], folder: Path, settings, registry: Path | None) -> dict[str, dict]:
     """The classify pipeline's own timing per model: decoding, sampling + transforms, model, end to end."""
-    from ..classify import measure_pipeline
+    from vtempo.bench.pipeline import measure_pipeline
 
     results = {}
     for name in names:

@@ -13,8 +13,13 @@ from typing import Iterator, List, Optional
 import typer
 from rich.table import Table
 
-from ..errors import UsageError
-from .common import EXIT_SOME_FAILED, console, err_console, friendly_errors
+from vtempo.commands.common import (
+    EXIT_SOME_FAILED,
+    console,
+    err_console,
+    friendly_errors,
+)
+from vtempo.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +36,13 @@ def progress_bar(title: str, total: int, enabled: bool = True) -> Iterator:
     if not enabled:
         yield lambda n=1: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:
@@ -63,7 +74,7 @@ def synth(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Write the synthetic tempo benchmark: classes that differ only in temporal order or direction."""
-    from .. import synth as synthetic
+    from vtempo.data import synth as synthetic
 
     names = synthetic.class_names(int(classes) if classes.isdigit() else classes)
     with progress_bar("rendering", len(names) * clips, progress) as advance:
@@ -124,8 +135,8 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a model on a labelled video set (SGD or AdamW, checkpoints each epoch, DDP under torchrun)."""
-    from ..train import TrainConfig
-    from ..train import train as run_training
+    from vtempo.training.train import TrainConfig
+    from vtempo.training.train import train as run_training
 
     config = TrainConfig(
         data=str(data), model=model, out=str(out), val=str(val) if val else None, val_split=val_split,
@@ -158,8 +169,8 @@ def evaluate(
     """Top-1/top-5, per-class accuracy and confusion matrix of a model on a labelled video set."""
     import os
 
-    from ..evaluate import evaluate as run_evaluation
-    from ..evaluate import save_evaluation
+    from vtempo.evaluation.evaluate import evaluate as run_evaluation
+    from vtempo.evaluation.evaluate import save_evaluation
 
     result = run_evaluation(
         str(data), model, str(weights) if weights else None, views, frames, str(labels) if labels else None,
@@ -210,7 +221,7 @@ def robustness(
     """Accuracy per sampling stride (TCM paper Fig. 5): each clip re-sampled at stride τ, last frame repeated."""
     import os
 
-    from ..robustness import parse_strides, run, save
+    from vtempo.evaluation.robustness import parse_strides, run, save
 
     result = run(
         str(data), model, [str(w) for w in weights or []], parse_strides(stride), frames, train_stride,
@@ -246,11 +257,11 @@ def train_demo_zoo(
     out: Path = typer.Argument(..., help="Folder for the synthetic sets, the runs, the checkpoints and the report."),
     seed: int = typer.Option(0, "--seed", help="Seeds the training set, the runs and (seed+1) the test set."),
     family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all eight)."),
-    install: bool = typer.Option(False, "--install", help="Also write the fp16 weights into vtempo/weights/ (maintainers)."),
+    install: bool = typer.Option(False, "--install", help="Also write the fp16 weights into vtempo/weights/bundled/ (maintainers)."),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:
     """Retrain every bundled demo model from scratch on a fresh synthetic set (see vtempo/demo_zoo.py)."""
-    from ..demo_zoo import retrain
+    from vtempo.training.demo_zoo import retrain
 
     report = retrain(out, seed=seed, families=family or None, install=install, jobs=jobs, console=console)
     console.print(json.dumps(report["summary"], indent=1))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .backbone import _NAME as _BACKBONE_NAME, DEPTHS, resnet
-from .base import TemporalModule, VideoRecognizer
+from vtempo.models.backbone import _NAME as _BACKBONE_NAME
+from vtempo.models.backbone import DEPTHS, resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer
 
 Builder = Callable[..., VideoRecognizer]
 FAMILIES: dict[str, Builder] = {}
@@ -46,6 +47,6 @@ def architecture_names() -> list[str]:
 
 
 # Each import registers one family.
-from . import tsn, tsm, tam, tcm, stc, tefe, tsi  # noqa: E402,F401
+from vtempo.models import stc, tam, tcm, tefe, tsi, tsm, tsn  # noqa: E402,F401
 
 __all__ = ["FAMILIES", "TemporalModule", "VideoRecognizer", "architecture_names", "build", "register", "split_name"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .backbone import feature_dim
+from vtempo.models.backbone import feature_dim
 
 
 class TemporalModule(nn.Module):

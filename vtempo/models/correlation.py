@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..runtime import full_precision
+from vtempo.runtime import full_precision
 
 
 def spatial_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:

@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register
-from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer, spatial_mean
-from .surgery import like, replace_spatial_conv, spatial_conv
-from .tsm import shift_clip
+from vtempo.models import register
+from vtempo.models.backbone import blocks, resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.surgery import like, replace_spatial_conv, spatial_conv
+from vtempo.models.tsm import shift_clip
 
 ALPHA = 0.75
 LIGHT_REDUCTION = 4

@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import ResNet
 
-from . import register
-from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer, spatial_mean
-from .surgery import like
+from vtempo.models import register
+from vtempo.models.backbone import blocks, resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.surgery import like
 
 KERNEL_SIZE = 3
 

@@ -43,12 +43,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import ResNet
 
-from . import register
-from .backbone import resnet
-from ..runtime import full_precision
-from .base import TemporalModule, VideoRecognizer, spatial_mean
-from .correlation import spatial_correlation
-from .tsm import add_temporal_shift
+from vtempo.models import register
+from vtempo.models.backbone import resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.correlation import spatial_correlation
+from vtempo.models.tsm import add_temporal_shift
+from vtempo.runtime import full_precision
 
 RADIUS = 7  # 15×15 window
 SIGMA = 5.0

@@ -40,11 +40,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import register
-from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer, spatial_mean
-from .tam import adaptive_temporal_conv
-from .surgery import insert_before_output_conv, like, replace_spatial_conv, spatial_conv, spatial_width
+from vtempo.models import register
+from vtempo.models.backbone import blocks, resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.surgery import (
+    insert_before_output_conv,
+    like,
+    replace_spatial_conv,
+    spatial_conv,
+    spatial_width,
+)
+from vtempo.models.tam import adaptive_temporal_conv
 
 REDUCTION = 4
 MIN_REDUCED = 8

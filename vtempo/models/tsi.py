@@ -47,10 +47,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register
-from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer, spatial_mean
-from .surgery import insert_before_output_conv, like, spatial_width
+from vtempo.models import register
+from vtempo.models.backbone import blocks, resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.surgery import insert_before_output_conv, like, spatial_width
 
 REDUCTION = 16
 MIN_REDUCED = 4

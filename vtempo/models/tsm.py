@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import ResNet
 
-from ..runtime import full_precision
-from . import register
-from .backbone import blocks, resnet
-from .base import TemporalModule, VideoRecognizer
+from vtempo.models import register
+from vtempo.models.backbone import blocks, resnet
+from vtempo.models.base import TemporalModule, VideoRecognizer
+from vtempo.runtime import full_precision
 
 FOLD_DIV = 8
 

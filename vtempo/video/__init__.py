@@ -1,7 +1,7 @@
 """Video input: frame-accurate readers, frame sampling and the transforms that make model views."""
 from __future__ import annotations
 
-from .readers import (
+from vtempo.video.readers import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     VideoError,
@@ -10,7 +10,13 @@ from .readers import (
     display_path,
     open_video,
 )
-from .sampling import clip_indices, dense_indices, stride_indices, twice_indices, uniform_indices
+from vtempo.video.sampling import (
+    clip_indices,
+    dense_indices,
+    stride_indices,
+    twice_indices,
+    uniform_indices,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",

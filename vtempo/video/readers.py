@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import VtempoError
+from vtempo.errors import VtempoError
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .vob .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mjpeg".split()

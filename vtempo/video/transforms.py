@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import torch
 
-from ..registry import CROPS, IMAGENET_MEAN, IMAGENET_STD
+from vtempo.weights.registry import CROPS, IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
-    from ..registry import ModelEntry
+    from vtempo.weights.registry import ModelEntry
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError
 
 LAYOUTS = ("official", "mmaction2", "vtempo")
 FORMAT = "vtempo"
@@ -191,7 +191,7 @@ def _shifted_blocks(keys: list[str], layout: str) -> set[str]:
 
 
 def _shifted_model_blocks(model: nn.Module) -> set[str]:
-    from .models.tsm import TemporalShift
+    from vtempo.models.tsm import TemporalShift
 
     return {
         m.group(1)
@@ -278,7 +278,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
 
 
 def _fixed_frames(model: nn.Module) -> int | None:
-    from .models.base import TemporalModule
+    from vtempo.models.base import TemporalModule
 
     for module in model.modules():
         if isinstance(module, TemporalModule) and module.fixed_frames is not None:
@@ -322,7 +322,7 @@ def save_checkpoint(
 
 def infer_arch(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
     """`<family>-<backbone>` read off the keys (TSN/TSM/TAM/TCM on any vtempo ResNet), else None."""
-    from .models.backbone import DEPTHS
+    from vtempo.models.backbone import DEPTHS
 
     rules = _LAYOUT_RULES[layout]
     canonical = {_canonical(k, rules): v for k, v in state.items()}
@@ -366,7 +366,7 @@ def convert_file(
 
     Returns what was written: arch, num_classes, frames, layout.
     """
-    from . import models
+    from vtempo import models
 
     state, meta, layout = read_state(src)
     if layout == "vtempo":

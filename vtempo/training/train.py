@@ -29,13 +29,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import distributed
-from .api import create_model, resolve
-from .dataset import TRAIN_SCALES, ClipDataset, VideoSet, read_video_set, split_video_set
-from .errors import UsageError, VtempoError
-from .registry import Protocol
-from .runtime import autocast
-from .video.transforms import Preprocess
+from vtempo import distributed
+from vtempo.api import create_model, resolve
+from vtempo.data.dataset import (
+    TRAIN_SCALES,
+    ClipDataset,
+    VideoSet,
+    collate,
+    read_video_set,
+    split_video_set,
+)
+from vtempo.errors import UsageError, VtempoError
+from vtempo.runtime import autocast, default_workers
+from vtempo.video.transforms import Preprocess
+from vtempo.weights.registry import Protocol
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -89,10 +96,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def default_workers() -> int:
-    return min(4, max(0, (os.cpu_count() or 1) // 2))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -143,13 +146,20 @@ def load_sets(config: TrainConfig) -> tuple[VideoSet, VideoSet]:
 def initial_weights(model: nn.Module, path: str) -> str:
     """Load starting weights into every model tensor they fit, except the classifier, which stays new.
 
-    `path` is a checkpoint in any layout `vtempo.checkpoint` reads (vtempo, official, MMAction2), a
+    `path` is a checkpoint in any layout `vtempo.weights.checkpoint` reads (vtempo, official, MMAction2), a
     torchvision ImageNet ResNet state dict (`resnet50-*.pth`), or a registry name (its cached weights).
     Tensors the source lacks (temporal modules added to a plain ResNet, the head) keep their
     initialisation; a source tensor whose name fits but whose shape does not is an error (another
     backbone). Returns a one-line summary.
     """
-    from .checkpoint import _LAYOUT_RULES, _VTEMPO, _canonical, detect_layout, read_file, unwrap
+    from vtempo.weights.checkpoint import (
+        _LAYOUT_RULES,
+        _VTEMPO,
+        _canonical,
+        detect_layout,
+        read_file,
+        unwrap,
+    )
 
     if not Path(path).exists():
         try:
@@ -158,7 +168,7 @@ def initial_weights(model: nn.Module, path: str) -> str:
             raise VtempoError(f"{path}: no such checkpoint file or registry entry") from None
         if entry is None or entry.weights is None:
             raise VtempoError(f"{path}: not a checkpoint file nor a registry entry with weights")
-        from .hub import weights_path
+        from vtempo.weights.hub import weights_path
 
         path = str(weights_path(entry))
     state, meta = unwrap(read_file(path), path)
@@ -234,18 +244,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 # --------------------------------------------------------------------------- loop
 
 
-def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
-    """Stack the clips that decoded; failures travel as (index, reason) so the run can report them."""
-    good = [item for item in items if item[0] is not None]
-    failed = [(item[2], item[3]) for item in items if item[0] is None]
-    if not good:
-        return None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failed
-    clips = torch.stack([item[0] for item in good])
-    labels = torch.tensor([item[1] for item in good])
-    indices = torch.tensor([item[2] for item in good])
-    return clips, labels, indices, failed
-
-
 def model_meta(config: TrainConfig, arch: str, classes: list[str], frames: int, protocol: Protocol,
                pre: Preprocess) -> dict[str, Any]:
     """What `best.pt` records so the model can be rebuilt and tested without the training command."""
@@ -289,8 +287,8 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 def train(config: TrainConfig, console=None) -> TrainResult:
     """Run the training; returns the best validation top-1 (percent) and the epoch it came from."""
-    from .checkpoint import save_checkpoint
-    from .evaluate import predict, topk_accuracy
+    from vtempo.evaluation.evaluate import predict, topk_accuracy
+    from vtempo.weights.checkpoint import save_checkpoint
 
     if config.epochs < 1 or config.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
@@ -467,7 +465,13 @@ class _progress:
     def __enter__(self) -> Callable[..., None]:
         if not self.enabled:
             return lambda **_: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,

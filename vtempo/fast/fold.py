@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .tam import TemporalAdaptiveConv
-from .tsm import TemporalShift
+from vtempo.models.tam import TemporalAdaptiveConv
+from vtempo.models.tsm import TemporalShift
 
 
 def _output_conv(module: nn.Module) -> nn.Conv2d | None:

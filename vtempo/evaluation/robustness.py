@@ -20,13 +20,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import distributed
-from .dataset import VideoSet, read_video_set
-from .errors import UsageError, VtempoError
-from .evaluate import LoadedModel, align_classes, load_model
-from .runtime import autocast, prepare
-from .video import VideoError, open_video, stride_indices
-from .video.transforms import Preprocess, make_views
+from vtempo import distributed
+from vtempo.data.dataset import VideoSet, read_video_set
+from vtempo.errors import UsageError, VtempoError
+from vtempo.evaluation.evaluate import LoadedModel, align_classes, load_model
+from vtempo.fast import prepare
+from vtempo.runtime import autocast
+from vtempo.video import VideoError, open_video, stride_indices
+from vtempo.video.transforms import Preprocess, make_views
 
 
 def parse_strides(text: str) -> list[int]:
@@ -116,7 +117,7 @@ def sweep(data: str, models: Sequence[LoadedModel], strides: Sequence[int], fram
           workers: int | None = None, ranks: distributed.Ranks | None = None, dtype: str = "fp32",
           progress: Callable[[int], None] | None = None) -> RobustnessResult:
     """Top-1/top-5 of every model at every stride on the same clips."""
-    from .train import default_workers
+    from vtempo.runtime import default_workers
 
     if not models:
         raise UsageError("robustness needs at least one --model")
@@ -207,7 +208,7 @@ def run(data: str, model_specs: Sequence[str], weights: Sequence[str] = (), stri
 
 def save(result: RobustnessResult, out: str | os.PathLike) -> dict[str, Path]:
     """robustness.json, robustness.csv and robustness.png (top-1 against stride, one line per model)."""
-    from .plots import line_plot, write_png
+    from vtempo.viz.plots import line_plot, write_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 weights came from, from scratch: it renders the training, validation and test sets (the test set with
 a seed of its own), trains the eight models with the TCM paper's robustness condition (4 frames at a
 fixed stride of 4), tests them, runs the stride sweep τ = 2..8 and writes a report. `--install` then
-stores the fp16 weights in `vtempo/weights/` and prints their registry entries.
+stores the fp16 weights in `vtempo/weights/bundled/` and prints their registry entries.
 
 Everything is seeded; on one machine a rerun gives the same weights. Across machines (other CPUs,
 thread counts, bf16 kernels) figures move by a point or two.
@@ -73,7 +73,7 @@ RECIPE = Recipe()
 
 
 def _sets(out: Path, seed: int, recipe: Recipe, say) -> dict[str, Path]:
-    from .synth import generate
+    from vtempo.data.synth import generate
 
     plan = {"train": (seed, recipe.train_clips), "val": (seed + 1000, recipe.val_clips), "test": (seed + 1, recipe.test_clips)}
     paths = {}
@@ -90,7 +90,7 @@ def _sets(out: Path, seed: int, recipe: Recipe, say) -> dict[str, Path]:
 
 
 def _train_config(family: str, data: dict[str, Path], out: Path, seed: int, recipe: Recipe, threads: int | None):
-    from .train import TrainConfig
+    from vtempo.training.train import TrainConfig
 
     recipe = recipe.of(family)
     return TrainConfig(
@@ -113,7 +113,7 @@ def _finished(run: Path, epochs: int) -> bool:
 
 def mirrored_confusion(confusion: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """For each mirrored pair (a, b): how often a video of one was called the other."""
-    from .synth import MIRROR
+    from vtempo.data.synth import MIRROR
 
     pairs = {}
     for i, name in enumerate(classes):
@@ -138,7 +138,7 @@ def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recip
     The epoch lines go to OUT/runs/FAMILY/train.log: parallel jobs would interleave them on the terminal."""
     from rich.console import Console
 
-    from .train import train
+    from vtempo.training.train import train
 
     config = _train_config(family, data, out, seed, recipe, threads)
     run = Path(config.out)
@@ -164,10 +164,10 @@ def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = 
 
     from rich.console import Console
 
-    from .errors import UsageError
-    from .evaluate import evaluate, save_evaluation
-    from .robustness import run as run_sweep
-    from .robustness import save as save_sweep
+    from vtempo.errors import UsageError
+    from vtempo.evaluation.evaluate import evaluate, save_evaluation
+    from vtempo.evaluation.robustness import run as run_sweep
+    from vtempo.evaluation.robustness import save as save_sweep
 
     console = console or Console()
     say = lambda message: console.print(message, soft_wrap=True, highlight=False)  # noqa: E731
@@ -255,11 +255,11 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def install_weights(out: Path, families: list[str], results: dict[str, Any], recipe: Recipe) -> dict[str, str]:
-    """fp16 copies of the best checkpoints in vtempo/weights/ and their registry entries (printed and
+    """fp16 copies of the best checkpoints in vtempo/weights/bundled/ and their registry entries (printed and
     written to OUT/checkpoints-demo.yaml for the maintainer to paste into checkpoints.yaml)."""
-    from .checkpoint import read_file
+    from vtempo.weights.checkpoint import read_file
 
-    target = Path(__file__).parent / "weights"
+    target = Path(__file__).parents[1] / "weights" / "bundled"
     target.mkdir(exist_ok=True)
     entries, installed = [], {}
     for family in families:

@@ -34,11 +34,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from . import __version__
-from .errors import VtempoError
-from .registry import ModelEntry, home, is_remote
+from vtempo import __version__
+from vtempo.errors import VtempoError
+from vtempo.weights.registry import ModelEntry, home, is_remote
 
 try:
     import fcntl
@@ -82,7 +89,7 @@ def _part_path(entry: ModelEntry) -> Path:
 
 def bundled_path(entry: ModelEntry) -> Path:
     assert entry.weights is not None and entry.weights.bundled is not None
-    return Path(str(resources.files("vtempo") / "weights" / entry.weights.bundled))
+    return Path(str(resources.files("vtempo.weights") / "bundled" / entry.weights.bundled))
 
 
 def offline() -> bool:
@@ -421,7 +428,7 @@ def import_file(entry: ModelEntry, path: str | os.PathLike) -> Path:
     The file must fit the entry's architecture, class count and clip length (every tensor placed).
     A file failing the registry's size or hash is refused and left where it is.
     """
-    from .checkpoint import convert_file
+    from vtempo.weights.checkpoint import convert_file
 
     weights = entry.weights
     if weights is None:

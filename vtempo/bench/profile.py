@@ -1,7 +1,7 @@
 """Cost and speed of models, measured side by side: `profile_models(["tsn-r50", "tsm-r50"])`.
 
 Per model: parameters; MACs per clip (counted, without the head, analytic extras, uncounted op types;
-see `vtempo.flops`); the paper's figure from the registry; and per dtype: latency (first call,
+see `vtempo.bench.flops`); the paper's figure from the registry; and per dtype: latency (first call,
 warm-up, median, p90), clips/s, frames/s and peak memory.
 
 Fair comparison: all models are built and warmed first, then timed round-robin, one call of each
@@ -25,11 +25,19 @@ from typing import Callable, Iterable
 
 import torch
 
-from .api import create_model, resolve
-from .errors import UsageError
-from .flops import count_macs
-from .registry import ModelEntry, load_registry
-from .runtime import CHANNELS_LAST, autocast, check_dtype, pick_device, prepare, set_threads, synchronize
+from vtempo.api import create_model, resolve
+from vtempo.bench.flops import count_macs
+from vtempo.errors import UsageError
+from vtempo.fast import prepare
+from vtempo.runtime import (
+    CHANNELS_LAST,
+    autocast,
+    check_dtype,
+    pick_device,
+    set_threads,
+    synchronize,
+)
+from vtempo.weights.registry import ModelEntry, load_registry
 
 PAPER_SIZE = 224  # the input side the papers' GMACs are quoted at
 DEFAULT_NAMES = ("tsn-r50", "tsm-r50", "tam-r50", "tcm-r50", "stc-r50", "stc-light-r50", "tefe-r50", "tsi-r50")

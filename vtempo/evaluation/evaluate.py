@@ -19,14 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed
-from .api import create_model, resolve
-from .classify import parse_views
-from .dataset import ClipDataset, VideoSet, read_video_set
-from .errors import UsageError, VtempoError
-from .registry import CROPS, Protocol, labels_path, read_labels
-from .runtime import autocast, prepare
-from .video.transforms import Preprocess
+from vtempo import distributed
+from vtempo.api import create_model, resolve
+from vtempo.data.dataset import ClipDataset, VideoSet, read_video_set
+from vtempo.errors import UsageError, VtempoError
+from vtempo.fast import prepare
+from vtempo.inference.classify import parse_views
+from vtempo.runtime import autocast
+from vtempo.video.transforms import Preprocess
+from vtempo.weights.registry import CROPS, Protocol, labels_path, read_labels
 
 
 @dataclass
@@ -52,7 +53,7 @@ def _protocol_from_meta(raw: Any, default: Protocol) -> Protocol:
 def load_model(name: str, weights: str | os.PathLike | None = None, frames: int | None = None) -> LoadedModel:
     """A registry model (its own weights unless `weights` is given), an architecture with `weights`, or
     a checkpoint file written by `vtempo train` (`--model runs/x/best.pt`)."""
-    from .checkpoint import load_weights, read_state
+    from vtempo.weights.checkpoint import load_weights, read_state
 
     if weights is None and Path(name).is_file():
         name, weights = "", name
@@ -73,7 +74,7 @@ def load_model(name: str, weights: str | os.PathLike | None = None, frames: int 
     if weights is not None:
         load_weights(model, weights, layout=entry.weights.layout if entry and entry.weights else None)
     elif entry is not None and entry.weights is not None:
-        from .hub import weights_path
+        from vtempo.weights.hub import weights_path
 
         load_weights(model, weights_path(entry), layout=entry.weights.layout)
     else:
@@ -153,7 +154,7 @@ def predict(model: nn.Module, dataset: ClipDataset, *, batch_size: int = 8, work
 
 
 def _collate_views(items: list):
-    from .train import collate
+    from vtempo.data.dataset import collate
 
     return collate(items)
 
@@ -207,7 +208,7 @@ def summarise(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> tup
 def evaluate(data: str, model: str, weights: str | None = None, views: str | None = None, frames: int | None = None,
              labels: str | None = None, batch_size: int = 8, workers: int | None = None, device: str = "auto",
              dtype: str = "fp32", progress_factory=None) -> Evaluation:
-    from .train import default_workers
+    from vtempo.runtime import default_workers
 
     ranks = distributed.start(device)
     try:
@@ -242,7 +243,7 @@ class _nothing:
 
 def save_evaluation(evaluation: Evaluation, out: str | os.PathLike) -> tuple[Path, Path]:
     """`OUT/evaluation.json` (everything) and `OUT/confusion.png`."""
-    from .plots import confusion_image, write_png
+    from vtempo.viz.plots import confusion_image, write_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError
 
 if TYPE_CHECKING:
-    from .classify import Classifier
-    from .video.transforms import Preprocess
+    from vtempo.inference.classify import Classifier
+    from vtempo.video.transforms import Preprocess
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 NORMS = ("clip", "frame")
@@ -272,8 +272,8 @@ def load(
     """Models ready for `explain_frames`, each with its labels and test preprocessing, loaded as
     `vtempo classify` loads them: a registry name (its published weights unless `weights` gives a file,
     one per model), an architecture name with a weights file, a built model, or a Classifier."""
-    from .api import resolve
-    from .classify import Classifier
+    from vtempo.api import resolve
+    from vtempo.inference.classify import Classifier
 
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
@@ -298,7 +298,7 @@ def load(
 def model_input(frames: np.ndarray, preprocess: Preprocess) -> tuple[torch.Tensor, tuple[float, ...]]:
     """Frames (T, H, W, 3) uint8 → the network input (1, T, 3, S, S), the centre view of the model's
     test protocol, and that view's box (x0, y0, x1, y1) in the original frames."""
-    from .video.transforms import crop_boxes_in_frame, make_views
+    from vtempo.video.transforms import crop_boxes_in_frame, make_views
 
     clip = make_views(frames, preprocess, crops=1)
     box = crop_boxes_in_frame(frames.shape[1], frames.shape[2], preprocess, crops=1)[0]
@@ -333,7 +333,7 @@ def explain_frames(
     norm: str = "clip",
 ) -> ClipCam:
     """Every model's maps for the sampled frames (T, H, W, 3) uint8 RGB of one video."""
-    from .runtime import autocast
+    from vtempo.runtime import autocast
 
     if norm not in NORMS:
         raise UsageError(f"unknown normalisation {norm!r}: choose clip or frame")
@@ -394,7 +394,7 @@ def explain(
     every model sees the same frames, so their maps line up. `load_options` go to `load`: weights,
     frames, device, dtype, user_registry.
     """
-    from .video import clip_indices, open_video
+    from vtempo.video import clip_indices, open_video
 
     loaded = load(models, **load_options)
     plan = loaded[0].plan

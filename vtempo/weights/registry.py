@@ -16,14 +16,14 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError
+from vtempo.errors import UsageError
 
 SAMPLINGS = ("uniform", "twice", "dense", "stride")
 CROPS = {"centre": 1, "three": 3, "ten": 10}
 AVERAGES = ("logits", "prob")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# How a published file is laid out (a hint: vtempo.checkpoint reads the layout off the keys, and reads
+# How a published file is laid out (a hint: vtempo.weights.checkpoint reads the layout off the keys, and reads
 # the three official repositories' files with one reader); `vtempo` is vtempo's own format.
 LAYOUTS = ("vtempo", "tsm_official", "tam_official", "tcm_official", "mmaction2")
 # Entry names become cache file names, so they are kept to safe characters.
@@ -59,7 +59,7 @@ class Weights:
     size: int | None = None
     filename: str | None = None  # cache file name; derived from the entry name when absent
     manual_url: str | None = None  # a page the user must download from by hand (Google Drive folders)
-    bundled: str | None = None  # file inside vtempo/weights/
+    bundled: str | None = None  # file inside vtempo/weights/bundled/
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class ModelEntry:
     num_classes: int
     frames: int
     dataset: str | None = None
-    labels: str | None = None  # a list in vtempo/labels/ (without .txt) or a path
+    labels: str | None = None  # a list in vtempo/weights/labels/ (without .txt) or a path
     input_size: int = 224
     resize: tuple[int, ...] = (256,)  # one number: short side; two: exact (height, width)
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -194,7 +194,7 @@ def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
     for required in ("arch", "num_classes", "frames"):
         if required not in raw:
             raise _fail(where, f"missing field {required!r}")
-    from .models import split_name
+    from vtempo.models import split_name
 
     arch = _typed(raw, "arch", str, where)
     try:
@@ -248,7 +248,7 @@ def builtin_registry_path() -> Path:
     packaged = resources.files("vtempo") / "checkpoints.yaml"
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "checkpoints.yaml"  # source checkout
+    return Path(__file__).resolve().parents[2] / "checkpoints.yaml"  # source checkout
 
 
 def home() -> Path:
@@ -293,7 +293,7 @@ def get_entry(name: str, user_registry: str | os.PathLike | None = None) -> Mode
 def labels_path(entry: ModelEntry) -> Path | None:
     if entry.labels is None:
         return None
-    packaged = resources.files("vtempo") / "labels" / f"{entry.labels}.txt"
+    packaged = resources.files("vtempo.weights") / "labels" / f"{entry.labels}.txt"
     return Path(str(packaged)) if packaged.is_file() else Path(entry.labels).expanduser()
 
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .errors import UsageError
+from vtempo.errors import UsageError
 
 # Mirrored pairs: the second class of each pair is the first one played backwards.
 PAIRS: tuple[tuple[str, str], ...] = (

@@ -22,10 +22,16 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import UsageError, VtempoError
-from .registry import CROPS, Protocol
-from .video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoError, clip_indices, open_video
-from .video.transforms import Preprocess, make_views, normalise, resize_frames
+from vtempo.errors import UsageError, VtempoError
+from vtempo.video import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VideoError,
+    clip_indices,
+    open_video,
+)
+from vtempo.video.transforms import Preprocess, make_views, normalise, resize_frames
+from vtempo.weights.registry import CROPS, Protocol
 
 TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSM's multi-scale crop
 
@@ -223,3 +229,15 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 __all__ = ["ClipDataset", "VideoSet", "read_class_names", "read_video_set", "split_video_set", "train_crop"]
+
+
+def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """Stack the clips that decoded; failures travel as (index, reason) so the run can report them."""
+    good = [item for item in items if item[0] is not None]
+    failed = [(item[2], item[3]) for item in items if item[0] is None]
+    if not good:
+        return None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failed
+    clips = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good])
+    indices = torch.tensor([item[2] for item in good])
+    return clips, labels, indices, failed

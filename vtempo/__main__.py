@@ -1,0 +1,4 @@
+"""`python -m vtempo`: the same command line as `vtempo` (and what `torchrun -m vtempo` runs)."""
+from vtempo.cli import app
+
+app(prog_name="vtempo")

@@ -1,0 +1,1 @@
+"""Measuring models on data sets: accuracy (`evaluate`) and robustness to action tempo (`robustness`)."""

@@ -1,0 +1,117 @@
+"""Decoding in worker processes: from a path to the model's views, under the model's test protocol."""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import torch
+
+from vtempo.runtime import default_workers  # noqa: F401
+from vtempo.video import VideoError, open_video
+from vtempo.video.sampling import clip_indices
+from vtempo.video.transforms import Preprocess, make_views
+from vtempo.weights.registry import CROPS, Protocol
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Everything a worker needs to turn a path into model input: picklable, no model."""
+
+    frames: int
+    protocol: Protocol
+    clips: int
+    crop: str
+    preprocess: Preprocess
+    backend: str = "auto"
+
+    @property
+    def max_side(self) -> int:
+        # decode large inputs smaller, but keep at least twice the resize target for any aspect ratio
+        return 2 * max(max(self.preprocess.resize), self.preprocess.input_size)
+
+    @property
+    def views(self) -> int:
+        return self.clips * CROPS[self.crop]
+
+
+def decode_views(path: Path, plan: ViewPlan) -> dict[str, Any]:
+    """Decode one video into its views (V, T, 3, S, S); failures become an `error` entry."""
+    item: dict[str, Any] = {"views": None, "error": None}
+    try:
+        with open_video(path, plan.backend, plan.max_side) as reader:
+            item.update(num_frames=reader.num_frames, header_frames=reader.header_frames, fps=reader.fps,
+                        backend=reader.backend)
+            clips = clip_indices(plan.protocol, reader.num_frames, plan.frames, plan.clips)
+            decoded = reader.get([index for clip in clips for index in clip])
+        decoded = decoded.reshape(len(clips), plan.frames, *decoded.shape[1:])
+        item["views"] = torch.cat([make_views(clip, plan.preprocess, plan.crop) for clip in decoded])
+        if reader.num_frames < plan.frames:
+            item["warning"] = f"only {reader.num_frames} decodable frame(s) for {plan.frames}: frames repeat"
+    except VideoError as error:
+        item["error"] = error.reason
+    except Exception as error:  # noqa: BLE001 - one odd file must never end a batch
+        item["error"] = f"unexpected {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return item
+
+
+class VideoViews(torch.utils.data.Dataset):
+    def __init__(self, videos: Sequence[Path], plan: ViewPlan):
+        self.videos, self.plan = list(videos), plan
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = decode_views(self.videos[index], self.plan)
+        item["index"] = index
+        return item
+
+
+def _keep(item):
+    return item
+
+
+def _fixed_mmap_threshold(threshold: int = 1 << 17) -> None:
+    """Serve every buffer over 128 KiB from its own mapping, returned to the OS when freed.
+
+    glibc raises its mmap threshold each time such a buffer is freed, after which decoded frames and
+    views land on the heap and fragment it: memory then grows with every file decoded.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def _init_worker(_: int) -> None:
+    # Objects inherited from the parent stay out of the worker's garbage collector: collecting them
+    # writes to their pages, and the copy-on-write grows the worker's memory with every file it decodes.
+    gc.freeze()
+    torch.set_num_threads(1)
+    # The model runs as many threads as there are cores and they meet at a barrier after every op: a
+    # worker that preempts one of them stalls them all. At the lowest priority the workers decode in
+    # the gaps the model leaves.
+    os.nice(19)
+
+
+def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memory: bool = False):
+    """A DataLoader yielding one decoded item per video, in order."""
+    _fixed_mmap_threshold()  # before the workers fork, so they inherit it
+    if workers:
+        # One OpenCV thread, set here before the fork: the workers already run in parallel, and a
+        # worker that reconfigures a thread pool it inherited from a fork can deadlock on its lock.
+        cv2.setNumThreads(1)
+    return torch.utils.data.DataLoader(
+        VideoViews(videos, plan),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep,
+        pin_memory=pin_memory,
+        worker_init_fn=_init_worker if workers else None,
+        prefetch_factor=2 if workers else None,
+    )

@@ -1,0 +1,1 @@
+"""Pictures: line plots, confusion matrices and Grad-CAM overlays."""
