@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -31,8 +32,12 @@ class Ranks:
         return self.world > 1
 
 
-def start(device: str = "auto") -> Ranks:
-    """Join the process group when launched by torchrun (idempotent); pick this rank's device."""
+def start(device: str = "auto", timeout: timedelta | None = None) -> Ranks:
+    """Join the process group when launched by torchrun (idempotent); pick this rank's device.
+
+    `timeout` bounds every collective, barriers included (torch's default is 10 to 30 minutes);
+    a run whose ranks may finish hours apart passes a longer one. A rank that dies does not
+    leave the others waiting that long: torchrun stops them all."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     chosen = pick_device(device)
     if world <= 1:
@@ -46,8 +51,14 @@ def start(device: str = "auto") -> Ranks:
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        dist.init_process_group(backend, **({"timeout": timeout} if timeout is not None else {}))
     return Ranks(dist.get_rank(), dist.get_world_size(), chosen)
+
+
+def local_world() -> int:
+    """Processes that torchrun started on this machine (1 without torchrun): they share its cores."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def all_gather_objects(value: Any, ranks: Ranks) -> list[Any]:

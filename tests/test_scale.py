@@ -1,0 +1,331 @@
+"""Long runs over many files: shards balanced by size, resume after a crash, merging the parts, and the
+commands that use them (one process, several shards, torchrun ranks)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vtempo.cli import app
+from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.sharding import (
+    JsonlAppender,
+    Shard,
+    input_size,
+    iter_records,
+    merge_parts,
+    parse_shard,
+    read_finished,
+    shard_files,
+    start_run,
+)
+
+
+def run_cli(args: list[str]):
+    return CliRunner(env={"COLUMNS": "250"}).invoke(app, args, catch_exceptions=False)
+
+
+def one_line(message: str) -> bool:
+    return "\n" not in message.strip() and "Traceback" not in message
+
+
+@pytest.fixture
+def sized_files(tmp_path) -> list[Path]:
+    """Files whose sizes differ a lot: a few big ones, many small, a frame folder, a missing file."""
+    rng = random.Random(0)
+    paths = []
+    for i in range(30):
+        path = tmp_path / f"v{i:02d}.mp4"
+        path.write_bytes(b"x" * (rng.choice([10, 50, 200, 5_000, 40_000]) + i))
+        paths.append(path)
+    frames = tmp_path / "frames_clip"
+    frames.mkdir()
+    for i in range(5):
+        (frames / f"img_{i:05d}.jpg").write_bytes(b"j" * 3_000)
+    paths.insert(7, frames)
+    paths.append(tmp_path / "gone.mp4")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+
+def test_shards_partition_the_inputs_exactly_in_input_order(sized_files):
+    shards = [shard_files(sized_files, k, 3) for k in range(3)]
+    together = [path for shard in shards for path in shard]
+    assert sorted(together) == sorted(sized_files) and len(together) == len(sized_files)  # each exactly once
+    for shard in shards:
+        assert shard == [path for path in sized_files if path in shard]  # input order within a shard
+
+
+def test_shards_are_balanced_by_size_not_count(sized_files):
+    sizes = {path: input_size(path) for path in sized_files}
+    loads = [sum(sizes[p] for p in shard_files(sized_files, k, 3)) for k in range(3)]
+    # greedy largest-first keeps every shard within one largest file of the others
+    assert max(loads) - min(loads) <= max(sizes.values())
+    # one huge file and many small ones: the huge file's shard holds (almost) nothing else
+    paths = [f"f{i}" for i in range(11)]
+    sizes_list = [1000] + [10] * 10
+    big = shard_files(paths, 0, 2, sizes_list)
+    small = shard_files(paths, 1, 2, sizes_list)
+    assert big == ["f0"] and len(small) == 10
+
+
+def test_a_frame_folder_counts_its_files_and_a_missing_file_nothing(sized_files):
+    assert input_size(sized_files[7]) == 5 * 3_000
+    assert input_size(sized_files[-1]) == 0
+
+
+def test_shard_assignment_does_not_depend_on_input_order_or_machine(sized_files):
+    shuffled = list(sized_files)
+    random.Random(1).shuffle(shuffled)
+    for k in range(4):
+        assert set(shard_files(sized_files, k, 4)) == set(shard_files(shuffled, k, 4))
+        assert shard_files(sized_files, k, 4) == shard_files(list(sized_files), k, 4)
+
+
+def test_equal_sizes_spread_by_count():
+    paths = [f"f{i}" for i in range(10)]
+    counts = [len(shard_files(paths, k, 3, [5] * 10)) for k in range(3)]
+    assert sorted(counts) == [3, 3, 4]
+
+
+def test_more_shards_than_inputs_leaves_some_empty():
+    shards = [shard_files(["a", "b"], k, 4, [1, 2]) for k in range(4)]
+    assert sorted(p for s in shards for p in s) == ["a", "b"] and shards.count([]) == 2
+
+
+def test_parse_shard():
+    assert parse_shard("0/3") == Shard(0, 3) and parse_shard(" 2 / 3 ") == Shard(2, 3)
+    assert parse_shard("1/3").part("out/res.jsonl") == Path("out/res.part-1-of-3.jsonl")
+    for text, needle in [("3/3", "0..2"), ("0/0", "at least 1"), ("1", "K/N"), ("a/b", "K/N"), ("-1/3", "K/N"), ("", "K/N")]:
+        with pytest.raises(UsageError) as caught:
+            parse_shard(text, {})
+        assert needle in str(caught.value) and one_line(str(caught.value))
+
+
+def test_shard_auto_reads_slurm_arrays_and_kubernetes_indexed_jobs():
+    slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert parse_shard("auto", slurm) == Shard(2, 4)
+    assert parse_shard("auto/4", slurm) == Shard(2, 4)
+    stepped = {"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+               "SLURM_ARRAY_TASK_COUNT": "5"}
+    assert parse_shard("auto", stepped) == Shard(3, 5)
+    assert parse_shard("auto/6", {"JOB_COMPLETION_INDEX": "5"}) == Shard(5, 6)
+    for text, env, needle in [
+        ("auto", {}, "SLURM_ARRAY_TASK_ID"),
+        ("auto", {"JOB_COMPLETION_INDEX": "1"}, "auto/N"),
+        ("auto/3", slurm, "4 tasks"),
+        ("auto/2", {"JOB_COMPLETION_INDEX": "2"}, "0..1"),
+        ("auto", {**stepped, "SLURM_ARRAY_TASK_ID": "5"}, "steps"),
+        ("auto", {**slurm, "SLURM_ARRAY_TASK_ID": "x"}, "whole number"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            parse_shard(text, env)
+        assert needle in str(caught.value) and one_line(str(caught.value))
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def write_lines(path: Path, records: list[dict], tail: bytes = b"") -> None:
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records) + tail)
+
+
+def test_read_finished_drops_a_line_cut_by_a_crash(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, [{"path": "a.mp4"}, {"path": "b.mp4", "status": "error"}])
+    whole = out.stat().st_size
+    assert read_finished(out) == ({"a.mp4", "b.mp4"}, whole)
+    for tail in (b'{"path": "c.mp4", "top": [{"lab', b'{"path": "c.mp4"}', b'{"path": "c.mp4", "to\n', b"\x00\x00\x00\n"):
+        write_lines(out, [{"path": "a.mp4"}, {"path": "b.mp4", "status": "error"}], tail)
+        assert read_finished(out) == ({"a.mp4", "b.mp4"}, whole), tail
+
+
+def test_read_finished_refuses_a_file_bad_in_the_middle(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"path": "a.mp4"}\nnot json\n{"path": "b.mp4"}\n')
+    with pytest.raises(VtempoError, match="line 2 is not JSON") as caught:
+        read_finished(out)
+    assert one_line(str(caught.value))
+    out.write_bytes(b'{"path": "a.mp4"}\n[1, 2]\n')
+    with pytest.raises(VtempoError, match="line 2 is not a result record"):
+        read_finished(out)
+
+
+def test_appender_writes_over_the_cut_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, [{"path": "a.mp4"}], b'{"path": "b.m')
+    _, offset = read_finished(out)
+    with JsonlAppender(out, offset) as appender:
+        appender.write({"path": "b.mp4"})
+    assert [r["path"] for r in iter_records(out)] == ["a.mp4", "b.mp4"]
+
+
+def fake_record(path: Path) -> dict:
+    return {"path": str(path), "status": "ok", "top": [{"label": "x", "index": 0, "prob": 0.5}]}
+
+
+def run_some(run, stop: int | None = None) -> None:
+    """Write the records of the first `stop` of the run's inputs (all by default)."""
+    for position, path in enumerate(run.todo_paths[:stop]):
+        run.write(position, fake_record(path))
+    run.close()
+
+
+def test_an_existing_output_is_never_overwritten_silently(tmp_path, sized_files):
+    for name in ("out.jsonl", "out.csv", "out.json"):
+        out = tmp_path / name
+        out.write_text("precious\n")
+        with pytest.raises(UsageError) as caught:
+            start_run(sized_files, out)
+        message = str(caught.value)
+        assert "--resume" in message and "--overwrite" in message and one_line(message)
+        assert out.read_text() == "precious\n"
+    with pytest.raises(UsageError, match="needs a .jsonl"):
+        start_run(sized_files, tmp_path / "out.csv", resume=True)
+    with pytest.raises(UsageError, match="exclude"):
+        start_run(sized_files, tmp_path / "out.jsonl", resume=True, overwrite=True)
+    run = start_run(sized_files, tmp_path / "out.jsonl", overwrite=True)
+    run_some(run)
+    assert len(list(iter_records(tmp_path / "out.jsonl"))) == len(sized_files)
+
+
+def test_resume_skips_finished_files_and_appends_the_rest(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    run = start_run(sized_files, out, resume=True)  # nothing there yet: a first run
+    assert run.todo == list(range(len(sized_files))) and run.done_before == 0
+    run_some(run, stop=11)
+    with open(out, "ab") as handle:  # the crash: half a line
+        handle.write(b'{"path": "' + str(sized_files[11]).encode() + b'", "status": "o')
+    run = start_run(sized_files, out, resume=True)
+    assert run.done_before == 11 and run.todo_paths == sized_files[11:]
+    run_some(run)
+    assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]  # once each, in order
+
+
+# ----------------------------------------------------------------------------------------------- merge
+
+
+def sharded(sized_files, out: Path, count: int, **options) -> list:
+    return [start_run(sized_files, out, shard=f"{k}/{count}", **options) for k in range(count)]
+
+
+def test_shards_write_parts_that_merge_back_in_input_order(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    runs = sharded(sized_files, out, 3)
+    for run in runs:
+        run_some(run)
+    parts = [tmp_path / f"out.part-{k}-of-3.jsonl" for k in range(3)]
+    assert all(part.exists() for part in parts) and not out.exists()
+    assert all("input" in record for part in parts for record in iter_records(part))
+    assert merge_parts(parts[::-1], out, sized_files) == len(sized_files)
+    merged = list(iter_records(out))
+    assert [r["path"] for r in merged] == [str(p) for p in sized_files]
+    assert merged[0] == fake_record(sized_files[0])  # the input index is dropped: a one-process file
+
+
+def test_a_killed_shard_resumes_and_the_merge_has_every_file_once(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    runs = sharded(sized_files, out, 3)
+    killed = max(range(3), key=lambda k: len(runs[k].todo))
+    half = len(runs[killed].todo) // 2
+    for k, run in enumerate(runs):
+        run_some(run, stop=half if k == killed else None)
+    with open(runs[killed].target, "ab") as handle:
+        handle.write(b'{"path": "cut')
+    with pytest.raises(VtempoError, match="cut short"):
+        merge_parts(sorted(tmp_path.glob("out.part-*")), out)
+    with pytest.raises(UsageError, match="--resume"):
+        start_run(sized_files, out, shard=f"{killed}/3")
+    run = start_run(sized_files, out, shard=f"{killed}/3", resume=True)
+    assert run.done_before == half and len(run.todo) == len(runs[killed].todo) - half
+    run_some(run)
+    merge_parts(sorted(tmp_path.glob("out.part-*")), out, sized_files)
+    assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]
+
+
+def test_merge_names_a_duplicate_or_missing_file(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    for run in sharded(sized_files, out, 2):
+        run_some(run)
+    parts = sorted(tmp_path.glob("out.part-*"))
+    lines = parts[1].read_bytes().splitlines(keepends=True)
+    first = json.loads(lines[0])
+    out.write_text("untouched\n")
+
+    parts[1].write_bytes(lines[0] + b"".join(lines))  # a record twice in one part
+    with pytest.raises(VtempoError) as caught:
+        merge_parts(parts, out)
+    assert f"{first['path']} appears twice" in str(caught.value) and one_line(str(caught.value))
+    assert out.read_text() == "untouched\n"  # a failed merge leaves the output as it was
+
+    parts[1].write_bytes(b"".join(lines))
+    other = parts[0].read_bytes()
+    in_both = sorted(other.splitlines(keepends=True) + [lines[0]], key=lambda line: json.loads(line)["input"])
+    parts[0].write_bytes(b"".join(in_both))  # a record in two parts
+    with pytest.raises(VtempoError) as caught:
+        merge_parts(parts, out, sized_files)
+    assert f"{first['path']} appears twice" in str(caught.value) and one_line(str(caught.value))
+    parts[0].write_bytes(other)
+
+    parts[1].write_bytes(b"".join(lines[1:]))  # a record lost
+    with pytest.raises(VtempoError, match=f"{first['path']} is missing") as caught:
+        merge_parts(parts, out, sized_files)
+    assert one_line(str(caught.value))
+    if first["input"] > 0:  # without the input list, a gap is still seen
+        with pytest.raises(VtempoError, match=f"input {first['input']} is missing"):
+            merge_parts(parts, out)
+
+    last = json.loads(lines[-1])
+    parts[1].write_bytes(b"".join(lines[:-1]))  # the last input lost: only the input list tells
+    if last["input"] == len(sized_files) - 1:
+        merge_parts(parts, out)
+    with pytest.raises(VtempoError, match=f"{last['path']} is missing"):
+        merge_parts(parts, out, sized_files)
+
+    parts[1].write_bytes(b"".join(lines))
+    with pytest.raises(VtempoError, match="part 1 of 2 is missing: out.part-1-of-2.jsonl"):
+        merge_parts(parts[:1], out)
+    with pytest.raises(VtempoError, match="changed"):
+        merge_parts(parts, out, list(reversed(sized_files)))
+    assert not list(tmp_path.glob(".out.jsonl.merging"))
+
+
+def test_parts_of_another_shard_count_are_not_mixed_in(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    for run in sharded(sized_files, out, 2):
+        run_some(run)
+    with pytest.raises(UsageError, match="another number of shards"):
+        start_run(sized_files, out, shard="0/3", resume=True)
+    (tmp_path / "out.part-0-of-3.jsonl").write_text("")
+    with pytest.raises(VtempoError, match="different runs"):
+        merge_parts(sorted(tmp_path.glob("out.part-*")), out)
+    start_run(sized_files, out, shard="0/3", overwrite=True).close()  # starting again clears them
+    assert sorted(p.name for p in tmp_path.glob("out.part-*")) == ["out.part-0-of-3.jsonl"]
+
+
+def test_a_sharded_run_needs_a_jsonl_output(tmp_path, sized_files):
+    for output in (None, tmp_path / "out.csv"):
+        with pytest.raises(UsageError, match="needs --output FILE.jsonl"):
+            start_run(sized_files, output, shard="0/2")
+
+
+def test_merge_command(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    for run in sharded(sized_files, out, 3):
+        run_some(run)
+    parts = [str(p) for p in sorted(tmp_path.glob("out.part-*"))]
+    inputs = [arg for path in sized_files for arg in ("--inputs", str(path))]
+    result = run_cli(["merge", *parts, "-o", str(out), *inputs])
+    assert result.exit_code == 0, result.output
+    assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]
+    result = run_cli(["merge", *parts, "-o", str(out)])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = run_cli(["merge", *parts[:2], "-o", str(out), "--overwrite"])
+    assert result.exit_code == 1 and "part 2 of 3 is missing" in result.output and "Traceback" not in result.output
+    assert run_cli(["merge", *parts, "-o", str(out), "--overwrite"]).exit_code == 0

@@ -1,0 +1,38 @@
+"""`vtempo merge PARTS... -o FILE.jsonl`: join the parts of a sharded run in input order."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vtempo.commands.common import err_console, friendly_errors
+from vtempo.errors import UsageError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("merge")
+    @friendly_errors
+    def merge_command(
+        parts: List[Path] = typer.Argument(..., metavar="PARTS...", help="The part files, e.g. out.part-*-of-8.jsonl."),
+        output: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="The merged results (.jsonl)."),
+        inputs: Optional[List[Path]] = typer.Option(
+            None, "--inputs", metavar="PATH",
+            help="The run's inputs as given to it (repeat the flag): also checks that none is missing at the end."),
+        recursive: bool = typer.Option(False, "--recursive", "-r", help="As the run was given: search subfolders."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    ) -> None:
+        """Join the parts that `--shard K/N` runs wrote, in input order; every input must appear exactly once."""
+        from vtempo.inference.sharding import check_output, merge_parts
+        from vtempo.video import display_path
+        from vtempo.video.discovery import collect_videos
+
+        if output.suffix.lower() != ".jsonl":
+            raise UsageError(f"--output {display_path(output)}: the merged file is JSON Lines, name it .jsonl")
+        if any(part.resolve() == output.resolve() for part in parts):
+            raise UsageError(f"--output {display_path(output)} is one of the parts")
+        check_output(output, resume=False, overwrite=overwrite)
+        expected = collect_videos(inputs, recursive) if inputs else None
+        count = merge_parts(parts, output, expected)
+        err_console.print(f"{count} results from {len(parts)} parts in {display_path(output)}", highlight=False,
+                          soft_wrap=True)

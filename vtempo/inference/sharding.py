@@ -1,0 +1,486 @@
+"""Long batch runs over many files: split the inputs into shards, resume after a crash, merge the parts.
+
+Nothing here schedules work. Each process takes its share of the inputs from what launched it:
+
+- `--shard K/N`, explicit, for any launcher (one machine per shard, a loop in a shell script, ...);
+- `--shard auto`: K and N from a SLURM job array (SLURM_ARRAY_TASK_ID, _COUNT, _MIN, _STEP), or
+  `--shard auto/N` with K from a Kubernetes indexed job (JOB_COMPLETION_INDEX; Kubernetes does not give
+  N, so it is written in the flag);
+- torchrun (RANK, WORLD_SIZE, LOCAL_RANK): no flag; `vtempo.distributed.start` joins the process group,
+  rank K of N takes shard K/N on its own GPU (cuda:LOCAL_RANK) and rank 0 merges the parts at the end.
+
+Shards are balanced by bytes, not by file count (`shard_files`). A sharded process writes its own part,
+`STEM.part-K-of-N.jsonl` beside the output `STEM.jsonl` (the part keeps the .jsonl ending, so any JSON
+Lines reader opens it, and its name says which shard of how many it holds). Each record in a part
+carries `"input": i`, its position in the full input list, so `merge_parts` can restore input order and
+check that every input appears exactly once without seeing the inputs again; the merged file drops the
+field and so reads like the output of a one-process run.
+
+A JSON Lines output is appended to as results come, a flushed line each. `--resume` reads what is
+there (`read_finished`), cuts away a last line that a crash left incomplete, skips the inputs that
+already have a record (a failure is a record too) and appends the rest. Without `--resume` an existing
+output is never overwritten or mixed into: the run stops unless `--overwrite` says to start again.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
+
+from vtempo.errors import UsageError, VtempoError
+from vtempo.video import display_path
+
+PART_NAME = re.compile(r"(?P<stem>.*)\.part-(?P<index>\d+)-of-(?P<count>\d+)\.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (0-based) of `count`."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise UsageError(f"--shard {self}: the shard count must be at least 1")
+        if not 0 <= self.index < self.count:
+            raise UsageError(f"--shard {self}: K must be 0..{self.count - 1} (shards are numbered from 0)")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def part(self, output: str | os.PathLike) -> Path:
+        """Where this shard writes its results: `STEM.part-K-of-N.jsonl` beside `output`."""
+        output = Path(output)
+        return output.with_name(f"{output.stem}.part-{self.index}-of-{self.count}.jsonl")
+
+
+def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> Shard:
+    """`K/N` (shard K of N, K in 0..N-1); `auto` (a SLURM job array's task); `auto/N` (task K from a
+    SLURM array or a Kubernetes indexed job's JOB_COMPLETION_INDEX, N as written)."""
+    environ = os.environ if environ is None else environ
+    match = re.fullmatch(r"\s*(\d+|auto)\s*(?:/\s*(\d+)\s*)?", text or "")
+    if not match or (match.group(1) != "auto" and match.group(2) is None):
+        raise UsageError(f"--shard must be K/N (shard K of N, from 0), auto or auto/N, got {text!r}")
+    count = int(match.group(2)) if match.group(2) is not None else None
+    if match.group(1) != "auto":
+        return Shard(int(match.group(1)), count)
+    return _shard_from_environment(environ, count)
+
+
+def _shard_from_environment(environ: Mapping[str, str], count: int | None) -> Shard:
+    def number(name: str, default: int | None = None) -> int:
+        raw = environ.get(name)
+        if raw is None and default is not None:
+            return default
+        try:
+            return int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise UsageError(f"--shard auto: {name}={raw!r} is not a whole number") from None
+
+    if "SLURM_ARRAY_TASK_ID" in environ:
+        task, first = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_MIN", 0)
+        step, tasks = number("SLURM_ARRAY_TASK_STEP", 1), number("SLURM_ARRAY_TASK_COUNT")
+        if step < 1 or (task - first) % step:
+            raise UsageError(f"--shard auto: SLURM array task {task} is not on the array's steps "
+                             f"(min {first}, step {step}); use --array=A-B[:S] or an explicit --shard K/N")
+        if count is not None and count != tasks:
+            raise UsageError(f"--shard auto/{count}: the SLURM array has {tasks} tasks")
+        return Shard((task - first) // step, tasks)
+    if "JOB_COMPLETION_INDEX" in environ:
+        if count is None:
+            raise UsageError("--shard auto: a Kubernetes indexed job does not say how many shards there are; "
+                             "pass --shard auto/N with N the job's completions")
+        return Shard(number("JOB_COMPLETION_INDEX"), count)
+    raise UsageError("--shard auto: no SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX in the environment; "
+                     "pass --shard K/N (under torchrun leave --shard out: each rank takes its share)")
+
+
+def input_size(path: str | os.PathLike) -> int:
+    """Bytes to decode for one input: a file's size, a frame folder's files summed; 0 when unreadable
+    (the input is then reported as failed, quickly)."""
+    try:
+        if not os.path.isdir(path):
+            return os.stat(path).st_size
+        total = 0
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_file():
+                    total += entry.stat().st_size
+        return total
+    except OSError:
+        return 0
+
+
+def shard_files(paths: Sequence[Any], index: int, count: int, sizes: Sequence[int] | None = None) -> list:
+    """The inputs of shard `index` of `count`, in input order (`sizes`: their sizes, when known).
+
+    Every input lands in exactly one shard, the same one on every machine that sees the same files:
+    inputs go, largest first (ties by path, then position), to the shard with the fewest bytes so far
+    (ties: fewest files, then lowest shard number), the greedy longest-processing-time rule, which
+    keeps every shard within one largest file of the ideal share.
+    """
+    return [paths[i] for i in shard_positions(paths, index, count, sizes)]
+
+
+def shard_positions(paths: Sequence[Any], index: int, count: int, sizes: Sequence[int] | None = None) -> list[int]:
+    """Like `shard_files`, but the positions of the shard's inputs in `paths`."""
+    shard = Shard(index, count)
+    sizes = [input_size(path) for path in paths] if sizes is None else list(sizes)
+    if len(sizes) != len(paths):
+        raise ValueError(f"{len(sizes)} sizes for {len(paths)} inputs")
+    order = sorted(range(len(paths)), key=lambda i: (-sizes[i], display_path(paths[i]), i))
+    loads = [(0, 0, k) for k in range(count)]  # (bytes, files, shard): already a heap
+    mine: list[int] = []
+    for i in order:
+        size, files, k = heapq.heappop(loads)
+        if k == shard.index:
+            mine.append(i)
+        heapq.heappush(loads, (size + sizes[i], files + 1, k))
+    return sorted(mine)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def read_finished(path: str | os.PathLike) -> tuple[set[str], int]:
+    """(the inputs that have a record in the JSON Lines file `path`, the byte offset just past its last
+    complete record). A last line without its newline, or not valid JSON, is what a crash leaves: it is
+    left out (appending starts at the offset, over it). A bad line before the last one is an error."""
+    finished: set[str] = set()
+    offset = 0
+    cut: tuple[int, str] | None = None  # (line number, reason) of a bad line, if any
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if cut is not None:
+                    raise VtempoError(f"{display_path(path)}: line {cut[0]} {cut[1]}, and more follow: "
+                                      f"not a file this program appended to; pass --overwrite to start again")
+                if not line.endswith(b"\n"):
+                    cut = (number, "is cut short")
+                    continue
+                if not line.strip():
+                    offset += len(line)
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    cut = (number, "is not JSON")
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+                    raise VtempoError(f"{display_path(path)}: line {number} is not a result record (no \"path\")")
+                finished.add(record["path"])
+                offset += len(line)
+    except OSError as error:
+        raise VtempoError(f"{display_path(path)}: cannot read ({error.strerror or error})") from None
+    return finished, offset
+
+
+class JsonlAppender:
+    """Appends records to a JSON Lines file from `offset` on (what lies beyond is cut away first), one
+    flushed line per record, so a killed process leaves at most its last line incomplete."""
+
+    def __init__(self, path: str | os.PathLike, offset: int = 0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle: IO[bytes] = open(self.path, "r+b" if offset else "wb")
+            self._handle.truncate(offset)
+            self._handle.seek(offset)
+        except OSError as error:
+            raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite or mix into an existing output unless told which."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
+    if not resume and not overwrite and os.path.lexists(path):
+        raise UsageError(f"{display_path(path)} exists: pass --resume to go on with it, or --overwrite to start again")
+    if resume and Path(path).suffix.lower() != ".jsonl":
+        raise UsageError(f"--resume needs a .jsonl output (a line per result), got {display_path(path)}")
+
+
+# ----------------------------------------------------------------------------------------------- merge
+
+
+def part_files(output: str | os.PathLike) -> list[Path]:
+    """The part files beside `output` (any shard count), sorted by name."""
+    output = Path(output)
+    folder = output.parent if str(output.parent) else Path(".")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(folder / name for name in names
+                  if (match := PART_NAME.fullmatch(name)) and match.group("stem") == output.stem)
+
+
+def _check_part_names(parts: Sequence[Path]) -> None:
+    """When the parts are named `STEM.part-K-of-N.jsonl`, all N of one run must be there, each once."""
+    matches = [PART_NAME.fullmatch(part.name) for part in parts]
+    if not all(matches):
+        return
+    counts = {(m.group("stem"), int(m.group("count"))) for m in matches}  # type: ignore[union-attr]
+    if len(counts) > 1:
+        raise VtempoError("the parts come from different runs: " + ", ".join(
+            f"{stem}.part-*-of-{count}.jsonl" for stem, count in sorted(counts)))
+    (stem, count), = counts
+    seen: dict[int, Path] = {}
+    for part, match in zip(parts, matches):
+        index = int(match.group("index"))  # type: ignore[union-attr]
+        if index in seen:
+            raise VtempoError(f"{display_path(part)} is given twice")
+        seen[index] = part
+    missing = [index for index in range(count) if index not in seen]
+    if missing:
+        raise VtempoError(f"part {missing[0]} of {count} is missing: {stem}.part-{missing[0]}-of-{count}.jsonl"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def _indexed_records(part: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(input index, line number, record) for each record of a part, checking they rise."""
+    previous = -1
+    try:
+        with open(part, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{display_path(part)}: line {number}"
+                if not line.endswith(b"\n"):
+                    raise VtempoError(f"{where} is cut short (the shard did not finish): run it again with --resume")
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise VtempoError(f"{where} is not JSON") from None
+                index = record.get("input") if isinstance(record, dict) else None
+                if not isinstance(index, int) or not isinstance(record.get("path"), str):
+                    raise VtempoError(f"{where} has no \"input\" index and \"path\": not a part written by a sharded run")
+                if index == previous:
+                    raise VtempoError(f"{record['path']} appears twice (input {index}, {where} and the line before)")
+                if index < previous:
+                    raise VtempoError(f"{where}: input {index} after input {previous}, not in input order")
+                previous = index
+                yield index, number, record
+    except OSError as error:
+        raise VtempoError(f"{display_path(part)}: cannot read ({error.strerror or error})") from None
+
+
+def merge_parts(
+    parts: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    expected_inputs: Sequence[str | os.PathLike] | None = None,
+) -> int:
+    """Join part files into `out` in input order; returns the number of records.
+
+    Every input must appear exactly once: a duplicate, a gap in the input indices, or (with
+    `expected_inputs`, the full input list) a missing input or one whose path differs is an error naming
+    the file, and `out` is left as it was. Streams: memory does not grow with the number of records.
+    `out` is replaced in one step (a temporary file beside it, then a rename).
+    """
+    parts = [Path(part) for part in parts]
+    if not parts:
+        raise UsageError("no part files to merge")
+    _check_part_names(parts)
+    expected = None if expected_inputs is None else [display_path(path) for path in expected_inputs]
+    out = Path(out)
+    temporary = out.with_name(f".{out.name}.merging")
+    streams = [((index, k, number, record) for index, number, record in _indexed_records(part))
+               for k, part in enumerate(parts)]
+    written = 0
+    last: tuple[int, str] | None = None  # (input index, path) of the record written last
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            for index, k, number, record in heapq.merge(*streams, key=lambda item: item[:2]):
+                path = record["path"]
+                if last is not None and index == last[0]:
+                    raise VtempoError(f"{path} appears twice (input {index}, in {display_path(parts[k])} "
+                                      f"line {number} and before)")
+                first_missing = 0 if last is None else last[0] + 1
+                if index > first_missing:
+                    name = expected[first_missing] if expected and first_missing < len(expected) else None
+                    raise VtempoError(f"{name or f'input {first_missing}'} is missing from the parts"
+                                      + ("" if name else f" (the inputs jump from {first_missing - 1} to {index})"))
+                if expected is not None:
+                    if index >= len(expected):
+                        raise VtempoError(f"{display_path(parts[k])} line {number}: input {index} ({path}), "
+                                          f"but there are {len(expected)} inputs")
+                    if expected[index] != path:
+                        raise VtempoError(f"{display_path(parts[k])} line {number}: input {index} is {path}, "
+                                          f"expected {expected[index]} (were the inputs changed?)")
+                del record["input"]
+                handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+                written += 1
+                last = (index, path)
+        if expected is not None and written < len(expected):
+            raise VtempoError(f"{expected[written]} is missing from the parts"
+                              + (f" (and {len(expected) - written - 1} more)" if len(expected) - written > 1 else ""))
+        os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return written
+
+
+# --------------------------------------------------------------------------------------- a whole run
+
+
+@dataclass
+class ShardedRun:
+    """What this process does in a long run over `inputs`: which inputs are its own and not yet done
+    (`todo`, positions in `inputs`), and where their records go. Built by `start_run`."""
+
+    inputs: list[Path]
+    output: Path | None  # the file the user asked for
+    target: Path | None  # the file this process appends to: `output`, or its part
+    todo: list[int]
+    done_before: int  # this process's inputs that a previous run finished
+    shard: Shard | None
+    ranks: Any  # vtempo.distributed.Ranks
+    merge: bool = False  # rank 0 merges the parts at the end (torchrun)
+    _writer: JsonlAppender | None = field(default=None, repr=False)
+
+    @property
+    def todo_paths(self) -> list[Path]:
+        return [self.inputs[i] for i in self.todo]
+
+    @property
+    def writes(self) -> bool:
+        """Whether `write` takes the records (a JSON Lines output); else the caller writes them."""
+        return self._writer is not None
+
+    def write(self, position: int, record: dict[str, Any]) -> None:
+        """Append the record of `todo[position]`; a part's records carry their input index."""
+        if self._writer is None:
+            raise VtempoError("this run has no JSON Lines output to write to")
+        if self.shard is not None:
+            record = {"path": record["path"], "input": self.todo[position],
+                      **{k: v for k, v in record.items() if k != "path"}}
+        self._writer.write(record)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def finish(self) -> int | None:
+        """Close this process's output. Under torchrun, wait for every rank, and on rank 0 merge the parts
+        into the output and delete them; returns the number of merged records there, else None."""
+        from vtempo import distributed
+
+        self.close()
+        if not self.ranks.distributed:
+            return None
+        distributed.barrier(self.ranks)
+        merged, failure = None, ""
+        if self.ranks.main and self.merge:
+            parts = [Shard(k, self.ranks.world).part(self.output) for k in range(self.ranks.world)]
+            try:
+                merged = merge_parts(parts, self.output, self.inputs)
+                for part in parts:
+                    part.unlink(missing_ok=True)
+            except VtempoError as error:
+                failure = str(error)
+        failure = distributed.all_gather_objects(failure, self.ranks)[0]  # every rank leaves together
+        if failure:
+            raise VtempoError(failure)
+        return merged
+
+
+def start_run(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike | None,
+    *,
+    shard: str | Shard | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    ranks: Any = None,
+) -> ShardedRun:
+    """Decide this process's share of `inputs` and open where its results go.
+
+    One process: `output` itself (any format; only .jsonl is opened here, the others are the caller's
+    to write). With `shard` (K/N, auto, auto/N) or under torchrun (`ranks` from
+    `vtempo.distributed.start` with world > 1): the part `STEM.part-K-of-N.jsonl`, and `output` must end
+    in .jsonl. Checks the existing files first: nothing is overwritten without `overwrite`, and
+    `resume` skips what is done.
+    """
+    from vtempo import distributed
+
+    inputs = [Path(path) for path in inputs]
+    ranks = ranks if ranks is not None else distributed.Ranks(0, 1, None)  # type: ignore[arg-type]
+    torchrun = ranks.distributed
+    if torchrun and shard not in (None, "auto"):
+        raise UsageError("--shard with torchrun: each rank already takes its share; leave --shard out")
+    shard = Shard(ranks.rank, ranks.world) if torchrun else parse_shard(shard) if isinstance(shard, str) else shard
+    if shard is not None and (output is None or Path(output).suffix.lower() != ".jsonl"):
+        raise UsageError("a sharded run (--shard or torchrun) needs --output FILE.jsonl: each shard writes a part of it")
+    if output is None:
+        if resume or overwrite:
+            raise UsageError("--resume and --overwrite need --output FILE.jsonl")
+        return ShardedRun(inputs, None, None, list(range(len(inputs))), 0, None, ranks)
+    output = Path(output)
+    if shard is None:
+        check_output(output, resume=resume, overwrite=overwrite)
+        if output.suffix.lower() != ".jsonl":
+            return ShardedRun(inputs, output, output, list(range(len(inputs))), 0, None, ranks)
+        target, mine = output, list(range(len(inputs)))
+    else:
+        target, mine = shard.part(output), shard_positions(inputs, shard.index, shard.count)
+        _check_sharded_output(output, shard, resume=resume, overwrite=overwrite, torchrun=torchrun)
+    finished_run = torchrun and resume and output.exists() and not part_files(output)
+    # every rank looks at the files before any rank creates its part
+    distributed.barrier(ranks)
+    if finished_run:
+        # a torchrun run that finished: its parts were merged into the output and deleted
+        finished, _ = read_finished(output)
+        missing = [display_path(path) for path in inputs if display_path(path) not in finished]
+        if missing:
+            raise UsageError(f"{display_path(output)} holds a finished run without {missing[0]}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                             + ": write to another --output, or pass --overwrite")
+        return ShardedRun(inputs, output, None, [], len(mine), shard, ranks)
+    finished, offset = read_finished(target) if resume and target.exists() else (set(), 0)
+    todo = [i for i in mine if display_path(inputs[i]) not in finished]
+    return ShardedRun(inputs, output, target, todo, len(mine) - len(todo), shard, ranks, merge=torchrun,
+                      _writer=JsonlAppender(target, offset))
+
+
+def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite: bool, torchrun: bool) -> None:
+    check_output(shard.part(output), resume=resume, overwrite=overwrite)
+    others = [part for part in part_files(output) if not part.name.endswith(f"-of-{shard.count}.jsonl")]
+    if others and not overwrite:
+        raise UsageError(f"{display_path(others[0])} is from a run with another number of shards: "
+                         f"resume that run with as many, merge it (`vtempo merge`), or pass --overwrite")
+    if torchrun and not resume and not overwrite and output.exists():
+        raise UsageError(f"{display_path(output)} exists: pass --resume to go on with it, or --overwrite to start again")
+    if overwrite:
+        for part in others:  # starting again: another shard count's parts would only be mixed in later
+            part.unlink(missing_ok=True)
+
+
+def iter_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
+    """The records of a JSON Lines file (for tests and tools)."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
