@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import videogen
 from vtempo.cli import app
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.sharding import (
@@ -329,3 +334,125 @@ def test_merge_command(tmp_path, sized_files):
     result = run_cli(["merge", *parts[:2], "-o", str(out), "--overwrite"])
     assert result.exit_code == 1 and "part 2 of 3 is missing" in result.output and "Traceback" not in result.output
     assert run_cli(["merge", *parts, "-o", str(out), "--overwrite"]).exit_code == 0
+
+
+# ------------------------------------------------------------------------ classify: shards and ranks
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSIFY = ["classify", "--model", "tsn-demo", "--workers", "0", "--device", "cpu", "--topk", "3"]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vtempo", *args]
+
+
+@pytest.fixture(scope="module")
+def forty_videos(tmp_path_factory) -> Path:
+    """40 small videos of different lengths (so of different sizes)."""
+    folder = tmp_path_factory.mktemp("forty")
+    for i in range(40):
+        videogen.write_opencv(folder / f"v{i:02d}.mp4", 12 + (i * 7) % 30)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(forty_videos, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("one") / "out.jsonl"
+    result = run_cli([*CLASSIFY, str(forty_videos), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return list(iter_records(out))
+
+
+def assert_same_results(records: list[dict], reference: list[dict]) -> None:
+    assert [r["path"] for r in records] == [r["path"] for r in reference]  # every file once, in input order
+    for record, expected in zip(records, reference):
+        assert [p["label"] for p in record["top"]] == [p["label"] for p in expected["top"]], record["path"]
+        assert [p["prob"] for p in record["top"]] == pytest.approx([p["prob"] for p in expected["top"]], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_classify_shards_merge_into_the_one_process_results(forty_videos, one_process, tmp_path):
+    out = tmp_path / "out.jsonl"
+    for k in range(3):
+        result = run_cli([*CLASSIFY, str(forty_videos), "-o", str(out), "--shard", f"{k}/3"])
+        assert result.exit_code == 0, result.output
+        assert f"out.part-{k}-of-3.jsonl" in result.output
+    assert not out.exists()
+    result = run_cli(["merge", *map(str, sorted(tmp_path.glob("out.part-*"))), "-o", str(out),
+                      "--inputs", str(forty_videos)])
+    assert result.exit_code == 0, result.output
+    assert_same_results(list(iter_records(out)), one_process)
+
+
+@pytest.mark.slow
+def test_classify_refuses_an_existing_output_and_resumes_it(forty_videos, one_process, tmp_path):
+    out = tmp_path / "out.jsonl"
+    lines = [json.dumps(record) + "\n" for record in one_process]
+    out.write_text("".join(lines[:15]) + lines[15][:40])  # a run killed in the middle of a line
+    result = run_cli([*CLASSIFY, str(forty_videos), "-o", str(out)])
+    assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output
+    result = run_cli([*CLASSIFY, str(forty_videos), "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "25 classified, 0 failed, 15 done before, of 40" in result.output
+    assert_same_results(list(iter_records(out)), one_process)
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_give_the_one_process_results(forty_videos, one_process, tmp_path):
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(torchrun(*CLASSIFY, str(forty_videos), "-o", str(out)), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "40 classified, 0 failed, of 40" in done.stderr
+    assert_same_results(list(iter_records(out)), one_process)
+    assert not list(tmp_path.glob("out.part-*"))  # merged, then deleted
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The process torchrun (`parent`) started as `rank`, found through /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and f"RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_a_rank_killed_mid_run_resumes_with_every_file_once(forty_videos, one_process, tmp_path):
+    out = tmp_path / "out.jsonl"
+    part = tmp_path / "out.part-1-of-2.jsonl"
+    command = torchrun(*CLASSIFY, str(forty_videos), "-o", str(out), "--batch-size", "1")
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (not part.exists() or part.read_bytes().count(b"\n") < 2):
+            time.sleep(0.02)
+        pid = rank_pid(process.pid, 1)
+        assert pid is not None, "rank 1 not found"
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert not out.exists()
+    written = sum(read_finished(p)[0].__len__() for p in tmp_path.glob("out.part-*"))
+    assert 2 <= written < 40, stderr.decode()[-3000:]
+
+    done = subprocess.run([*command, "--resume"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{40 - written} classified, 0 failed, {written} done before, of 40" in done.stderr  # nothing redone
+    assert_same_results(list(iter_records(out)), one_process)

@@ -1,6 +1,7 @@
 """`vtempo classify PATH... --model NAME` and `vtempo check-videos PATH...`."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,10 +26,10 @@ from vtempo.commands.common import (
 from vtempo.errors import UsageError
 
 
-def _progress() -> Progress:
+def _progress(shown: bool = True) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=not err_console.is_terminal,
+        console=err_console, transient=True, disable=not (shown and err_console.is_terminal),
     )
 
 
@@ -56,6 +57,7 @@ def results_table(rows, topk: int) -> Table:
 
 
 DEMO_MODEL = "tcm-demo"  # bundled, so a fresh install classifies offline
+RANKS_TIMEOUT = timedelta(days=7)  # torchrun ranks wait this long for each other at the end
 
 
 def register(app: typer.Typer) -> None:
@@ -76,10 +78,16 @@ def register(app: typer.Typer) -> None:
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv."),
         registry: Optional[Path] = typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml."),
+        resume: bool = typer.Option(False, "--resume", help="Go on with an existing .jsonl output: skip the videos it has."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Classify shard K of N (from 0; balanced by size) into OUT.part-K-of-N.jsonl; auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard."),
     ) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
+        from vtempo import distributed
         from vtempo.inference.classify import Classifier
         from vtempo.inference.results import ResultWriter
+        from vtempo.inference.sharding import start_run
+        from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 
         if topk < 1:
@@ -90,20 +98,27 @@ def register(app: typer.Typer) -> None:
         if not videos:
             hint = "" if recursive else " (add --recursive to search subfolders)"
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}{hint}")
+        ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
+        run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks)
+        if ranks.distributed:
+            device = str(ranks.device)
+            workers = max(1, default_workers() // distributed.local_world()) if workers is None else workers
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
         classifier = Classifier.create(
             model, weights=weights if weights is not None else "default", labels=labels, frames=frames, views=views,
             topk=topk, batch_size=batch_size, workers=workers, device=device, dtype=dtype, user_registry=registry,
         )
-        writer = ResultWriter(output, classifier.topk) if output is not None else None
+        writer = ResultWriter(output, classifier.topk) if output is not None and not run.writes else None
         done, failed = [], 0
-        results = classifier.run(videos)  # decode workers start before the progress bar's thread
+        results = classifier.run(run.todo_paths) if run.todo else iter(())  # decode workers start before the progress bar's thread
         try:
-            with _progress() as progress:
-                task = progress.add_task(f"{classifier.name}", total=len(videos))
-                for result in results:
-                    if writer is not None:
+            with _progress(ranks.main) as progress:
+                task = progress.add_task(f"{classifier.name}", total=len(run.todo))
+                for position, result in enumerate(results):
+                    if run.writes:
+                        run.write(position, result.to_dict())
+                    elif writer is not None:
                         writer.write(result)
                     if not result.ok:
                         failed += 1
@@ -114,21 +129,29 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             if writer is not None:
                 writer.close()
-            where = f"; their results are in {output}" if output is not None else ""
-            err_console.print(f"interrupted: {len(done)} of {len(videos)} videos done{where}", highlight=False)
+            run.close()
+            where = f"; their results are in {run.target} (--resume goes on)" if output is not None else ""
+            err_console.print(f"interrupted: {len(done)} of {len(run.todo)} videos done{where}", highlight=False)
             raise typer.Exit(130) from None
         finally:
             if writer is not None:
                 writer.close()
-        console.print(results_table(done, classifier.topk))
+        classified, failed, before = (round(n) for n in distributed.all_sum([len(done) - failed, failed, run.done_before], ranks))
+        run.finish()  # under torchrun: every rank done, rank 0 merges the parts
+        if run.shard is None:
+            console.print(results_table(done, classifier.topk))
+        if not ranks.main:
+            raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
         plan = classifier.plan
         summary = (
-            f"{len(done) - failed} classified, {failed} failed, of {len(videos)} · {classifier.name}, "
+            f"{classified} classified, {failed} failed"
+            + (f", {before} done before" if before else "")
+            + f", of {len(videos)} · {classifier.name}, "
             f"{plan.frames} frames, {plan.views} view(s) ({plan.clips} clip(s) × {plan.crop} crop), "
             f"{plan.protocol.sampling} sampling, {classifier.average} averaged"
         )
         if output is not None:
-            summary += f" · results in {output}"
+            summary += f" · results in {output if run.shard is None or ranks.distributed else run.target}"
         err_console.print(summary, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
