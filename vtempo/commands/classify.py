@@ -1,7 +1,6 @@
 """`vtempo classify PATH... --model NAME` and `vtempo check-videos PATH...`."""
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import List, Optional
 
@@ -57,7 +56,6 @@ def results_table(rows, topk: int) -> Table:
 
 
 DEMO_MODEL = "tcm-demo"  # bundled, so a fresh install classifies offline
-RANKS_TIMEOUT = timedelta(days=7)  # torchrun ranks wait this long for each other at the end
 
 
 def register(app: typer.Typer) -> None:
@@ -86,7 +84,7 @@ def register(app: typer.Typer) -> None:
         from vtempo import distributed
         from vtempo.inference.classify import Classifier
         from vtempo.inference.results import ResultWriter
-        from vtempo.inference.sharding import start_run
+        from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
         from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 

@@ -28,12 +28,14 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.video import display_path
 
+RANKS_TIMEOUT = timedelta(days=7)  # torchrun ranks of a long run wait this long for each other at the end
 PART_NAME = re.compile(r"(?P<stem>.*)\.part-(?P<index>\d+)-of-(?P<count>\d+)\.jsonl")
 
 
