@@ -320,6 +320,55 @@ def test_a_sharded_run_needs_a_jsonl_output(tmp_path, sized_files):
             start_run(sized_files, output, shard="0/2")
 
 
+@pytest.fixture
+def two_ranks(monkeypatch):
+    """The ranks of a torchrun run of 2, played one after the other in this process."""
+    from vtempo import distributed
+
+    monkeypatch.setattr(distributed, "barrier", lambda ranks: None)
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda value, ranks: [value])
+    return [distributed.Ranks(rank, 2, None) for rank in range(2)]
+
+
+def test_torchrun_ranks_write_parts_and_rank_0_merges_them(tmp_path, sized_files, two_ranks):
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(UsageError, match="leave --shard out"):
+        start_run(sized_files, out, shard="0/2", ranks=two_ranks[0])
+    with pytest.raises(UsageError, match="needs --output FILE.jsonl"):
+        start_run(sized_files, tmp_path / "out.csv", ranks=two_ranks[0])
+    runs = [start_run(sized_files, out, shard="auto", ranks=ranks) for ranks in two_ranks]
+    assert [run.target.name for run in runs] == ["out.part-0-of-2.jsonl", "out.part-1-of-2.jsonl"]
+    assert sorted(runs[0].todo + runs[1].todo) == list(range(len(sized_files)))
+    for run in runs:
+        run_some(run)
+    assert runs[1].finish() is None and not out.exists()  # rank 1 leaves the merge to rank 0
+    assert runs[0].finish() == len(sized_files)
+    assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]
+    assert not list(tmp_path.glob("out.part-*"))
+
+    with pytest.raises(UsageError, match="--resume"):
+        start_run(sized_files, out, ranks=two_ranks[0])
+    again = [start_run(sized_files, out, resume=True, ranks=ranks) for ranks in two_ranks]
+    assert [run.todo for run in again] == [[], []]  # a finished run: nothing to do, nothing merged
+    assert sum(run.done_before for run in again) == len(sized_files)
+    assert again[0].finish() is None and len(list(iter_records(out))) == len(sized_files)
+    extra = tmp_path / "new.mp4"
+    extra.write_bytes(b"new")
+    with pytest.raises(UsageError, match="new.mp4") as caught:
+        start_run([*sized_files, extra], out, resume=True, ranks=two_ranks[0])
+    assert "another --output" in str(caught.value) and one_line(str(caught.value))
+
+
+def test_a_torchrun_merge_that_fails_leaves_the_parts(tmp_path, sized_files, two_ranks):
+    out = tmp_path / "out.jsonl"
+    runs = [start_run(sized_files, out, ranks=ranks) for ranks in two_ranks]
+    run_some(runs[0])
+    run_some(runs[1], stop=len(runs[1].todo) - 1)  # rank 1 lost its last video
+    with pytest.raises(VtempoError, match="is missing"):
+        runs[0].finish()
+    assert not out.exists() and len(list(tmp_path.glob("out.part-*"))) == 2
+
+
 def test_merge_command(tmp_path, sized_files):
     out = tmp_path / "out.jsonl"
     for run in sharded(sized_files, out, 3):
