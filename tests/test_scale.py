@@ -213,6 +213,23 @@ def test_resume_skips_finished_files_and_appends_the_rest(tmp_path, sized_files)
     assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]  # once each, in order
 
 
+SETUP = {"model": "tsm-demo", "weights_sha256": "ab12", "frames": 8, "views": "1x1", "dtype": "fp32", "vtempo": "0.1"}
+
+
+def test_resume_refuses_results_of_another_setup(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    run = start_run(sized_files, out, provenance=SETUP)
+    run_some(run, stop=3)
+    assert all(record["provenance"] == SETUP for record in iter_records(out))
+    newer = start_run(sized_files, out, resume=True, provenance={**SETUP, "vtempo": "0.2"})  # another version: fine
+    newer.close()
+    with pytest.raises(UsageError) as caught:
+        start_run(sized_files, out, resume=True, provenance={**SETUP, "model": "tcm-demo"})
+    message = str(caught.value)
+    assert "another setup (model tsm-demo there, tcm-demo here)" in message and one_line(message)
+    assert len(list(iter_records(out))) == 3
+
+
 # ----------------------------------------------------------------------------------------------- merge
 
 
@@ -276,6 +293,7 @@ def test_merge_names_a_duplicate_or_missing_file(tmp_path, sized_files):
     with pytest.raises(VtempoError) as caught:
         merge_parts(parts, out, sized_files)
     assert f"{first['path']} appears twice" in str(caught.value) and one_line(str(caught.value))
+    assert parts[0].name in str(caught.value) and parts[1].name in str(caught.value)
     parts[0].write_bytes(other)
 
     parts[1].write_bytes(b"".join(lines[1:]))  # a record lost
@@ -299,6 +317,17 @@ def test_merge_names_a_duplicate_or_missing_file(tmp_path, sized_files):
     with pytest.raises(VtempoError, match="changed"):
         merge_parts(parts, out, list(reversed(sized_files)))
     assert not list(tmp_path.glob(".out.jsonl.merging"))
+
+
+def test_merge_refuses_parts_of_different_setups(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    for k, setup in enumerate([SETUP, {**SETUP, "views": "10x3"}]):
+        run_some(start_run(sized_files, out, shard=f"{k}/2", provenance=setup))
+    with pytest.raises(VtempoError, match="different setups: views") as caught:
+        merge_parts(sorted(tmp_path.glob("out.part-*")), out)
+    message = str(caught.value)
+    assert "1x1 in" in message and "10x3 in" in message and one_line(message) and not out.exists()
+    assert "out.part-0-of-2.jsonl" in message and "out.part-1-of-2.jsonl" in message
 
 
 def test_parts_of_another_shard_count_are_not_mixed_in(tmp_path, sized_files):

@@ -213,6 +213,38 @@ class JsonlAppender:
         self.close()
 
 
+def _setup(provenance: Any) -> dict[str, Any] | None:
+    """What must match for results to be mixed: the provenance less the vtempo version."""
+    return {k: v for k, v in provenance.items() if k != "vtempo"} if isinstance(provenance, dict) else None
+
+
+def _setup_difference(recorded: dict[str, Any], current: dict[str, Any], there: str = "there", here: str = "here") -> str:
+    key = next(k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k))
+    return f"{key} {recorded.get(key)} {there}, {current.get(key)} {here}"
+
+
+def check_same_setup(path: str | os.PathLike, provenance: dict[str, Any] | None) -> None:
+    """Refuse to add results to a file whose records another model or protocol made (the `provenance`
+    of the first record that has one, against this run's)."""
+    current = _setup(provenance)
+    if current is None:
+        return
+    with open(path, "rb") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            recorded = _setup(record.get("provenance")) if isinstance(record, dict) else None
+            if recorded is None:
+                continue
+            if recorded != current:
+                raise UsageError(f"{display_path(path)} holds results of another setup "
+                                 f"({_setup_difference(recorded, current)}): resume with the same model and "
+                                 f"options, write to another --output, or pass --overwrite")
+            return
+
+
 def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
     """Refuse to overwrite or mix into an existing output unless told which."""
     if resume and overwrite:
@@ -260,8 +292,8 @@ def _check_part_names(parts: Sequence[Path]) -> None:
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
 
 
-def _indexed_records(part: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(input index, line number, record) for each record of a part, checking they rise."""
+def _indexed_records(part: Path, k: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    """(input index, `k`, line number, record) for each record of a part, checking the indices rise."""
     previous = -1
     try:
         with open(part, "rb") as handle:
@@ -283,7 +315,7 @@ def _indexed_records(part: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
                 if index < previous:
                     raise VtempoError(f"{where}: input {index} after input {previous}, not in input order")
                 previous = index
-                yield index, number, record
+                yield index, k, number, record
     except OSError as error:
         raise VtempoError(f"{display_path(part)}: cannot read ({error.strerror or error})") from None
 
@@ -307,18 +339,17 @@ def merge_parts(
     expected = None if expected_inputs is None else [display_path(path) for path in expected_inputs]
     out = Path(out)
     temporary = out.with_name(f".{out.name}.merging")
-    streams = [((index, k, number, record) for index, number, record in _indexed_records(part))
-               for k, part in enumerate(parts)]
+    streams = [_indexed_records(part, k) for k, part in enumerate(parts)]
     written = 0
-    last: tuple[int, str] | None = None  # (input index, path) of the record written last
+    last: tuple[int, str] | None = None  # (input index, where) of the record written last
+    first_setup: tuple[dict[str, Any] | None, str] | None = None  # (setup, where) of the first record
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             for index, k, number, record in heapq.merge(*streams, key=lambda item: item[:2]):
-                path = record["path"]
+                path, where = record["path"], f"{display_path(parts[k])} line {number}"
                 if last is not None and index == last[0]:
-                    raise VtempoError(f"{path} appears twice (input {index}, in {display_path(parts[k])} "
-                                      f"line {number} and before)")
+                    raise VtempoError(f"{path} appears twice (input {index}): {last[1]} and {where}")
                 first_missing = 0 if last is None else last[0] + 1
                 if index > first_missing:
                     name = expected[first_missing] if expected and first_missing < len(expected) else None
@@ -331,10 +362,17 @@ def merge_parts(
                     if expected[index] != path:
                         raise VtempoError(f"{display_path(parts[k])} line {number}: input {index} is {path}, "
                                           f"expected {expected[index]} (were the inputs changed?)")
+                setup = _setup(record.get("provenance"))
+                if first_setup is None:
+                    first_setup = (setup, f"{display_path(parts[k])} line {number}")
+                elif setup != first_setup[0]:
+                    difference = (_setup_difference(first_setup[0], setup, f"in {first_setup[1]}", f"in {where}")
+                                  if first_setup[0] and setup else f"provenance in only one of {first_setup[1]} and {where}")
+                    raise VtempoError(f"the parts come from different setups: {difference}")
                 del record["input"]
                 handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
                 written += 1
-                last = (index, path)
+                last = (index, where)
         if expected is not None and written < len(expected):
             raise VtempoError(f"{expected[written]} is missing from the parts"
                               + (f" (and {len(expected) - written - 1} more)" if len(expected) - written > 1 else ""))
@@ -361,6 +399,7 @@ class ShardedRun:
     shard: Shard | None
     ranks: Any  # vtempo.distributed.Ranks
     merge: bool = False  # rank 0 merges the parts at the end (torchrun)
+    provenance: dict[str, Any] | None = None  # what made the results, recorded in each
     _writer: JsonlAppender | None = field(default=None, repr=False)
 
     @property
@@ -379,6 +418,8 @@ class ShardedRun:
         if self.shard is not None:
             record = {"path": record["path"], "input": self.todo[position],
                       **{k: v for k, v in record.items() if k != "path"}}
+        if self.provenance:
+            record = {**record, "provenance": self.provenance}
         self._writer.write(record)
 
     def close(self) -> None:
@@ -417,6 +458,7 @@ def start_run(
     resume: bool = False,
     overwrite: bool = False,
     ranks: Any = None,
+    provenance: dict[str, Any] | None = None,
 ) -> ShardedRun:
     """Decide this process's share of `inputs` and open where its results go.
 
@@ -424,7 +466,8 @@ def start_run(
     to write). With `shard` (K/N, auto, auto/N) or under torchrun (`ranks` from
     `vtempo.distributed.start` with world > 1): the part `STEM.part-K-of-N.jsonl`, and `output` must end
     in .jsonl. Checks the existing files first: nothing is overwritten without `overwrite`, and
-    `resume` skips what is done.
+    `resume` skips what is done, provided the same setup made it (`provenance`, written into every
+    record: model, weights, frames, views, dtype).
     """
     from vtempo import distributed
 
@@ -455,16 +498,20 @@ def start_run(
     if finished_run:
         # a torchrun run that finished: its parts were merged into the output and deleted
         finished, _ = read_finished(output)
+        check_same_setup(output, provenance)
         missing = [display_path(path) for path in inputs if display_path(path) not in finished]
         if missing:
             raise UsageError(f"{display_path(output)} holds a finished run without {missing[0]}"
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
                              + ": write to another --output, or pass --overwrite")
         return ShardedRun(inputs, output, None, [], len(mine), shard, ranks)
-    finished, offset = read_finished(target) if resume and target.exists() else (set(), 0)
+    finished, offset = set(), 0
+    if resume and target.exists():
+        finished, offset = read_finished(target)
+        check_same_setup(target, provenance)
     todo = [i for i in mine if display_path(inputs[i]) not in finished]
     return ShardedRun(inputs, output, target, todo, len(mine) - len(todo), shard, ranks, merge=torchrun,
-                      _writer=JsonlAppender(target, offset))
+                      provenance=provenance, _writer=JsonlAppender(target, offset))
 
 
 def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite: bool, torchrun: bool) -> None:
