@@ -171,6 +171,17 @@ def test_appender_writes_over_the_cut_line(tmp_path):
     assert [r["path"] for r in iter_records(out)] == ["a.mp4", "b.mp4"]
 
 
+def test_appender_errors_are_one_line(tmp_path):
+    with JsonlAppender(tmp_path / "out.jsonl") as appender:
+        with pytest.raises(VtempoError, match="a.mp4: its result holds a number JSON cannot"):
+            appender.write({"path": "a.mp4", "top": [{"prob": float("nan")}]})
+    if Path("/dev/full").exists():
+        appender = JsonlAppender("/dev/full")
+        with pytest.raises(VtempoError, match="cannot write") as caught:
+            appender.write({"path": "a.mp4"})
+        assert one_line(str(caught.value))
+
+
 def fake_record(path: Path) -> dict:
     return {"path": str(path), "status": "ok", "top": [{"label": "x", "index": 0, "prob": 0.5}]}
 

@@ -194,14 +194,23 @@ class JsonlAppender:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle: IO[bytes] = open(self.path, "r+b" if offset else "wb")
-            self._handle.truncate(offset)
-            self._handle.seek(offset)
+            if offset:
+                self._handle.truncate(offset)
+                self._handle.seek(offset)
         except OSError as error:
             raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._handle.flush()
+        try:
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+        except ValueError:
+            raise VtempoError(f"{record.get('path')}: its result holds a number JSON cannot (NaN or infinity)") from None
+        try:
+            self._handle.write(line)
+            self._handle.flush()
+        except OSError as error:
+            raise VtempoError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error}); "
+                              f"the results so far are in it, and --resume goes on from them") from None
 
     def close(self) -> None:
         self._handle.close()
