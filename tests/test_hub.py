@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import logging
 import multiprocessing
 import os
 import threading
@@ -20,14 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from rich.console import Console
 from typer.testing import CliRunner
 
 from vtempo import create_model
 from vtempo.cli import app
 from vtempo.errors import VtempoError
 from vtempo.models import build
-from vtempo.weights import hub, registry
+from vtempo.weights import hub, limits, registry
 from vtempo.weights.checkpoint import save_checkpoint
 
 MANIFESTS = Path(__file__).parent / "data" / "manifests"
@@ -155,7 +155,7 @@ def site(server, monkeypatch, tmp_path):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setattr(hub, "BACKOFF_S", 0.01)
     monkeypatch.setattr(hub, "RETRIES", 2)
-    monkeypatch.setattr(hub, "TIMEOUT_S", 5.0)
+    monkeypatch.setattr(limits, "DOWNLOAD_TIMEOUT_S", 5.0)
     registry._load.cache_clear()
     yield server
     server.gate.set()
@@ -180,6 +180,12 @@ def payload(size: int = 300_000, seed: int = 0) -> bytes:
     return torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8).numpy().tobytes()
 
 
+def checkpoint_bytes(tmp_path: Path, seed: int = 0) -> bytes:
+    """A real vtempo checkpoint for the tiny TSN of `entry_for` (what a download without a hash must be)."""
+    torch.manual_seed(seed)
+    return save_checkpoint(build("tsn-r10w8", num_classes=5, frames=2), tmp_path / f"real{seed}.pt").read_bytes()
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -194,7 +200,7 @@ def test_download_verifies_caches_and_refetches_with_force(site, tmp_path, hash_
     entry = entry_for(site, tmp_path, "/files/blob.pth", sha256=sha(data)[:hash_length], size=len(data))
     assert hub.cache_state(entry) == "downloadable"
 
-    path = hub.download(entry, progress=False)
+    path = hub.download(entry)
     assert path == hub.cache_dir() / "blob.pth"  # named by the registry, not the URL
     assert path.read_bytes() == data
     record = json.loads(path.with_name("blob.pth.json").read_text())
@@ -204,7 +210,7 @@ def test_download_verifies_caches_and_refetches_with_force(site, tmp_path, hash_
 
     assert hub.weights_path(entry) == path and hub.download(entry) == path
     assert len(site.requests("/files/blob.pth")) == 1  # cached: no second request
-    hub.download(entry, force=True, progress=False)
+    hub.download(entry, force=True)
     assert len(site.requests("/files/blob.pth")) == 2
 
     other = entry_for(site, tmp_path, "/files/blob.pth", sha256="0" * hash_length)
@@ -218,12 +224,12 @@ def test_resume_after_the_connection_drops(site, tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "RETRIES", 0)  # first run: give up after the drop, keeping the part
     with pytest.raises(VtempoError, match=r"connection closed after 200000 of 400000 bytes.*--from-file"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     part = registry.home() / "downloads" / "blob.pth.part"
     assert part.read_bytes() == data[:200_000]
 
     monkeypatch.setattr(hub, "RETRIES", 2)  # second run resumes where the first stopped
-    path = hub.download(entry, progress=False)
+    path = hub.download(entry)
     assert path.read_bytes() == data
     first, second = site.requests("/drop/blob.pth")
     assert "Range" not in first
@@ -235,14 +241,14 @@ def test_drop_is_retried_within_one_call(site, tmp_path):
     data = payload(2_500_000, seed=2)  # several read chunks
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/drop/blob.pth", sha256=sha(data))
-    assert hub.download(entry, progress=False).read_bytes() == data
+    assert hub.download(entry).read_bytes() == data
     assert [h.get("Range") for h in site.requests("/drop/blob.pth")] == [None, f"bytes={len(data) // 2}-"]
 
 
 def test_404_fails_at_once_naming_the_url(site, tmp_path):
     entry = entry_for(site, tmp_path, "/status/404")
     with pytest.raises(VtempoError) as error:
-        hub.download(entry, progress=False)
+        hub.download(entry)
     message = str(error.value)
     assert "HTTP 404" in message and site.base + "/status/404" in message
     assert "vtempo download blob --from-file PATH" in message and "\n" not in message
@@ -253,7 +259,7 @@ def test_404_fails_at_once_naming_the_url(site, tmp_path):
 def test_500_is_retried_then_reported(site, tmp_path):
     entry = entry_for(site, tmp_path, "/status/500")
     with pytest.raises(VtempoError, match=r"failed after 3 attempts \(HTTP 500"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert len(site.requests("/status/500")) == 3  # RETRIES = 2 in these tests
 
 
@@ -262,7 +268,7 @@ def test_wrong_hash_deletes_the_download(site, tmp_path):
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/files/blob.pth", sha256="ab" * 32)
     with pytest.raises(VtempoError, match=rf"sha256 {sha(data)}, the registry expects abab.*the download was deleted"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert not list(registry.home().rglob("*.part"))
     assert not hub.cache_path(entry).exists()
 
@@ -271,33 +277,33 @@ def test_wrong_size_is_refused_before_writing(site, tmp_path):
     site.files["blob.pth"] = payload(seed=4)
     entry = entry_for(site, tmp_path, "/files/blob.pth", size=123)
     with pytest.raises(VtempoError, match="the server offers 300000 bytes, the registry expects 123"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert not hub.cache_path(entry).exists()
 
 
 def test_slow_server_hits_the_timeout(site, tmp_path, monkeypatch):
     site.files["blob.pth"] = payload(seed=5)
     site.slow_s = 1.5
-    monkeypatch.setattr(hub, "TIMEOUT_S", 0.2)
+    monkeypatch.setattr(limits, "DOWNLOAD_TIMEOUT_S", 0.2)
     monkeypatch.setattr(hub, "RETRIES", 1)
     entry = entry_for(site, tmp_path, "/slow/blob.pth")
     started = time.monotonic()
     with pytest.raises(VtempoError, match=r"failed after 2 attempts \(no answer within 0.2 s \(timed out\)\)"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert time.monotonic() - started < 1.4
     assert len(site.requests("/slow/blob.pth")) == 2
 
 
 def test_redirects_followed_to_http_only(site, tmp_path):
-    data = payload(seed=6)
+    data = checkpoint_bytes(tmp_path, seed=6)
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/redirect/" + urllib.parse.quote(site.base + "/files/blob.pth", safe=""))
-    assert hub.download(entry, progress=False).read_bytes() == data
+    assert hub.download(entry).read_bytes() == data
 
     for target in ("file:///etc/passwd", "ftp://127.0.0.1/blob.pth"):
         elsewhere = entry_for(site, tmp_path, "/redirect/" + urllib.parse.quote(target, safe=""))
         with pytest.raises(VtempoError, match=rf"refused redirect .* to {target} \(only http\(s\) is followed\)"):
-            hub.download(elsewhere, progress=False)
+            hub.download(elsewhere)
 
 
 def test_offline_mode_names_the_url_and_the_way_out(site, tmp_path, monkeypatch):
@@ -315,8 +321,8 @@ def test_offline_mode_names_the_url_and_the_way_out(site, tmp_path, monkeypatch)
 
 
 def _download_in_child(entry: registry.ModelEntry, log: str) -> None:
-    """Runs in a forked process: download, with the hub's messages going to `log`."""
-    hub._console = Console(file=open(log, "w", buffering=1), width=200)
+    """Runs in a forked process: download, with the hub's notices going to `log`."""
+    logging.getLogger("vtempo.weights.hub").addHandler(logging.FileHandler(log))
     hub.download(entry)
 
 
