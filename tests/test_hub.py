@@ -2,7 +2,8 @@
 
 The server serves files with Range support and, by URL, misbehaves: `/drop/` cuts the first answer
 in half and closes the connection, `/gate/` stalls mid-file until the test opens the gate, `/slow/`
-answers after the client's timeout, `/status/N` answers HTTP N, `/redirect/URL` redirects. Nothing
+answers after the client's timeout, `/status/N` answers HTTP N, `/redirect/URL` redirects,
+`/endless/` sends zeros without end or length, `/trickle/N` sends N bytes every 50 ms. Nothing
 leaves this machine: every URL points at the test server, and $VTEMPO_HOME is a fresh folder.
 """
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -79,6 +82,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", urllib.parse.unquote(rest))
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if kind == "endless":  # zeros without a length, until the client hangs up (64 MiB at most)
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            zeros = bytes(1 << 16)
+            for _ in range(1024):
+                self.wfile.write(zeros)
+            return
+        if kind == "trickle":  # /trickle/N: N bytes every 50 ms of a 10 MB "file", for 5 s at most
+            self.send_response(200)
+            self.send_header("Content-Length", str(10_000_000))
+            self.end_headers()
+            self.close_connection = True
+            for _ in range(100):
+                self.wfile.write(b"x" * int(rest))
+                self.wfile.flush()
+                time.sleep(0.05)
             return
         if kind == "slow":
             time.sleep(site.slow_s)
@@ -395,6 +417,111 @@ def test_fallback_lock_file_without_fcntl(site, monkeypatch):
     with hub._lock(lock, "x"):
         pass
     assert not lock.exists()
+
+
+# ------------------------------------------------------------------------------------------ hostile servers
+
+
+def test_endless_body_stops_at_the_registry_size(site, tmp_path):
+    entry = entry_for(site, tmp_path, "/endless/blob.pth", size=1000)
+    with pytest.raises(VtempoError) as error:
+        hub.download(entry)
+    message = str(error.value)
+    assert "sends more than the 1000 bytes the registry expects; nothing kept" in message and "\n" not in message
+    assert not hub.cache_path(entry).exists() and not list(registry.home().rglob("*.part"))
+
+
+def test_endless_body_without_a_size_stops_at_the_download_limit(site, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "DOWNLOAD_MAX_BYTES", 200_000)
+    seen: list[tuple[int, int | None]] = []
+    entry = entry_for(site, tmp_path, "/endless/blob.pth")
+    with pytest.raises(VtempoError, match=r"sends more than 200000 bytes, more than the 200000 allowed .*"
+                                          r"VTEMPO_DOWNLOAD_MAX_BYTES"):
+        hub.download(entry, progress=lambda done, total: seen.append((done, total)))
+    assert seen and max(done for done, _ in seen) <= 200_000  # nothing past the limit was written
+    assert not hub.cache_path(entry).exists() and not list(registry.home().rglob("*.part"))
+
+    site.files["big.pth"] = bytes(300_000)  # an announced length over the limit: refused before reading
+    entry = entry_for(site, tmp_path, "/files/big.pth")
+    with pytest.raises(VtempoError, match="offers 300000 bytes, more than the 200000 allowed"):
+        hub.download(entry)
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b"<!DOCTYPE html><html><body>Sign in to continue</body></html>", "an HTML page"),
+    (bytes(300_000), "not a PyTorch checkpoint"),
+])
+def test_a_download_without_a_hash_must_load_as_a_checkpoint(site, tmp_path, body, kind):
+    site.files["blob.pth"] = body
+    entry = entry_for(site, tmp_path, "/files/blob.pth")
+    with pytest.raises(VtempoError, match=rf"is not a usable checkpoint \({kind}.*nothing kept"):
+        hub.download(entry)
+    assert hub.cache_state(entry) == "downloadable" and not hub.cache_path(entry).exists()
+    assert not list(registry.home().rglob("*.part"))
+
+    real = checkpoint_bytes(tmp_path)  # a real checkpoint at the same place is kept
+    site.files["blob.pth"] = real
+    assert hub.download(entry).read_bytes() == real
+
+
+def test_a_trickling_server_is_a_stall(site, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "DOWNLOAD_STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(limits, "DOWNLOAD_MIN_BYTES_PER_S", 1000.0)
+    entry = entry_for(site, tmp_path, "/trickle/1")  # 20 bytes/s, each byte well within the read timeout
+    with pytest.raises(VtempoError) as error:
+        hub.download(entry)
+    message = str(error.value)
+    assert "failed after 3 attempts (stalled:" in message and "under 1000 bytes/s" in message
+    assert "VTEMPO_DOWNLOAD_MIN_BYTES_PER_S" in message and "\n" not in message
+    assert len(site.requests("/trickle/1")) == 3
+
+
+def test_the_overall_deadline_ends_a_slow_but_steady_download(site, tmp_path, monkeypatch):
+    monkeypatch.setenv("VTEMPO_DOWNLOAD_DEADLINE_S", "1")  # the environment raises (here: lowers) a limit
+    monkeypatch.setattr(limits, "DOWNLOAD_MIN_BYTES_PER_S", 10.0)
+    entry = entry_for(site, tmp_path, "/trickle/500")  # 10 kB/s: never a stall, never done
+    with pytest.raises(VtempoError, match=r"took longer than 1 s \(set VTEMPO_DOWNLOAD_DEADLINE_S to raise"):
+        hub.download(entry)
+    assert len(site.requests("/trickle/500")) == 1
+    monkeypatch.setenv("VTEMPO_DOWNLOAD_DEADLINE_S", "soon")
+    with pytest.raises(VtempoError, match=r"VTEMPO_DOWNLOAD_DEADLINE_S='soon': expected a positive number"):
+        hub.download(entry)
+
+
+def test_a_redirect_loop_is_one_line(site, tmp_path):
+    loop = "/redirect/" + urllib.parse.quote(site.base + "/redirect/x", safe="")
+    site_entry = entry_for(site, tmp_path, loop)
+    with pytest.raises(VtempoError) as error:
+        hub.download(site_entry)
+    message = str(error.value)
+    assert "redirects in a loop" in message and "--from-file" in message and "\n" not in message
+
+
+def test_a_cached_web_page_is_named_with_the_way_out(site, tmp_path):
+    entry = entry_for(site, tmp_path, "/files/blob.pth")
+    cached = hub.cache_path(entry)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\n<html><head><title>Error 403</title></head></html>\n")
+    record = {"source": entry.weights.url, "size": cached.stat().st_size}
+    cached.with_name(cached.name + ".json").write_text(json.dumps(record))
+    assert hub.cache_state(entry) == "cached"
+    with pytest.raises(VtempoError, match=r"blob: the cached .*blob.pth is an HTML page, not a checkpoint.*"
+                                          r"`vtempo download blob --force`"):
+        hub.weights_path(entry)
+
+
+def test_progress_is_a_callback_and_the_hub_needs_no_rich(site, tmp_path):
+    data = payload(2_500_000, seed=11)
+    site.files["blob.pth"] = data
+    entry = entry_for(site, tmp_path, "/files/blob.pth", sha256=sha(data))
+    seen: list[tuple[int, int | None]] = []
+    hub.download(entry, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    code = ("import sys, vtempo.weights.hub, vtempo.weights.checkpoint, vtempo.weights.metadata; "
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'rich'); print(loaded); sys.exit(bool(loaded))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 0, result.stderr
 
 
 # ------------------------------------------------------------------------------------------ layouts

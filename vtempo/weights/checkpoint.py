@@ -146,7 +146,10 @@ def read_file(path: str | os.PathLike) -> Any:
 
 
 # torch's weights-only refusal opens with advice to load the file with weights_only=False: never shown.
-_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
+_TORCH_BOILERPLATE = (
+    "Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6", "Re-running",
+    "weights_only` set to `False", "trusted source", "weights_only=False",
+)
 
 
 def _load_failure(error: Exception, path: Path | None = None) -> str:
@@ -160,12 +163,17 @@ def _load_failure(error: Exception, path: Path | None = None) -> str:
         return f"{kind}, not a PyTorch checkpoint"
     if match := re.search(r"WeightsUnpickler error:\s*(.+)", text):
         return f"not a PyTorch checkpoint ({match.group(1).strip()[:200]})"
+    if "legacy .tar format" in text:
+        return "not a PyTorch checkpoint (nor one in the legacy .tar format that a weights-only load can read)"
     if "zip archive" in text:
         return "corrupt or truncated checkpoint (its zip archive cannot be read)"
     if isinstance(error, EOFError):
         return "empty or truncated checkpoint"
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)]
-    return f"not a readable PyTorch checkpoint ({lines[0][:200] if lines else type(error).__name__})"
+    sentences = [
+        sentence.strip() for sentence in re.split(r"(?<=\.)\s+|\n+", text)
+        if sentence.strip() and not any(phrase in sentence for phrase in _TORCH_BOILERPLATE)
+    ]
+    return f"not a readable PyTorch checkpoint ({sentences[0][:200] if sentences else type(error).__name__})"
 
 
 def _text_kind(path: Path) -> str | None:

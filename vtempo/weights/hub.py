@@ -348,13 +348,13 @@ def _fetch(entry: ModelEntry, url: str, part: Path, progress: Progress | None) -
 def _check_deadline(entry: ModelEntry, url: str, deadline: float) -> None:
     if time.monotonic() > deadline:
         raise VtempoError(
-            f"{entry.name}: the download from {url} took longer than {limits.get('DOWNLOAD_DEADLINE_S'):g} s "
+            f"{entry.name}: the download from {url} took longer than {limits.shown(limits.get('DOWNLOAD_DEADLINE_S'))} s "
             f"({limits.hint('DOWNLOAD_DEADLINE_S')}); what arrived is kept and the next run resumes it"
         )
 
 
 def _timeout_reason() -> str:
-    return f"no answer within {limits.get('DOWNLOAD_TIMEOUT_S'):g} s (timed out)"
+    return f"no answer within {limits.shown(limits.get('DOWNLOAD_TIMEOUT_S'))} s (timed out)"
 
 
 def _fetch_once(

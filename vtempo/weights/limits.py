@@ -75,4 +75,8 @@ def get(name: str) -> int | float:
 
 def hint(name: str) -> str:
     """How to raise the bound, for error messages."""
-    return f"set {ENV_PREFIX}{name} to raise the limit of {get(name):g}"
+    return f"set {ENV_PREFIX}{name} to raise the limit of {shown(get(name))}"
+
+
+def shown(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"

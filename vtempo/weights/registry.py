@@ -122,7 +122,7 @@ def bounded_int(mapping: dict, key: str, where: str, low: int, high: str, defaul
     """An int field between `low` and the bound named `high` (in vtempo.weights.limits)."""
     value = _typed(mapping, key, int, where, default)
     if value is not None and not low <= value <= limits.get(high):
-        raise _fail(f"{where}.{key}", f"must be between {low} and {limits.get(high):g}, got {value} ({limits.hint(high)})")
+        raise _fail(f"{where}.{key}", f"must be between {low} and {limits.shown(limits.get(high))}, got {value} ({limits.hint(high)})")
     return value
 
 
@@ -352,7 +352,7 @@ def _check_shape(text: str, path: Path) -> None:
             add(1)
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in anchored:
-                raise RegistryError(f"{path}: alias *{shown(event.anchor)} refers to itself or to no anchor")
+                raise RegistryError(f"{path}: alias *{event.anchor[:40]} refers to itself or to no anchor")
             aliased += anchored[event.anchor]
             if aliased > max_alias:
                 raise RegistryError(
