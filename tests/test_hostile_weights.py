@@ -147,6 +147,14 @@ def test_load_errors_through_weights_name_the_file(tmp_path):
     assert message.startswith(f"{path} (vtempo layout) does not fit the model") and "state dict" not in message
 
 
+def test_a_loaded_file_saved_again_still_loads_weights_only(tiny, tmp_path):
+    loaded = read_file(tiny)
+    assert loaded.path == tiny
+    torch.save(loaded, tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again.keys() == loaded.keys() and torch.equal(again["state_dict"]["fc.weight"], loaded["state_dict"]["fc.weight"])
+
+
 def test_convert_into_a_folder_or_an_unwritable_place_leaves_nothing(tiny, tmp_path):
     folder = tmp_path / "existing"
     folder.mkdir()

@@ -20,6 +20,7 @@ loads silently into a TSN model (their key sets are otherwise identical).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -94,9 +95,16 @@ def _canonical(key: str, rules: _Rules) -> str:
 
 
 class LoadedFile(dict):
-    """What `read_file` read from a checkpoint file, remembering the file so errors about it name it."""
+    """What `read_file` read from a checkpoint file, remembering the file so errors about it name it.
+
+    It pickles (torch.save, copy) as the OrderedDict a state dict is, so a file saved from it still
+    loads weights-only.
+    """
 
     path: Path
+
+    def __reduce__(self):
+        return collections.OrderedDict, (), None, None, iter(self.items())
 
 
 def _name(source: Any) -> str:
