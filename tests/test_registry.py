@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from vtempo import api
 from vtempo.cli import app
 from vtempo.weights import registry
+from vtempo.errors import UsageError
 from vtempo.weights.registry import RegistryError
 
 runner = CliRunner()
@@ -282,3 +283,21 @@ def test_a_limit_is_raised_by_its_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("VTEMPO_MAX_CLIPS", "64")
     registry._load.cache_clear()
     assert registry.load_registry(path)["many"].protocol.clips == 40
+
+
+def test_label_files_are_read_with_a_bound(tmp_path, monkeypatch):
+    names = tmp_path / "names.txt"
+    names.write_text("a\n\nb\n" + "c" * 40 + "\n")
+    assert registry.read_labels(names) == ["a", "b", "c" * 40]
+    monkeypatch.setenv("VTEMPO_MAX_CLASSES", "2")
+    monkeypatch.setenv("VTEMPO_MAX_CLASS_NAME_CHARS", "8")
+    with pytest.raises(UsageError, match=r"names.txt: longer than a list of 2 class names can be"):
+        registry.read_labels(names)
+    if Path("/dev/zero").exists():
+        with pytest.raises(UsageError, match="longer than a list"):
+            registry.read_labels("/dev/zero")
+
+
+def test_numeric_entry_names_are_names(tmp_path):
+    path = write(tmp_path / "user.yaml", "models:\n  2024:\n    arch: tsm-r50\n    num_classes: 10\n    frames: 8\n")
+    assert registry.load_registry(path)["2024"].arch == "tsm-r50"

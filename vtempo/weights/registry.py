@@ -300,6 +300,8 @@ def read_registry_file(path: Path) -> dict[str, ModelEntry]:
         raise RegistryError(f"{path}: expected a top-level 'models:' mapping")
     entries = {}
     for name, raw in document["models"].items():
+        if isinstance(name, (int, float)) and not isinstance(name, bool):
+            name = str(name)  # `2024:` is a number to YAML, a name here
         entries[check_name(name, str(path))] = parse_entry(name, raw, str(path))
     return entries
 
@@ -416,6 +418,14 @@ def labels_path(entry: ModelEntry) -> Path | None:
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """One class name per line; blank lines are skipped."""
+    """One class name per line; blank lines are skipped. The file is read up to the size of the longest
+    list the limits allow (MAX_CLASSES names of MAX_CLASS_NAME_CHARS), so /dev/zero cannot fill memory."""
+    most = limits.get("MAX_CLASSES") * (limits.get("MAX_CLASS_NAME_CHARS") + 2)
     with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+        text = handle.read(most + 1)
+    if len(text) > most:
+        raise UsageError(
+            f"{path}: longer than a list of {limits.get('MAX_CLASSES')} class names can be "
+            f"({limits.hint('MAX_CLASSES')})"
+        )
+    return [line.strip() for line in text.splitlines() if line.strip()]
