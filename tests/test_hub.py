@@ -510,13 +510,17 @@ def test_a_cached_web_page_is_named_with_the_way_out(site, tmp_path):
         hub.weights_path(entry)
 
 
-def test_progress_is_a_callback_and_the_hub_needs_no_rich(site, tmp_path):
+def test_progress_is_a_callback(site, tmp_path):
     data = payload(2_500_000, seed=11)
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/files/blob.pth", sha256=sha(data))
     seen: list[tuple[int, int | None]] = []
     hub.download(entry, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_the_weights_package_needs_no_rich():
     code = ("import sys, vtempo.weights.hub, vtempo.weights.checkpoint, vtempo.weights.metadata; "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'rich'); print(loaded); sys.exit(bool(loaded))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
