@@ -170,7 +170,7 @@ def test_convert_into_a_folder_or_an_unwritable_place_leaves_nothing(tiny, tmp_p
     for target in (blocker / "out.pt", blocker / "deeper" / "out.pt"):
         result = runner.invoke(app, ["convert", str(tiny), str(target)])
         assert result.exit_code == 1 and "Traceback" not in result.output
-        assert f"{target}: cannot write the checkpoint (" in " ".join(result.output.split())
+        assert f"{target}: cannot write the checkpoint ({blocker} is a file, not a folder)" in " ".join(result.output.split())
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "existing"]
 
     fresh = tmp_path / "new" / "sub" / "out.pt"  # folders that do not exist yet are made

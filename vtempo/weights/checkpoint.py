@@ -412,12 +412,16 @@ def save_checkpoint(
         **meta,
     }
     created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    existing = (path.parent, *path.parent.parents)[len(created)]
+    if not existing.is_dir():
+        raise VtempoError(f"{path}: cannot write the checkpoint ({existing} is a file, not a folder)")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, temporary)
+        with open(temporary, "wb") as handle:  # opened here, so an unwritable place is an OSError with a reason
+            torch.save(checkpoint, handle)
         temporary.replace(path)
-    except (OSError, RuntimeError) as error:  # torch.save reports an unwritable file as a RuntimeError
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
             for folder in created:  # innermost first; only the folders made here, and only if empty
