@@ -345,7 +345,9 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     start_epoch, best_top1, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
     if config.resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        from vtempo.weights.checkpoint import read_training_state
+
+        state = read_training_state(last_path)  # weights-only; a bad file is one line naming it
         if state.get("arch") != arch or state.get("classes") != classes:
             raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another --out")
         model.load_state_dict(state["model"])
