@@ -3,6 +3,7 @@ codes, interruption and memory. A tiny TSN (r10w8, 32-pixel crops, 4 frames) kee
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import vtempo.inference.decoding as decoding_module
 from vtempo.bench.pipeline import measure_pipeline
 from vtempo.cli import app
 from vtempo.errors import UsageError
-from vtempo.inference.classify import Classifier, classify, parse_views
+from vtempo.inference.classify import classify, parse_views
 from vtempo.video import open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
@@ -106,10 +107,9 @@ def expected_probs(tiny, path: Path, clips: int, crop: str, average: str) -> tor
 @pytest.mark.parametrize("average", ["logits", "prob"])
 def test_view_scores_are_averaged_as_the_protocol_says(tiny, good_videos, average):
     path = good_videos["h264.mkv"].path
-    classifier = Classifier.create("tsn-r10w8", weights=tiny.checkpoint, labels=tiny.labels, views="2x3",
-                                   workers=0, batch_size=4)
-    classifier.average = average
-    (result,) = classifier.run([path])
+    recognizer = vtempo.load("tsn-r10w8", weights=tiny.checkpoint, labels=tiny.labels)
+    recognizer.protocol = dataclasses.replace(recognizer.protocol, average=average)
+    (result,) = recognizer.classify_files([path], views="2x3", workers=0, batch_size=4)
     assert result.views == 6
     expected = expected_probs(tiny, path, 2, "three", average)
     for prediction in result.top:
@@ -227,7 +227,9 @@ def test_cli_json_and_csv_outputs(tiny, mixed_folder, tmp_path, suffix):
                                                                        "-o", str(out))])
     assert result.exit_code == 1
     if suffix == ".json":
-        rows = json.loads(out.read_text())
+        document = json.loads(out.read_text())
+        assert document["provenance"]["model"] == "tsn-r10w8"
+        rows = document["results"]
         assert len(rows) == 6 and sum(row["status"] == "ok" for row in rows) == 3
         assert all(row["top"][0]["label"] in LABELS for row in rows if row["status"] == "ok")
     else:
@@ -236,6 +238,7 @@ def test_cli_json_and_csv_outputs(tiny, mixed_folder, tmp_path, suffix):
         good = [row for row in rows if row["status"] == "ok"]
         assert len(good) == 3 and all(row["top1_label"] in LABELS and 0 < float(row["top2_prob"]) < 1 for row in good)
         assert all(row["error"] for row in rows if row["status"] == "error")
+        assert {row["model"] for row in rows} == {"tsn-r10w8"} and {row["frames"] for row in rows} == {"4"}
 
 
 def test_cli_usage_errors_exit_2_before_decoding(tiny, mixed_folder, monkeypatch, tmp_path):

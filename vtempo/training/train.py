@@ -30,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vtempo import distributed
-from vtempo.api import create_model, resolve
 from vtempo.data.dataset import (
     TRAIN_SCALES,
     ClipDataset,
@@ -40,6 +39,7 @@ from vtempo.data.dataset import (
     split_video_set,
 )
 from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.recognizer import create_model, read_checkpoint, resolve
 from vtempo.runtime import autocast, default_workers
 from vtempo.video.transforms import Preprocess
 from vtempo.weights.registry import Protocol
@@ -152,14 +152,7 @@ def initial_weights(model: nn.Module, path: str) -> str:
     initialisation; a source tensor whose name fits but whose shape does not is an error (another
     backbone). Returns a one-line summary.
     """
-    from vtempo.weights.checkpoint import (
-        _LAYOUT_RULES,
-        _VTEMPO,
-        _canonical,
-        detect_layout,
-        read_file,
-        unwrap,
-    )
+    from vtempo.weights.checkpoint import _LAYOUT_RULES, _VTEMPO, _canonical
 
     if not Path(path).exists():
         try:
@@ -171,12 +164,8 @@ def initial_weights(model: nn.Module, path: str) -> str:
         from vtempo.weights.hub import weights_path
 
         path = str(weights_path(entry))
-    state, meta = unwrap(read_file(path), path)
-    layout = detect_layout(state, meta)
-    if layout is None and "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
-        state, layout = {f"backbone.{k}": v for k, v in state.items()}, "torchvision"
-    if layout is None:
-        raise VtempoError(f"{path}: unknown checkpoint layout (keys like {', '.join(list(state)[:3])})")
+    checkpoint = read_checkpoint(path, imagenet=True)
+    state, layout = checkpoint.state, checkpoint.layout
     target = model.state_dict()
     by_canonical = {_canonical(k, _VTEMPO): k for k in target}
     rules = _LAYOUT_RULES["vtempo" if layout == "torchvision" else layout]
@@ -285,8 +274,12 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def train(config: TrainConfig, console=None) -> TrainResult:
-    """Run the training; returns the best validation top-1 (percent) and the epoch it came from."""
+def train(config: TrainConfig, say: Callable[[str], None] | None = None,
+          progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
+    """Run the training; returns the best validation top-1 (percent) and the epoch it came from.
+
+    `say(line)` receives the run's messages (on the main rank only); `progress(step, steps, status)` is
+    called after every step when `config.progress` is set."""
     from vtempo.evaluation.evaluate import predict, topk_accuracy
     from vtempo.weights.checkpoint import save_checkpoint
 
@@ -300,12 +293,12 @@ def train(config: TrainConfig, console=None) -> TrainResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, ranks, console, save_checkpoint, predict, topk_accuracy)
+        return _train(config, ranks, say, progress, save_checkpoint, predict, topk_accuracy)
     finally:
         distributed.stop(ranks)
 
 
-def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> TrainResult:
+def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accuracy) -> TrainResult:
     seed_everything(config.seed)
     arch, entry = resolve(config.model)
     train_set, val_set = load_sets(config)
@@ -366,14 +359,9 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     if ranks.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
 
-    if console is None:
-        from rich.console import Console
-
-        console = Console()
-
     def say(message: str) -> None:
-        if ranks.main:
-            console.print(message, soft_wrap=True, highlight=False)
+        if ranks.main and report is not None:
+            report(message)
 
     meta = model_meta(config, arch, classes, frames, protocol, pre)
     if ranks.main:
@@ -398,29 +386,37 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
         totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
         failures: list[tuple[int, str]] = []
         steps = 0
-        with _progress(config.progress and ranks.main, console, f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as advance:
-            for clips, labels, _, failed in loader:
-                failures += failed
-                # Under DDP each step's backward is an all-reduce every rank must join, so when one rank's
-                # whole batch failed to decode, all ranks skip that step together.
-                if not distributed.all_true(clips is not None, ranks):
-                    advance()
-                    continue
-                labels = labels.to(ranks.device, non_blocking=True)
-                loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True), labels, optimizer, scaler,
-                                          dtype, config.clip_grad)
-                scheduler.step()
-                if not torch.isfinite(loss):
-                    raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower --lr or use fp32")
-                totals[0] += loss.item() * len(labels)
-                totals[1] += (logits.argmax(1) == labels).sum().item()
-                totals[2] += len(labels)
-                steps += 1
-                advance(loss=loss.item())
+        show = progress if config.progress and ranks.main and progress is not None else None
+        title, done = f"epoch {epoch + 1}/{config.epochs}", 0
+
+        def advance(loss: float | None = None) -> None:
+            nonlocal done
+            done += 1
+            if show is not None:
+                show(done, steps_per_epoch, title if loss is None else f"{title} loss {loss:.3f}")
+
+        for clips, labels, _, failed in loader:
+            failures += failed
+            # Under DDP each step's backward is an all-reduce every rank must join, so when one rank's
+            # whole batch failed to decode, all ranks skip that step together.
+            if not distributed.all_true(clips is not None, ranks):
+                advance()
+                continue
+            labels = labels.to(ranks.device, non_blocking=True)
+            loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True), labels, optimizer, scaler,
+                                      dtype, config.clip_grad)
+            scheduler.step()
+            if not torch.isfinite(loss):
+                raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower --lr or use fp32")
+            totals[0] += loss.item() * len(labels)
+            totals[1] += (logits.argmax(1) == labels).sum().item()
+            totals[2] += len(labels)
+            steps += 1
+            advance(loss=loss.item())
         loss_sum, correct, count = distributed.all_sum(totals, ranks)
         for rank_failures in distributed.all_gather_objects(failures, ranks):
             for _, reason in rank_failures:
-                say(f"[yellow]skipped[/] {reason}")
+                say(f"skipped {reason}")
         val_scores, val_labels, val_failed = predict(
             model, val_data, batch_size=config.batch_size, workers=workers, ranks=ranks, dtype=dtype
         )
@@ -450,40 +446,6 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
                 log.write(json.dumps(record) + "\n")
             say(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.3f} top-1 {record['train_top1']:.1f}%, "
                 f"val loss {val_loss:.3f} top-1 {top1:.1f}% top-5 {top5:.1f}%  ({record['seconds']:.0f}s)"
-                + ("  [green]best[/]" if improved else ""))
+                + ("  best" if improved else ""))
         distributed.barrier(ranks)
     return TrainResult(out, best_top1, best_epoch, history)
-
-
-class _progress:
-    """A rich progress bar over one epoch's steps (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, console, title: str, total: int):
-        self.enabled, self.console, self.title, self.total = enabled, console, title, total
-        self.bar = None
-
-    def __enter__(self) -> Callable[..., None]:
-        if not self.enabled:
-            return lambda **_: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
-                            transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.title, total=self.total, status="")
-
-        def advance(loss: float | None = None) -> None:
-            self.bar.update(task, advance=1, status="" if loss is None else f"loss {loss:.3f}")
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
