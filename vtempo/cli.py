@@ -13,6 +13,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vtempo import __version__
+
+        typer.echo(f"vtempo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Video action recognition with temporal-module CNNs (TSN, TSM, TAM, TCM, STC, TEFE, TSI)."""
+
+
 for command_module in (models, profile, convert, download, classify, tempo, cam):
     command_module.register(app)
 

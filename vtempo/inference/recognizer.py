@@ -137,18 +137,16 @@ class Checkpoint:
 def read_checkpoint(path: str | os.PathLike, imagenet: bool = False) -> Checkpoint:
     """Read a checkpoint in any layout vtempo knows (weights_only). `imagenet=True` also accepts a
     torchvision ResNet state dict (layout `torchvision`, keys put under `backbone.`)."""
-    from vtempo.weights.checkpoint import detect_layout, read_file, unwrap
+    from vtempo.weights.checkpoint import read_file, read_state, unwrap
 
     path = Path(path)
+    if not imagenet:
+        state, meta, layout = read_state(path)  # checks the layout (and the metadata vtempo reads)
+        return Checkpoint(path, state, meta, layout)
     state, meta = unwrap(read_file(path), str(path))
-    layout = detect_layout(state, meta)
-    if layout is None and imagenet and "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
-        state, layout = {f"backbone.{k}": v for k, v in state.items()}, "torchvision"
-    if layout is None:
-        raise VtempoError(
-            f"{path}: unknown checkpoint layout: keys like {', '.join(list(state)[:3])}; "
-            f"readable layouts: official TSN/TSM/TAM/TCM, MMAction2, vtempo"
-        )
+    if "conv1.weight" in state and any(k.startswith("layer1.") for k in state) and not meta:
+        return Checkpoint(path, {f"backbone.{k}": v for k, v in state.items()}, meta, "torchvision")
+    state, meta, layout = read_state(path)
     return Checkpoint(path, state, meta, layout)
 
 
@@ -164,6 +162,8 @@ def create_model(
     num_classes: int | None = None,
     frames: int | None = None,
     registry: str | os.PathLike | None = None,
+    *,
+    user_registry: str | os.PathLike | None = None,
     **options: Any,
 ) -> nn.Module:
     """A bare, trainable model by registry or architecture name.
@@ -172,7 +172,9 @@ def create_model(
     verified on first use), or a checkpoint file in any supported layout. `num_classes` and `frames`
     default to the checkpoint's, else the registry entry's, else 400 and 8. The registry entry, if any,
     is kept as `model.entry`. For inference use `load`, which also reads labels and the test protocol.
+    `user_registry` is the former name of `registry`.
     """
+    registry = registry or user_registry
     at_least("num_classes", num_classes, 1)
     at_least("frames", frames, 1)
     arch, entry = resolve(arch_or_entry, registry)
@@ -443,8 +445,8 @@ def _set_frames(net: nn.Module, name: str, frames: int, trained_frames: int | No
         net.set_frames(frames)
     except ValueError:
         built = trained_frames or getattr(net, "fixed_frames", None)
-        raise UsageError(f"{name} was trained on {built} frames per clip; frames={frames} does not fit it "
-                         f"(leave frames unset, or pass frames={built})") from None
+        raise UsageError(f"{name} was trained on {built} frames per clip and cannot run on frames={frames}; "
+                         f"pass frames={built} or leave it out") from None
     except AttributeError:
         pass  # a module without temporal modules takes any clip length
 
