@@ -90,6 +90,12 @@ def test_version_and_python_dash_m():
     assert result.exit_code == 0 and result.stdout.strip() == f"vtempo {vtempo.__version__}"
     module = subprocess.run([sys.executable, "-m", "vtempo", "--version"], capture_output=True, text=True)
     assert module.returncode == 0 and module.stdout.strip() == f"vtempo {vtempo.__version__}"
+    # the parser's own errors (not a number, a missing argument) are one line too
+    for args, expected in ((["classify", str(CLIPS), "--frames", "abc"], "'--frames'"),
+                           (["evaluate"], "Missing argument")):
+        bad = subprocess.run([sys.executable, "-m", "vtempo", *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("error: ") and expected in bad.stderr and "--help" in bad.stderr
 
 
 @pytest.mark.slow
