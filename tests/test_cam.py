@@ -252,6 +252,7 @@ UNDERTRAINED_DEMOS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"tsn"}))
 def test_demo_model_looks_at_the_moving_object(family, request):
     if family in UNDERTRAINED_DEMOS:
@@ -262,6 +263,7 @@ def test_demo_model_looks_at_the_moving_object(family, request):
     assert rate >= 0.7, rate
 
 
+@pytest.mark.slow
 def test_untrained_control_misses_the_object():
     demos = bundled_temporal_demos()
     trained = hit_rate(load(demos["tsm"], device="cpu"), seed=31337)

@@ -117,6 +117,7 @@ def test_view_scores_are_averaged_as_the_protocol_says(tiny, good_videos, averag
     assert result.top[0].index == int(expected.argmax())
 
 
+@pytest.mark.slow
 def test_batches_split_across_videos_and_workers_change_nothing(tiny, good_videos):
     paths = [good_videos[name].path for name in ("mp4v.mp4", "vp9.mp4", "h264.mkv", "portrait.mp4", "vfr.mp4")]
     runs = [
@@ -300,6 +301,7 @@ def symlinks(folder: Path, target: Path, count: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_finished_results(tiny, good_videos, tmp_path):
     videos = symlinks(tmp_path / "many", good_videos["mjpeg.avi"].path, 1500)
     out = tmp_path / "partial.jsonl"
@@ -354,6 +356,7 @@ def peak_rss_kb(runs: list[list[str]]) -> list[int]:
     return [int(line) for line in output.stdout.split()]
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path):
     # 112-pixel views of 4 frames (600 kB each): were they kept, 200 files would add 120 MB
     model = vtempo.create_model("tsn-r10w8", num_classes=len(LABELS), frames=4)

@@ -403,7 +403,8 @@ def _source(model: str | os.PathLike, weights, registry) -> tuple[str, str | Non
         weights = Path(weights)
         if not weights.is_file():
             raise UsageError(f"weights={os.fspath(weights)!r}: no such file")
-    if Path(text).is_file() or text.lower().endswith(CHECKPOINT_SUFFIXES):
+    looks_like_a_file = text.lower().endswith(CHECKPOINT_SUFFIXES) and text not in load_registry(registry)
+    if Path(text).is_file() or looks_like_a_file:
         if not Path(text).is_file():
             raise UsageError(f"model={text!r}: no such checkpoint file")
         if weights is not None:
