@@ -85,6 +85,7 @@ def test_every_family_gives_clip_normalised_maps_on_the_original_frames(family, 
     assert maps.top == maps.target and 0 < maps.top_score <= 1
 
 
+@pytest.mark.slow
 def test_targets_are_per_video_and_clips_are_not_mixed(clip):
     model = tiny("tsm-r14w16").eval()  # TSM shifts channels between the frames of a clip
     frames, _ = sampled(clip)
@@ -115,6 +116,7 @@ def test_clip_normalisation_keeps_frames_comparable_and_frame_normalisation_does
     assert not cam.normalise(np.full((2, 3, 3), 5.0, np.float32), "clip").any()  # constant → 0, no NaN
 
 
+@pytest.mark.slow
 def test_every_method_runs():
     model = tiny("tsi-r14w16").eval()
     clips = torch.randn(1, FRAMES, 3, 64, 64)

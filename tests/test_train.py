@@ -75,7 +75,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_set, tmp_path):
     common = dict(data=str(tiny_set), model="tsn-r10w8", milestones=[5], val_split=0.25, device="cpu", **TINY)
     train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **common))
     train(TrainConfig(out=str(tmp_path / "split"), epochs=1, **common))
-    with pytest.raises(VtempoError, match="--resume"):
+    with pytest.raises(VtempoError, match="resume=True"):
         train(TrainConfig(out=str(tmp_path / "split"), epochs=2, **common))
     train(TrainConfig(out=str(tmp_path / "split"), epochs=2, resume=True, **common))
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)

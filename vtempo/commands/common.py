@@ -35,7 +35,7 @@ def friendly_errors(command: Callable) -> Callable:
         except UsageError as error:
             raise fail(as_flags(str(error)), EXIT_USAGE) from None
         except VtempoError as error:
-            raise fail(str(error), EXIT_SOME_FAILED) from None
+            raise fail(as_flags(str(error)), EXIT_SOME_FAILED) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
@@ -50,13 +50,16 @@ def friendly_errors(command: Callable) -> Callable:
 PARAMETER_FLAGS = {
     "model": "--model", "weights": "--weights", "registry": "--registry", "frames": "--frames",
     "device": "--device", "dtype": "--dtype", "labels": "--labels", "views": "--views", "topk": "--topk",
-    "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride",
+    "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride", "stride": "--stride",
+    "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
+    "scales": "--scales", "out": "--out", "jobs": "--jobs", "train_stride": "--train-stride",
 }
 _PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
 
 
 def as_flags(message: str) -> str:
-    """`frames=0: must be ...` → `--frames 0: must be ...`."""
+    """`frames=0: must be ...` → `--frames 0: must be ...`; `resume=True` → `--resume`."""
+    message = message.replace("resume=True", "--resume")
     return _PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)] + " ", message)
 
 

@@ -172,7 +172,7 @@ def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = 
     if unknown:
         raise UsageError(f"unknown demo family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
     if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+        raise UsageError(f"jobs={jobs}: must be at least 1")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,7 @@ def seed_everything(seed: int) -> None:
 def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
         if name not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"--dtype must be auto, fp32, bf16 or fp16, got {name!r}")
+            raise UsageError(f"dtype={name!r}: must be auto, fp32, bf16 or fp16")
         if name == "fp16" and device.type != "cuda":
             raise UsageError("fp16 training needs CUDA; use bf16 or fp32 on CPU")
         return name
@@ -117,16 +117,16 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 def training_protocol(config: TrainConfig, entry) -> Protocol:
     if config.stride is not None:
         if config.sampling not in (None, "stride"):
-            raise UsageError("--stride means stride sampling; drop --sampling or set it to stride")
+            raise UsageError(f"stride={config.stride} means stride sampling; leave sampling unset or set sampling='stride'")
         if config.stride < 1:
-            raise UsageError(f"--stride must be at least 1, got {config.stride}")
+            raise UsageError(f"stride={config.stride}: must be at least 1")
         return Protocol(sampling="stride", stride=config.stride)
     if config.sampling in (None, "protocol"):
         return entry.protocol if entry is not None else Protocol()
     if config.sampling == "stride":
-        raise UsageError("stride sampling needs --stride N")
+        raise UsageError("sampling='stride' needs stride=N")
     if config.sampling not in ("uniform", "dense", "twice"):
-        raise UsageError(f"--sampling must be protocol, uniform, dense or stride, got {config.sampling!r}")
+        raise UsageError(f"sampling={config.sampling!r}: must be protocol, uniform, dense or stride")
     return Protocol(sampling=config.sampling)
 
 
@@ -227,7 +227,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         wd = config.weight_decay if config.weight_decay is not None else 0.05
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr)
-    raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    raise UsageError(f"optimizer={config.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
 
 
 # --------------------------------------------------------------------------- loop
@@ -284,11 +284,11 @@ def train(config: TrainConfig, say: Callable[[str], None] | None = None,
     from vtempo.weights.checkpoint import save_checkpoint
 
     if config.epochs < 1 or config.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+        raise UsageError(f"epochs={config.epochs}, batch_size={config.batch_size}: both must be at least 1")
     if config.schedule not in SCHEDULES:
-        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+        raise UsageError(f"schedule={config.schedule!r}: must be one of {', '.join(SCHEDULES)}")
     if config.optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+        raise UsageError(f"optimizer={config.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
     ranks = distributed.start(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -318,7 +318,7 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     channels_last(model)
     optimizer = make_optimizer(model, config)
     if not config.scales or not all(0 < s <= 1 for s in config.scales):
-        raise UsageError(f"--scales must be fractions in (0, 1], got {config.scales}")
+        raise UsageError(f"scales={config.scales}: must be fractions in (0, 1]")
     train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip,
                              cache=config.cache, scales=config.scales)
     eval_protocol = dataclasses.replace(protocol, clips=1, crop="centre")
@@ -340,7 +340,7 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     if config.resume and last_path.is_file():
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         if state.get("arch") != arch or state.get("classes") != classes:
-            raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another --out")
+            raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another out=DIR")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -351,9 +351,9 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
             if log_path.is_file() else []
         history = [h for h in history if h.get("epoch", -1) < start_epoch]
     elif config.resume:
-        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in --out)")
+        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in out=DIR)")
     elif last_path.exists() and ranks.main:
-        raise VtempoError(f"{out}: holds a previous run; pass --resume to continue it or choose another --out")
+        raise VtempoError(f"{out}: holds a previous run; pass resume=True to continue it or choose another out=DIR")
 
     net: nn.Module = model
     if ranks.distributed:
@@ -407,7 +407,7 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
                                       dtype, config.clip_grad)
             scheduler.step()
             if not torch.isfinite(loss):
-                raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower --lr or use fp32")
+                raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower the learning rate or use fp32")
             totals[0] += loss.item() * len(labels)
             totals[1] += (logits.argmax(1) == labels).sum().item()
             totals[2] += len(labels)
