@@ -127,6 +127,21 @@ def test_result_lines_record_what_produced_them(tmp_path):
     assert all(line["provenance"] == expected and line["views"] == 3 for line in lines)
 
 
+def test_a_checkpoint_written_by_train_is_a_model(tmp_path):
+    from vtempo.weights.checkpoint import save_checkpoint
+
+    model = vtempo.create_model("tsn-r10w8", num_classes=3, frames=4)
+    checkpoint = save_checkpoint(model, tmp_path / "best.pt", arch="tsn-r10w8", frames=4, input_size=32,
+                                 classes=["a", "b", "c"])
+    out = tmp_path / "results.json"
+    result = run_cli(["classify", CLIPS, "--model", checkpoint, "--workers", "0", "--topk", "2", "-o", out])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["provenance"]["model"] == "tsn-r10w8 (best.pt)" and document["provenance"]["frames"] == 4
+    assert all(row["top"][0]["label"] in "abc" and len(row["top"]) == 2 for row in document["results"])
+    one_line_usage_error(run_cli(["classify", CLIPS, "--model", tmp_path / "missing.pt"]), "no such checkpoint file")
+
+
 def test_parameter_names_become_flags():
     assert common.as_flags("frames=0: must be at least 1") == "--frames 0: must be at least 1"
     assert common.as_flags("pass weights=FILE, batch_size=2") == "pass --weights FILE, --batch-size 2"

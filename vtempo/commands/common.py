@@ -1,4 +1,7 @@
-"""What every command shares: one-line errors and exit codes."""
+"""What every command shares: one-line errors and exit codes, and the options of the model commands.
+
+Exit codes (as the README states): 0 all fine, 1 some inputs failed (a video, a checkpoint, a data
+set), 2 usage errors (options, arguments); 130 after Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
