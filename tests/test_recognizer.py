@@ -148,3 +148,19 @@ def test_package_exports():
     for name in ("load", "Recognizer", "create_model", "list_models", "Prediction", "VideoResult", "__version__"):
         assert hasattr(vtempo, name), name
     assert "tsm-demo" in vtempo.list_models() and "tsm-r50" in vtempo.list_models()
+
+
+@pytest.mark.slow
+def test_evaluate_and_classify_score_videos_alike(tmp_path):
+    """Both run the model through the one engine under the model's protocol: evaluate's per-class
+    verdicts are classify's top-1 labels."""
+    from vtempo.evaluation.evaluate import evaluate
+
+    data = synth.generate(tmp_path / "set", classes="grow,shrink,rotate_cw", clips_per_class=2, frames=24, size=64,
+                          seed=7)
+    rec = vtempo.load("tsm-demo", device="cpu")
+    evaluation = evaluate(data.root, rec, workers=0, batch_size=3)
+    results = list(rec.classify_files([path for path, _ in data.videos], workers=0, batch_size=5))
+    correct = [r.top[0].label == data.classes[label] for r, (_, label) in zip(results, data.videos)]
+    assert evaluation.videos == 6 and evaluation.top1 == pytest.approx(100 * sum(correct) / 6)
+    assert evaluation.provenance == rec.provenance() and evaluation.model == "tsm-demo"
