@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vtempo import api
+import vtempo
 from vtempo.cli import app
 from vtempo.weights import registry
 from vtempo.errors import UsageError
@@ -160,7 +160,7 @@ def test_user_registry_extends_and_overrides_the_builtin_one(tmp_path, monkeypat
     assert explicit["tsm-r50-k400"].top1 == 12.5 and explicit["tsm-r50-k400"].source == str(path)
     assert explicit["tsm-r50-sthv1"] == builtin["tsm-r50-sthv1"]
     assert explicit["my-tsm"].weights.url == str(tmp_path / "weights" / "my-tsm.pth")
-    assert "my-tsm" in api.list_models(path) and "tsm-r50" in api.list_models(path)
+    assert "my-tsm" in vtempo.list_models(path) and "tsm-r50" in vtempo.list_models(path)
 
     monkeypatch.setenv("VTEMPO_REGISTRY", str(path))  # the variable, when no --registry is given
     assert registry.get_entry("my-tsm").top1 == 90.0

@@ -18,9 +18,17 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    at_least,
+    check_model_options,
     console,
+    device_option,
+    dtype_option,
     err_console,
+    frames_option,
     friendly_errors,
+    model_option,
+    registry_option,
+    weights_option,
 )
 from vtempo.errors import UsageError
 
@@ -63,27 +71,31 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def classify_command(
         paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
-        model: str = typer.Option(DEMO_MODEL, "--model", "-m", help="A registry model (`vtempo models`) or an architecture with --weights."),
-        weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Checkpoint in any supported layout (default: the registry's)."),
+        model: str = model_option(DEMO_MODEL),
+        weights: Optional[Path] = weights_option(),
+        registry: Optional[Path] = registry_option(),
+        frames: Optional[int] = frames_option(),
+        device: str = device_option(),
+        dtype: str = dtype_option(),
         labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
-        frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the model's)."),
         views: Optional[str] = typer.Option(None, "--views", metavar="CLIPSxCROPS", help="Override the test views, e.g. 1x1, 2x3, 10x3."),
         topk: int = typer.Option(5, "--topk", help="Labels to report per video."),
         batch_size: int = typer.Option(8, "--batch-size", help="Clips (views) per model call."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process; default: half the cores)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-        dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv."),
-        registry: Optional[Path] = typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml."),
     ) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
-        from vtempo.inference.classify import Classifier
+        from vtempo.inference.recognizer import load, parse_views
         from vtempo.inference.results import ResultWriter
         from vtempo.video.discovery import collect_videos
 
-        if topk < 1:
-            raise UsageError("--topk must be at least 1")
+        check_model_options(frames, dtype, device)
+        at_least("--topk", topk, 1)
+        at_least("--batch-size", batch_size, 1)
+        at_least("--workers", workers, 0)
+        if views is not None:
+            parse_views(views)
         if output is not None and output.suffix.lower() not in ResultWriter.FORMATS:
             raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv")
         videos = collect_videos(paths, recursive)
@@ -92,16 +104,15 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}{hint}")
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
-        classifier = Classifier.create(
-            model, weights=weights if weights is not None else "default", labels=labels, frames=frames, views=views,
-            topk=topk, batch_size=batch_size, workers=workers, device=device, dtype=dtype, user_registry=registry,
-        )
-        writer = ResultWriter(output, classifier.topk) if output is not None else None
+        recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
+        topk = min(topk, len(recognizer.labels))
+        writer = ResultWriter(output, topk, recognizer.provenance(views)) if output is not None else None
         done, failed = [], 0
-        results = classifier.run(videos)  # decode workers start before the progress bar's thread
+        # the decode workers start here, before the progress bar's thread
+        results = recognizer.classify_files(videos, views=views, topk=topk, batch_size=batch_size, workers=workers)
         try:
             with _progress() as progress:
-                task = progress.add_task(f"{classifier.name}", total=len(videos))
+                task = progress.add_task(f"{recognizer.name}", total=len(videos))
                 for result in results:
                     if writer is not None:
                         writer.write(result)
@@ -120,12 +131,13 @@ def register(app: typer.Typer) -> None:
         finally:
             if writer is not None:
                 writer.close()
-        console.print(results_table(done, classifier.topk))
-        plan = classifier.plan
+        console.print(results_table(done, topk))
+        plan = recognizer.plan(views)
+        protocol = recognizer.protocol
         summary = (
-            f"{len(done) - failed} classified, {failed} failed, of {len(videos)} · {classifier.name}, "
+            f"{len(done) - failed} classified, {failed} failed, of {len(videos)} · {recognizer.name}, "
             f"{plan.frames} frames, {plan.views} view(s) ({plan.clips} clip(s) × {plan.crop} crop), "
-            f"{plan.protocol.sampling} sampling, {classifier.average} averaged"
+            f"{protocol.sampling} sampling, {protocol.average} averaged"
         )
         if output is not None:
             summary += f" · results in {output}"
@@ -148,8 +160,7 @@ def register(app: typer.Typer) -> None:
 
         if backend != "auto" and backend not in BACKENDS:
             raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-        if frames < 1:
-            raise UsageError("--frames must be at least 1")
+        at_least("--frames", frames, 1)
         videos = collect_videos(paths, recursive)
         if not videos:
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}")

@@ -35,7 +35,6 @@ import torch.nn as nn
 
 from vtempo.errors import UsageError, VtempoError
 
-LAYOUTS = ("official", "mmaction2", "vtempo")
 FORMAT = "vtempo"
 IGNORED_KEYS = frozenset({"data_preprocessor.mean", "data_preprocessor.std"})
 SHOWN_KEYS = 12  # keys named in an error message before "… and N more"
