@@ -17,9 +17,10 @@ from vtempo.data import synth
 from vtempo.errors import UsageError
 from vtempo.fast import prepare
 from vtempo.inference import cam
-from vtempo.inference.classify import Classifier
+from vtempo.inference.recognizer import Recognizer, load
 from vtempo.models import FAMILIES, build, split_name
 from vtempo.video import clip_indices, uniform_indices
+from vtempo.viz import cam_images
 from vtempo.weights.checkpoint import save_checkpoint
 from vtempo.weights.registry import ModelEntry, load_registry
 
@@ -36,8 +37,8 @@ def tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def classifier(arch: str, seed: int = 0) -> Classifier:
-    return Classifier.create(tiny(arch, seed), device="cpu", views="1x1")
+def classifier(arch: str, seed: int = 0) -> Recognizer:
+    return load(tiny(arch, seed), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,11 @@ def test_every_family_gives_clip_normalised_maps_on_the_original_frames(family, 
     assert maps.top == maps.target and 0 < maps.top_score <= 1
 
 
+@pytest.mark.slow
 def test_targets_are_per_video_and_clips_are_not_mixed(clip):
     model = tiny("tsm-r14w16").eval()  # TSM shifts channels between the frames of a clip
     frames, _ = sampled(clip)
-    first = cam.model_input(frames, Classifier.create(model, device="cpu").plan.preprocess)[0]
+    first = cam.model_input(frames, load(tiny("tsm-r14w16"), device="cpu").preprocess)[0]
     second = torch.flip(first, dims=[1])
     together, _, _ = cam.clip_cams(model, torch.cat([first, second]), targets=[1, 2])
     alone = [cam.clip_cams(model, x, targets=[t])[0][0] for x, t in ((first, 1), (second, 2))]
@@ -114,6 +116,7 @@ def test_clip_normalisation_keeps_frames_comparable_and_frame_normalisation_does
     assert not cam.normalise(np.full((2, 3, 3), 5.0, np.float32), "clip").any()  # constant → 0, no NaN
 
 
+@pytest.mark.slow
 def test_every_method_runs():
     model = tiny("tsi-r14w16").eval()
     clips = torch.randn(1, FRAMES, 3, 64, 64)
@@ -156,7 +159,7 @@ def test_cli_contact_sheet_and_maps(video, checkpoints, tmp_path):
     assert result.exit_code == 0, result.output
     image = cv2.imread(str(sheet))
     rows, columns = 3, FRAMES  # raw frames, then one row per model
-    assert image.shape == (rows * (cam.BAND_HEIGHT + HEIGHT), columns * WIDTH, 3)
+    assert image.shape == (rows * (cam_images.BAND_HEIGHT + HEIGHT), columns * WIDTH, 3)
     saved = np.load(maps)
     assert list(saved["models"]) == ["tsm-r14w16", "tcm-r14w16"]
     np.testing.assert_array_equal(saved["indices"], uniform_indices(12, FRAMES))
@@ -169,20 +172,20 @@ def test_cli_contact_sheet_and_maps(video, checkpoints, tmp_path):
 def test_videos_have_one_frame_per_sampled_frame(clip, tmp_path):
     frames, indices = sampled(clip)
     result = cam.explain_frames(frames, indices, [classifier("tsn-r14w16"), classifier("tsm-r14w16")])
-    size = (cam.BAND_HEIGHT + HEIGHT, 3 * WIDTH)  # raw frame and two models side by side
+    size = (cam_images.BAND_HEIGHT + HEIGHT, 3 * WIDTH)  # raw frame and two models side by side
 
-    capture = cv2.VideoCapture(str(cam.write(result, tmp_path / "cam.mp4")))
+    capture = cv2.VideoCapture(str(cam_images.write(result, tmp_path / "cam.mp4")))
     decoded = []
     while (frame := capture.read())[0]:
         decoded.append(frame[1])
     capture.release()
     assert len(decoded) == FRAMES and all(f.shape[:2] == size for f in decoded)
 
-    with Image.open(cam.write(result, tmp_path / "cam.gif")) as gif:
+    with Image.open(cam_images.write(result, tmp_path / "cam.gif")) as gif:
         assert gif.n_frames == FRAMES and gif.size == (size[1], size[0])
 
-    sheet = cv2.imread(str(cam.write(result, tmp_path / "cam.jpg")))  # the smaller contact sheet
-    assert sheet.shape == (3 * (cam.BAND_HEIGHT + HEIGHT), FRAMES * WIDTH, 3)
+    sheet = cv2.imread(str(cam_images.write(result, tmp_path / "cam.jpg")))  # the smaller contact sheet
+    assert sheet.shape == (3 * (cam_images.BAND_HEIGHT + HEIGHT), FRAMES * WIDTH, 3)
 
 
 def test_cli_usage_errors_are_one_line_with_exit_code_2(video, checkpoints, tmp_path):
@@ -228,14 +231,14 @@ def bundled_temporal_demos() -> dict[str, str]:
     return demos
 
 
-def hit_rate(model: Classifier, seed: int) -> float:
+def hit_rate(model: Recognizer, seed: int) -> float:
     """Share of sampled frames whose map peaks on the moving object, over one clip of each
     single-object class the demo models were trained on (seeds no training or test set uses)."""
     hits = []
     for name in synth.CLASSES[:8]:  # moving, rotating, growing and shrinking: one object each
         label = model.labels.index(name)
         rendered = synth.render_clip(name, seed=[seed, label])
-        indices = clip_indices(model.plan.protocol, len(rendered.frames), model.plan.frames)[0]
+        indices = clip_indices(model.protocol, len(rendered.frames), model.frames)[0]
         result = cam.explain_frames(rendered.frames[indices], indices, [model], target=label).models[0]
         hits += peak_hits(result, rendered.boxes[indices])
     return float(np.mean(hits))
@@ -251,21 +254,23 @@ UNDERTRAINED_DEMOS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"tsn"}))
 def test_demo_model_looks_at_the_moving_object(family, request):
     if family in UNDERTRAINED_DEMOS:
         request.applymarker(pytest.mark.xfail(strict=True, reason=UNDERTRAINED_DEMOS[family]))
     demos = bundled_temporal_demos()
     assert family in demos, f"bundled temporal demo models in checkpoints.yaml: {demos}"
-    rate = hit_rate(Classifier.create(demos[family], device="cpu"), seed=31337)
+    rate = hit_rate(load(demos[family], device="cpu"), seed=31337)
     assert rate >= 0.7, rate
 
 
+@pytest.mark.slow
 def test_untrained_control_misses_the_object():
     demos = bundled_temporal_demos()
-    trained = hit_rate(Classifier.create(demos["tsm"], device="cpu"), seed=31337)
-    untrained = Classifier.create(demos["tsm"], device="cpu")
+    trained = hit_rate(load(demos["tsm"], device="cpu"), seed=31337)
+    untrained = load(demos["tsm"], device="cpu")
     torch.manual_seed(0)
-    fresh = build(untrained.model.entry.arch, untrained.model.num_classes, untrained.plan.frames)
+    fresh = build(untrained.arch, untrained.num_classes, untrained.frames)
     untrained.model.load_state_dict(prepare(fresh, torch.device("cpu")).state_dict())  # folded like the demo
     assert hit_rate(untrained, seed=31337) < trained - 0.2

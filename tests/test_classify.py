@@ -3,6 +3,7 @@ codes, interruption and memory. A tiny TSN (r10w8, 32-pixel crops, 4 frames) kee
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import vtempo.inference.decoding as decoding_module
 from vtempo.bench.pipeline import measure_pipeline
 from vtempo.cli import app
 from vtempo.errors import UsageError
-from vtempo.inference.classify import Classifier, classify, parse_views
+from vtempo.inference.classify import classify, parse_views
 from vtempo.video import open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
@@ -106,10 +107,9 @@ def expected_probs(tiny, path: Path, clips: int, crop: str, average: str) -> tor
 @pytest.mark.parametrize("average", ["logits", "prob"])
 def test_view_scores_are_averaged_as_the_protocol_says(tiny, good_videos, average):
     path = good_videos["h264.mkv"].path
-    classifier = Classifier.create("tsn-r10w8", weights=tiny.checkpoint, labels=tiny.labels, views="2x3",
-                                   workers=0, batch_size=4)
-    classifier.average = average
-    (result,) = classifier.run([path])
+    recognizer = vtempo.load("tsn-r10w8", weights=tiny.checkpoint, labels=tiny.labels)
+    recognizer.protocol = dataclasses.replace(recognizer.protocol, average=average)
+    (result,) = recognizer.classify_files([path], views="2x3", workers=0, batch_size=4)
     assert result.views == 6
     expected = expected_probs(tiny, path, 2, "three", average)
     for prediction in result.top:
@@ -117,6 +117,7 @@ def test_view_scores_are_averaged_as_the_protocol_says(tiny, good_videos, averag
     assert result.top[0].index == int(expected.argmax())
 
 
+@pytest.mark.slow
 def test_batches_split_across_videos_and_workers_change_nothing(tiny, good_videos):
     paths = [good_videos[name].path for name in ("mp4v.mp4", "vp9.mp4", "h264.mkv", "portrait.mp4", "vfr.mp4")]
     runs = [
@@ -227,7 +228,9 @@ def test_cli_json_and_csv_outputs(tiny, mixed_folder, tmp_path, suffix):
                                                                        "-o", str(out))])
     assert result.exit_code == 1
     if suffix == ".json":
-        rows = json.loads(out.read_text())
+        document = json.loads(out.read_text())
+        assert document["provenance"]["model"] == "tsn-r10w8"
+        rows = document["results"]
         assert len(rows) == 6 and sum(row["status"] == "ok" for row in rows) == 3
         assert all(row["top"][0]["label"] in LABELS for row in rows if row["status"] == "ok")
     else:
@@ -236,6 +239,7 @@ def test_cli_json_and_csv_outputs(tiny, mixed_folder, tmp_path, suffix):
         good = [row for row in rows if row["status"] == "ok"]
         assert len(good) == 3 and all(row["top1_label"] in LABELS and 0 < float(row["top2_prob"]) < 1 for row in good)
         assert all(row["error"] for row in rows if row["status"] == "error")
+        assert {row["model"] for row in rows} == {"tsn-r10w8"} and {row["frames"] for row in rows} == {"4"}
 
 
 def test_cli_usage_errors_exit_2_before_decoding(tiny, mixed_folder, monkeypatch, tmp_path):
@@ -297,6 +301,7 @@ def symlinks(folder: Path, target: Path, count: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_finished_results(tiny, good_videos, tmp_path):
     videos = symlinks(tmp_path / "many", good_videos["mjpeg.avi"].path, 1500)
     out = tmp_path / "partial.jsonl"
@@ -351,6 +356,7 @@ def peak_rss_kb(runs: list[list[str]]) -> list[int]:
     return [int(line) for line in output.stdout.split()]
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path):
     # 112-pixel views of 4 frames (600 kB each): were they kept, 200 files would add 120 MB
     model = vtempo.create_model("tsn-r10w8", num_classes=len(LABELS), frames=4)

@@ -2,7 +2,8 @@
 
 The server serves files with Range support and, by URL, misbehaves: `/drop/` cuts the first answer
 in half and closes the connection, `/gate/` stalls mid-file until the test opens the gate, `/slow/`
-answers after the client's timeout, `/status/N` answers HTTP N, `/redirect/URL` redirects. Nothing
+answers after the client's timeout, `/status/N` answers HTTP N, `/redirect/URL` redirects,
+`/endless/` sends zeros without end or length, `/trickle/N` sends N bytes every 50 ms. Nothing
 leaves this machine: every URL points at the test server, and $VTEMPO_HOME is a fresh folder.
 """
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -20,14 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from rich.console import Console
 from typer.testing import CliRunner
 
 from vtempo import create_model
 from vtempo.cli import app
 from vtempo.errors import VtempoError
 from vtempo.models import build
-from vtempo.weights import hub, registry
+from vtempo.weights import hub, limits, registry
 from vtempo.weights.checkpoint import save_checkpoint
 
 MANIFESTS = Path(__file__).parent / "data" / "manifests"
@@ -79,6 +82,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", urllib.parse.unquote(rest))
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if kind == "endless":  # zeros without a length, until the client hangs up (64 MiB at most)
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            zeros = bytes(1 << 16)
+            for _ in range(1024):
+                self.wfile.write(zeros)
+            return
+        if kind == "trickle":  # /trickle/N: N bytes every 50 ms of a 10 MB "file", for 5 s at most
+            self.send_response(200)
+            self.send_header("Content-Length", str(10_000_000))
+            self.end_headers()
+            self.close_connection = True
+            for _ in range(100):
+                self.wfile.write(b"x" * int(rest))
+                self.wfile.flush()
+                time.sleep(0.05)
             return
         if kind == "slow":
             time.sleep(site.slow_s)
@@ -155,7 +177,7 @@ def site(server, monkeypatch, tmp_path):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setattr(hub, "BACKOFF_S", 0.01)
     monkeypatch.setattr(hub, "RETRIES", 2)
-    monkeypatch.setattr(hub, "TIMEOUT_S", 5.0)
+    monkeypatch.setattr(limits, "DOWNLOAD_TIMEOUT_S", 5.0)
     registry._load.cache_clear()
     yield server
     server.gate.set()
@@ -180,6 +202,12 @@ def payload(size: int = 300_000, seed: int = 0) -> bytes:
     return torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8).numpy().tobytes()
 
 
+def checkpoint_bytes(tmp_path: Path, seed: int = 0) -> bytes:
+    """A real vtempo checkpoint for the tiny TSN of `entry_for` (what a download without a hash must be)."""
+    torch.manual_seed(seed)
+    return save_checkpoint(build("tsn-r10w8", num_classes=5, frames=2), tmp_path / f"real{seed}.pt").read_bytes()
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -194,7 +222,7 @@ def test_download_verifies_caches_and_refetches_with_force(site, tmp_path, hash_
     entry = entry_for(site, tmp_path, "/files/blob.pth", sha256=sha(data)[:hash_length], size=len(data))
     assert hub.cache_state(entry) == "downloadable"
 
-    path = hub.download(entry, progress=False)
+    path = hub.download(entry)
     assert path == hub.cache_dir() / "blob.pth"  # named by the registry, not the URL
     assert path.read_bytes() == data
     record = json.loads(path.with_name("blob.pth.json").read_text())
@@ -204,7 +232,7 @@ def test_download_verifies_caches_and_refetches_with_force(site, tmp_path, hash_
 
     assert hub.weights_path(entry) == path and hub.download(entry) == path
     assert len(site.requests("/files/blob.pth")) == 1  # cached: no second request
-    hub.download(entry, force=True, progress=False)
+    hub.download(entry, force=True)
     assert len(site.requests("/files/blob.pth")) == 2
 
     other = entry_for(site, tmp_path, "/files/blob.pth", sha256="0" * hash_length)
@@ -218,12 +246,12 @@ def test_resume_after_the_connection_drops(site, tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "RETRIES", 0)  # first run: give up after the drop, keeping the part
     with pytest.raises(VtempoError, match=r"connection closed after 200000 of 400000 bytes.*--from-file"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     part = registry.home() / "downloads" / "blob.pth.part"
     assert part.read_bytes() == data[:200_000]
 
     monkeypatch.setattr(hub, "RETRIES", 2)  # second run resumes where the first stopped
-    path = hub.download(entry, progress=False)
+    path = hub.download(entry)
     assert path.read_bytes() == data
     first, second = site.requests("/drop/blob.pth")
     assert "Range" not in first
@@ -235,14 +263,14 @@ def test_drop_is_retried_within_one_call(site, tmp_path):
     data = payload(2_500_000, seed=2)  # several read chunks
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/drop/blob.pth", sha256=sha(data))
-    assert hub.download(entry, progress=False).read_bytes() == data
+    assert hub.download(entry).read_bytes() == data
     assert [h.get("Range") for h in site.requests("/drop/blob.pth")] == [None, f"bytes={len(data) // 2}-"]
 
 
 def test_404_fails_at_once_naming_the_url(site, tmp_path):
     entry = entry_for(site, tmp_path, "/status/404")
     with pytest.raises(VtempoError) as error:
-        hub.download(entry, progress=False)
+        hub.download(entry)
     message = str(error.value)
     assert "HTTP 404" in message and site.base + "/status/404" in message
     assert "vtempo download blob --from-file PATH" in message and "\n" not in message
@@ -253,7 +281,7 @@ def test_404_fails_at_once_naming_the_url(site, tmp_path):
 def test_500_is_retried_then_reported(site, tmp_path):
     entry = entry_for(site, tmp_path, "/status/500")
     with pytest.raises(VtempoError, match=r"failed after 3 attempts \(HTTP 500"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert len(site.requests("/status/500")) == 3  # RETRIES = 2 in these tests
 
 
@@ -262,7 +290,7 @@ def test_wrong_hash_deletes_the_download(site, tmp_path):
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/files/blob.pth", sha256="ab" * 32)
     with pytest.raises(VtempoError, match=rf"sha256 {sha(data)}, the registry expects abab.*the download was deleted"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert not list(registry.home().rglob("*.part"))
     assert not hub.cache_path(entry).exists()
 
@@ -271,33 +299,33 @@ def test_wrong_size_is_refused_before_writing(site, tmp_path):
     site.files["blob.pth"] = payload(seed=4)
     entry = entry_for(site, tmp_path, "/files/blob.pth", size=123)
     with pytest.raises(VtempoError, match="the server offers 300000 bytes, the registry expects 123"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert not hub.cache_path(entry).exists()
 
 
 def test_slow_server_hits_the_timeout(site, tmp_path, monkeypatch):
     site.files["blob.pth"] = payload(seed=5)
     site.slow_s = 1.5
-    monkeypatch.setattr(hub, "TIMEOUT_S", 0.2)
+    monkeypatch.setattr(limits, "DOWNLOAD_TIMEOUT_S", 0.2)
     monkeypatch.setattr(hub, "RETRIES", 1)
     entry = entry_for(site, tmp_path, "/slow/blob.pth")
     started = time.monotonic()
     with pytest.raises(VtempoError, match=r"failed after 2 attempts \(no answer within 0.2 s \(timed out\)\)"):
-        hub.download(entry, progress=False)
+        hub.download(entry)
     assert time.monotonic() - started < 1.4
     assert len(site.requests("/slow/blob.pth")) == 2
 
 
 def test_redirects_followed_to_http_only(site, tmp_path):
-    data = payload(seed=6)
+    data = checkpoint_bytes(tmp_path, seed=6)
     site.files["blob.pth"] = data
     entry = entry_for(site, tmp_path, "/redirect/" + urllib.parse.quote(site.base + "/files/blob.pth", safe=""))
-    assert hub.download(entry, progress=False).read_bytes() == data
+    assert hub.download(entry).read_bytes() == data
 
     for target in ("file:///etc/passwd", "ftp://127.0.0.1/blob.pth"):
         elsewhere = entry_for(site, tmp_path, "/redirect/" + urllib.parse.quote(target, safe=""))
         with pytest.raises(VtempoError, match=rf"refused redirect .* to {target} \(only http\(s\) is followed\)"):
-            hub.download(elsewhere, progress=False)
+            hub.download(elsewhere)
 
 
 def test_offline_mode_names_the_url_and_the_way_out(site, tmp_path, monkeypatch):
@@ -315,8 +343,8 @@ def test_offline_mode_names_the_url_and_the_way_out(site, tmp_path, monkeypatch)
 
 
 def _download_in_child(entry: registry.ModelEntry, log: str) -> None:
-    """Runs in a forked process: download, with the hub's messages going to `log`."""
-    hub._console = Console(file=open(log, "w", buffering=1), width=200)
+    """Runs in a forked process: download, with the hub's notices going to `log`."""
+    logging.getLogger("vtempo.weights.hub").addHandler(logging.FileHandler(log))
     hub.download(entry)
 
 
@@ -389,6 +417,115 @@ def test_fallback_lock_file_without_fcntl(site, monkeypatch):
     with hub._lock(lock, "x"):
         pass
     assert not lock.exists()
+
+
+# ------------------------------------------------------------------------------------------ hostile servers
+
+
+def test_endless_body_stops_at_the_registry_size(site, tmp_path):
+    entry = entry_for(site, tmp_path, "/endless/blob.pth", size=1000)
+    with pytest.raises(VtempoError) as error:
+        hub.download(entry)
+    message = str(error.value)
+    assert "sends more than the 1000 bytes the registry expects; nothing kept" in message and "\n" not in message
+    assert not hub.cache_path(entry).exists() and not list(registry.home().rglob("*.part"))
+
+
+def test_endless_body_without_a_size_stops_at_the_download_limit(site, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "DOWNLOAD_MAX_BYTES", 200_000)
+    seen: list[tuple[int, int | None]] = []
+    entry = entry_for(site, tmp_path, "/endless/blob.pth")
+    with pytest.raises(VtempoError, match=r"sends more than 200000 bytes, more than the 200000 allowed .*"
+                                          r"VTEMPO_DOWNLOAD_MAX_BYTES"):
+        hub.download(entry, progress=lambda done, total: seen.append((done, total)))
+    assert seen and max(done for done, _ in seen) <= 200_000  # nothing past the limit was written
+    assert not hub.cache_path(entry).exists() and not list(registry.home().rglob("*.part"))
+
+    site.files["big.pth"] = bytes(300_000)  # an announced length over the limit: refused before reading
+    entry = entry_for(site, tmp_path, "/files/big.pth")
+    with pytest.raises(VtempoError, match="offers 300000 bytes, more than the 200000 allowed"):
+        hub.download(entry)
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b"<!DOCTYPE html><html><body>Sign in to continue</body></html>", "an HTML page"),
+    (bytes(300_000), "not a PyTorch checkpoint"),
+])
+def test_a_download_without_a_hash_must_load_as_a_checkpoint(site, tmp_path, body, kind):
+    site.files["blob.pth"] = body
+    entry = entry_for(site, tmp_path, "/files/blob.pth")
+    with pytest.raises(VtempoError, match=rf"is not a usable checkpoint \({kind}.*nothing kept"):
+        hub.download(entry)
+    assert hub.cache_state(entry) == "downloadable" and not hub.cache_path(entry).exists()
+    assert not list(registry.home().rglob("*.part"))
+
+    real = checkpoint_bytes(tmp_path)  # a real checkpoint at the same place is kept
+    site.files["blob.pth"] = real
+    assert hub.download(entry).read_bytes() == real
+
+
+def test_a_trickling_server_is_a_stall(site, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "DOWNLOAD_STALL_WINDOW_S", 0.3)
+    monkeypatch.setattr(limits, "DOWNLOAD_MIN_BYTES_PER_S", 1000.0)
+    entry = entry_for(site, tmp_path, "/trickle/1")  # 20 bytes/s, each byte well within the read timeout
+    with pytest.raises(VtempoError) as error:
+        hub.download(entry)
+    message = str(error.value)
+    assert "failed after 3 attempts (stalled:" in message and "under 1000 bytes/s" in message
+    assert "VTEMPO_DOWNLOAD_MIN_BYTES_PER_S" in message and "\n" not in message
+    assert len(site.requests("/trickle/1")) == 3
+
+
+def test_the_overall_deadline_ends_a_slow_but_steady_download(site, tmp_path, monkeypatch):
+    monkeypatch.setenv("VTEMPO_DOWNLOAD_DEADLINE_S", "1")  # the environment raises (here: lowers) a limit
+    monkeypatch.setattr(limits, "DOWNLOAD_MIN_BYTES_PER_S", 10.0)
+    entry = entry_for(site, tmp_path, "/trickle/500")  # 10 kB/s: never a stall, never done
+    with pytest.raises(VtempoError, match=r"took longer than 1 s \(set VTEMPO_DOWNLOAD_DEADLINE_S to raise"):
+        hub.download(entry)
+    assert len(site.requests("/trickle/500")) == 1
+    monkeypatch.setenv("VTEMPO_DOWNLOAD_DEADLINE_S", "soon")
+    with pytest.raises(VtempoError, match=r"VTEMPO_DOWNLOAD_DEADLINE_S='soon': expected a positive number"):
+        hub.download(entry)
+
+
+def test_a_redirect_loop_is_one_line(site, tmp_path):
+    loop = "/redirect/" + urllib.parse.quote(site.base + "/redirect/x", safe="")
+    site_entry = entry_for(site, tmp_path, loop)
+    with pytest.raises(VtempoError) as error:
+        hub.download(site_entry)
+    message = str(error.value)
+    assert "redirects in a loop" in message and "--from-file" in message and "\n" not in message
+
+
+def test_a_cached_web_page_is_named_with_the_way_out(site, tmp_path):
+    entry = entry_for(site, tmp_path, "/files/blob.pth")
+    cached = hub.cache_path(entry)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\n<html><head><title>Error 403</title></head></html>\n")
+    record = {"source": entry.weights.url, "size": cached.stat().st_size}
+    cached.with_name(cached.name + ".json").write_text(json.dumps(record))
+    assert hub.cache_state(entry) == "cached"
+    with pytest.raises(VtempoError, match=r"blob: the cached .*blob.pth is an HTML page, not a checkpoint.*"
+                                          r"`vtempo download blob --force`"):
+        hub.weights_path(entry)
+
+
+def test_progress_is_a_callback(site, tmp_path):
+    data = payload(2_500_000, seed=11)
+    site.files["blob.pth"] = data
+    entry = entry_for(site, tmp_path, "/files/blob.pth", sha256=sha(data))
+    seen: list[tuple[int, int | None]] = []
+    hub.download(entry, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_the_weights_package_needs_no_rich():
+    code = ("import sys, vtempo.weights.hub, vtempo.weights.checkpoint, vtempo.weights.metadata; "
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'rich'); print(loaded); sys.exit(bool(loaded))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 0, result.stderr
 
 
 # ------------------------------------------------------------------------------------------ layouts

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vtempo import api
+import vtempo
 from vtempo.cli import app
 from vtempo.weights import registry
+from vtempo.errors import UsageError
 from vtempo.weights.registry import RegistryError
 
 runner = CliRunner()
@@ -159,7 +160,7 @@ def test_user_registry_extends_and_overrides_the_builtin_one(tmp_path, monkeypat
     assert explicit["tsm-r50-k400"].top1 == 12.5 and explicit["tsm-r50-k400"].source == str(path)
     assert explicit["tsm-r50-sthv1"] == builtin["tsm-r50-sthv1"]
     assert explicit["my-tsm"].weights.url == str(tmp_path / "weights" / "my-tsm.pth")
-    assert "my-tsm" in api.list_models(path) and "tsm-r50" in api.list_models(path)
+    assert "my-tsm" in vtempo.list_models(path) and "tsm-r50" in vtempo.list_models(path)
 
     monkeypatch.setenv("VTEMPO_REGISTRY", str(path))  # the variable, when no --registry is given
     assert registry.get_entry("my-tsm").top1 == 90.0
@@ -189,3 +190,114 @@ def test_models_table_lists_entries_and_architectures():
     assert rows["tam-r50-sthv1"][-2:] == ["manual", "download"]
     assert rows["stc-r50-sthv1"][-2:] == ["none", "published"]
     assert "stc-light-r101" in result.output and "tefe-r18" in result.output
+
+
+# ------------------------------------------------------------------------------------------ hostile files
+
+BOMB = "\n".join(  # 9 levels of 9 aliases: 9**9 strings once expanded, ~400 bytes on disk
+    ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["models:", "  x:", "    arch: *a8", "    num_classes: 1", "    frames: 1", ""]
+)
+
+
+def assert_one_line_naming(path: Path, reason: str) -> str:
+    with pytest.raises(RegistryError) as error:
+        registry.load_registry(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and reason in message and "\n" not in message, message
+    assert len(message) < 600, message
+    result = runner.invoke(app, ["models", "--registry", str(path)])
+    assert result.exit_code == 2 and reason in result.output and "Traceback" not in result.output
+    return message
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, monkeypatch):
+    path = write(tmp_path / "bomb.yaml", BOMB)
+    assert len(BOMB) < 500
+    assert_one_line_naming(path, "aliases (*name) expand to more than 10000 values")
+    # read by every command when it sits in $VTEMPO_HOME
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "checkpoints.yaml").write_text(BOMB, encoding="utf-8")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 2 and "checkpoints.yaml: its aliases" in result.output
+
+    write(path, "anchor: &x [1, 2, 3]\nmodels:\n  self: &s {arch: *s}\n")
+    assert_one_line_naming(path, "alias *s refers to itself or to no anchor")
+
+
+def test_small_aliases_still_load_as_in_the_builtin_registry(tmp_path):
+    text = (
+        "models:\n  one:\n    arch: tsm-r50\n    num_classes: 10\n    frames: 8\n    mean: &m [0.5, 0.5, 0.5]\n"
+        "  two:\n    arch: tsm-r50\n    num_classes: 10\n    frames: 8\n    mean: *m\n"
+    )
+    entries = registry.load_registry(write(tmp_path / "user.yaml", text))
+    assert entries["one"].mean == entries["two"].mean == (0.5, 0.5, 0.5)
+    assert "*imagenet_mean" in registry.builtin_registry_path().read_text()  # the built-in file uses aliases
+
+
+def test_registry_size_depth_and_encoding_are_bounded(tmp_path, monkeypatch):
+    deep = write(tmp_path / "deep.yaml", "models: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert_one_line_naming(deep, "nested more than 32 levels deep (set VTEMPO_REGISTRY_MAX_DEPTH to raise")
+
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("models:\n  caf\xe9: {arch: tsm-r50}\n".encode("latin-1"))
+    assert_one_line_naming(latin, "not UTF-8 text (byte 0xe9 at offset 13)")
+
+    big = write(tmp_path / "big.yaml", "# " + "x" * 5000 + "\nmodels: {}\n")
+    monkeypatch.setenv("VTEMPO_REGISTRY_MAX_BYTES", "4096")  # (the built-in file is larger: read it directly)
+    with pytest.raises(RegistryError, match=r"big.yaml: larger than 4096 bytes, too large for a registry \(set "
+                                            r"VTEMPO_REGISTRY_MAX_BYTES to raise the limit of 4096\)$"):
+        registry.read_registry_file(big)
+    monkeypatch.setenv("VTEMPO_REGISTRY_MAX_BYTES", "100000")
+    assert registry.read_registry_file(big) == {}
+
+
+@pytest.mark.parametrize(
+    "spec, field, reason",
+    [
+        ({**BASE, "input_size": -5}, "'bad'.input_size", "must be between 8 and 1024, got -5"),
+        ({**BASE, "frames": 100000}, "'bad'.frames", "must be between 1 and 256, got 100000 (set VTEMPO_MAX_FRAMES"),
+        ({**BASE, "num_classes": 0}, "'bad'.num_classes", "must be between 1 and 100000, got 0"),
+        ({**BASE, "resize": [256, -1]}, "'bad'.resize", "expected a short side or [height, width]"),
+        ({**BASE, "std": [0.2, 0, 0.2]}, "'bad'.std", "expected a list of 3 positive numbers"),
+        ({**BASE, "protocol": {"clips": 100000}}, "'bad'.protocol.clips", "must be between 1 and 32, got 100000"),
+        ({**BASE, "protocol": {"clips": 0}}, "'bad'.protocol.clips", "must be between 1 and 32, got 0"),
+        ({**BASE, "protocol": {"sampling": "stride", "stride": 0}}, "'bad'.protocol.stride", "must be between 1 and 64"),
+        ({**BASE, "frames": list(range(2000))}, "'bad'.frames", "expected int, got [0, 1, 2, 3, ...]"),
+        ({**BASE, "weights": {"url": "https://h/x", "sha256": 12345678}}, "'bad'.weights.sha256",
+         "YAML read this all-digit hash as a number; put it in quotes"),
+    ],
+)
+def test_bounds_and_short_messages(tmp_path, spec, field, reason):
+    path = write(tmp_path / "user.yaml", {"bad": spec})
+    message = assert_one_line_naming(path, reason)
+    assert message.startswith(f"{path}: model {field}"), message
+
+
+def test_a_limit_is_raised_by_its_environment_variable(tmp_path, monkeypatch):
+    path = write(tmp_path / "user.yaml", {"many": {**BASE, "protocol": {"clips": 40}}})
+    with pytest.raises(RegistryError, match="VTEMPO_MAX_CLIPS"):
+        registry.load_registry(path)
+    monkeypatch.setenv("VTEMPO_MAX_CLIPS", "64")
+    registry._load.cache_clear()
+    assert registry.load_registry(path)["many"].protocol.clips == 40
+
+
+def test_label_files_are_read_with_a_bound(tmp_path, monkeypatch):
+    names = tmp_path / "names.txt"
+    names.write_text("a\n\nb\n" + "c" * 40 + "\n")
+    assert registry.read_labels(names) == ["a", "b", "c" * 40]
+    monkeypatch.setenv("VTEMPO_MAX_CLASSES", "2")
+    monkeypatch.setenv("VTEMPO_MAX_CLASS_NAME_CHARS", "8")
+    with pytest.raises(UsageError, match=r"names.txt: longer than a list of 2 class names can be"):
+        registry.read_labels(names)
+    if Path("/dev/zero").exists():
+        with pytest.raises(UsageError, match="longer than a list"):
+            registry.read_labels("/dev/zero")
+
+
+def test_numeric_entry_names_are_names(tmp_path):
+    path = write(tmp_path / "user.yaml", "models:\n  2024:\n    arch: tsm-r50\n    num_classes: 10\n    frames: 8\n")
+    assert registry.load_registry(path)["2024"].arch == "tsm-r50"

@@ -58,6 +58,7 @@ def test_each_stride_gets_exactly_its_frames_from_one_decode(tmp_path, monkeypat
     assert read == [[0, 2, 4, 6], [0, 5, 10, 15], [0, 8, 16, 19]]
 
 
+@pytest.mark.slow
 def test_synth_train_evaluate_robustness_end_to_end(tmp_path):
     runner = CliRunner()
 
@@ -94,6 +95,7 @@ def test_synth_train_evaluate_robustness_end_to_end(tmp_path):
     assert plot is not None and plot.shape[1] > plot.shape[0] > 300
 
 
+@pytest.mark.slow
 def test_demo_zoo_retrain_runs_two_trainings_at_once(tmp_path):
     from vtempo.training.demo_zoo import Recipe, retrain
 

@@ -11,8 +11,7 @@ from typing import Sequence
 import torch
 
 from vtempo.errors import UsageError
-from vtempo.inference.classify import Classifier
-from vtempo.inference.decoding import ViewPlan, decode_views
+from vtempo.inference.decoding import decode_views
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
@@ -110,8 +109,9 @@ def measure_pipeline(
     views defaults to 1x1 so a clip is one video; `files` repeats or trims the folder's videos to that
     count (memory checks: 20 vs 200); `size` overrides the input size (resize scaled with it).
     """
-    from vtempo import api
-    from vtempo.runtime import autocast, synchronize
+    from vtempo.fast import prepare
+    from vtempo.inference.recognizer import create_model, load
+    from vtempo.runtime import autocast, default_workers, synchronize
     from vtempo.video import available_backends
 
     videos = collect_videos([folder], recursive=True)
@@ -119,14 +119,16 @@ def measure_pipeline(
         raise UsageError(f"{display_path(folder)}: no videos found")
     if files:
         videos = [videos[i % len(videos)] for i in range(files)]
-    net = api.create_model(model, frames=frames, user_registry=user_registry)
-    classifier = Classifier.create(net, weights=None, frames=frames, views=views, batch_size=batch, workers=workers,
-                                   device=device, dtype=dtype, channels_last=channels_last)
+    net = create_model(model, frames=frames, registry=user_registry)
+    recognizer = load(net, device=device, dtype=dtype, frames=frames)
+    prepare(recognizer.model, recognizer.device, channels_last)  # the weights' memory format asked for
     if size:
-        plan = classifier.plan
-        classifier.plan = ViewPlan(plan.frames, plan.protocol, plan.clips, plan.crop,
-                                   Preprocess.from_entry(getattr(net, "entry", None), size), plan.backend)
-    plan = classifier.plan
+        recognizer.preprocess = Preprocess.from_entry(recognizer.entry, size)
+    plan = recognizer.plan(views)
+    workers = default_workers() if workers is None else workers
+
+    def run(paths):
+        return recognizer.classify_files(paths, views=views, batch_size=batch, workers=workers)
 
     decode: dict[str, float] = {}
     for backend in readers or available_backends():
@@ -149,26 +151,26 @@ def measure_pipeline(
 
     size_ = plan.preprocess.input_size
     total_clips = len(videos) * plan.views
-    sample = torch.randn(classifier.batch_size, plan.frames, 3, size_, size_)
-    calls = max(1, -(-total_clips // classifier.batch_size))
-    with torch.inference_mode(), autocast(classifier.device, dtype):
-        classifier.model(sample.to(classifier.device))  # warm-up
-    for _ in classifier.run(videos[: classifier.batch_size]):  # warm-up: one-off start-up costs stay out of the rates
+    sample = torch.randn(batch, plan.frames, 3, size_, size_)
+    calls = max(1, -(-total_clips // batch))
+    with torch.inference_mode(), autocast(recognizer.device, dtype):
+        recognizer.model(sample.to(recognizer.device))  # warm-up
+    for _ in run(videos[: batch]):  # warm-up: one-off start-up costs stay out of the rates
         pass
     # Model-only and end-to-end runs alternate and the medians are reported: on a shared machine the
     # speed drifts by ±20% from minute to minute, more than the difference being measured.
     model_rates, end_to_end_rates, ratios = [], [], []
     with _RssSampler() as memory:
         for _ in range(rounds):
-            with torch.inference_mode(), autocast(classifier.device, dtype):
-                synchronize(classifier.device)
+            with torch.inference_mode(), autocast(recognizer.device, dtype):
+                synchronize(recognizer.device)
                 started = time.perf_counter()
                 for _ in range(calls):
-                    classifier.model(sample.to(classifier.device)).float().cpu()
-                synchronize(classifier.device)
-            model_rates.append(calls * classifier.batch_size / (time.perf_counter() - started))
+                    recognizer.model(sample.to(recognizer.device)).float().cpu()
+                synchronize(recognizer.device)
+            model_rates.append(calls * batch / (time.perf_counter() - started))
             started, clips, failed = time.perf_counter(), 0, 0
-            for result in classifier.run(videos):
+            for result in run(videos):
                 clips += result.views
                 failed += not result.ok
             end_to_end_rates.append(clips / (time.perf_counter() - started))
@@ -176,8 +178,8 @@ def measure_pipeline(
     mb = 1024 * 1024
     return PipelineReport(
         model=model, files=len(videos), clips=clips, views=f"{plan.clips}x{CROPS[plan.crop]}", frames=plan.frames,
-        input_size=size_, device=str(classifier.device), dtype=dtype, batch_size=classifier.batch_size,
-        workers=classifier.workers, decode_clips_per_s=decode, data_clips_per_s=data_rate,
+        input_size=size_, device=str(recognizer.device), dtype=dtype, batch_size=batch,
+        workers=workers, decode_clips_per_s=decode, data_clips_per_s=data_rate,
         model_clips_per_s=statistics.median(model_rates), end_to_end_clips_per_s=statistics.median(end_to_end_rates),
         end_to_end_vs_model=statistics.median(ratios), rounds=rounds,
         peak_rss_mb=memory.peak / mb if memory.peak else None,

@@ -25,10 +25,10 @@ from typing import Callable, Iterable
 
 import torch
 
-from vtempo.api import create_model, resolve
 from vtempo.bench.flops import count_macs
 from vtempo.errors import UsageError
 from vtempo.fast import prepare
+from vtempo.inference.recognizer import create_model, resolve
 from vtempo.runtime import (
     CHANNELS_LAST,
     autocast,
@@ -286,7 +286,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         profiles.append(profile)
         say(f"building {name}")
         try:
-            model = create_model(name, frames=frames, user_registry=user_registry)
+            model = create_model(name, frames=frames, registry=user_registry)
         except Exception as error:  # noqa: BLE001 - e.g. a frame count the architecture does not allow
             profile.errors.append(f"build: {error}")
             continue

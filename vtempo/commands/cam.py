@@ -6,7 +6,17 @@ from typing import List, Optional
 
 import typer
 
-from vtempo.commands.common import console, friendly_errors
+from vtempo.commands.common import (
+    check_model_options,
+    console,
+    device_option,
+    dtype_option,
+    frames_option,
+    friendly_errors,
+    model_option,
+    registry_option,
+    weights_option,
+)
 from vtempo.errors import UsageError
 
 
@@ -17,10 +27,12 @@ def register(app: typer.Typer) -> None:
 @friendly_errors
 def cam(
     video: Path = typer.Argument(..., help="A video file or a folder of frames."),
-    model: List[str] = typer.Option(..., "--model", "-m", help="Registry or architecture name; repeat to compare models."),
-    weights: Optional[List[Path]] = typer.Option(
-        None, "--weights", help="Checkpoint file; give one per --model, in the same order."
-    ),
+    model: List[str] = model_option(many=True),
+    weights: Optional[List[Path]] = weights_option(many=True),
+    registry: Optional[Path] = registry_option(),
+    frames: Optional[int] = frames_option(help_text="Frames to sample (default: the first model's)."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     target: Optional[str] = typer.Option(
         None, "--target", help="Class name or index to explain (default: each model's top prediction)."
     ),
@@ -29,30 +41,28 @@ def cam(
     ),
     method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++, xgradcam, layercam, hirescam or eigencam."),
     norm: str = typer.Option("clip", "--norm", help="clip: one min-max over the whole clip; frame: each frame on its own."),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Weight of the heat map in the overlay."),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames to sample (default: the first model's)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the heat map in the overlay, 0 to 1."),
     out: Path = typer.Option(
         Path("cam.png"), "--out", "-o", help=".png/.jpg contact sheet, or .mp4/.gif with the models side by side."
     ),
     save_maps: Optional[Path] = typer.Option(
         None, "--save-maps", help=".npz with each model's T×H×W maps at the original resolution and the frame indices."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, …"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
-    registry: Optional[Path] = typer.Option(None, "--registry", help="A user registry file extending checkpoints.yaml."),
 ) -> None:
     """Grad-CAM of each model on the sampled frames of VIDEO, drawn on the original frames."""
     from vtempo.inference import cam as cams
-    from vtempo.runtime import check_dtype
+    from vtempo.viz import cam_images
 
+    check_model_options(frames, dtype, device)
     if method not in cams.METHODS:
         raise UsageError(f"unknown --method {method!r}: choose one of {', '.join(cams.METHODS)}")
     if norm not in cams.NORMS:
         raise UsageError(f"unknown --norm {norm!r}: choose clip or frame")
-    check_dtype(dtype)
-    cams.check_output(out)
+    if not 0 <= alpha <= 1:
+        raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
+    cam_images.check_output(out)
     if save_maps is not None:
-        cams.check_maps_path(save_maps)
+        cam_images.check_maps_path(save_maps)
     if weights and len(weights) != len(model):
         raise UsageError(f"give one --weights per --model ({len(model)}), got {len(weights)}")
     if not video.exists():
@@ -60,10 +70,10 @@ def cam(
 
     result = cams.explain(
         video, model, target=target, layer=layer, method=method, norm=norm,
-        weights=weights or None, frames=frames, device=device, dtype=dtype, user_registry=registry,
+        weights=weights or None, registry=registry, frames=frames, device=device, dtype=dtype,
     )
-    written = [cams.save_maps(result, save_maps)] if save_maps is not None else []
-    written.append(cams.write(result, out, alpha))
+    written = [cam_images.save_maps(result, save_maps)] if save_maps is not None else []
+    written.append(cam_images.write(result, out, alpha))
 
     for item in result.models:
         console.print(

@@ -18,9 +18,17 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    at_least,
+    check_model_options,
     console,
+    device_option,
+    dtype_option,
     err_console,
+    frames_option,
     friendly_errors,
+    model_option,
+    registry_option,
+    weights_option,
 )
 from vtempo.errors import UsageError
 
@@ -63,33 +71,37 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def classify_command(
         paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
-        model: str = typer.Option(DEMO_MODEL, "--model", "-m", help="A registry model (`vtempo models`) or an architecture with --weights."),
-        weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Checkpoint in any supported layout (default: the registry's)."),
+        model: str = model_option(DEMO_MODEL),
+        weights: Optional[Path] = weights_option(),
+        registry: Optional[Path] = registry_option(),
+        frames: Optional[int] = frames_option(),
+        device: str = device_option(),
+        dtype: str = dtype_option(),
         labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
-        frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the model's)."),
         views: Optional[str] = typer.Option(None, "--views", metavar="CLIPSxCROPS", help="Override the test views, e.g. 1x1, 2x3, 10x3."),
         topk: int = typer.Option(5, "--topk", help="Labels to report per video."),
         batch_size: int = typer.Option(8, "--batch-size", help="Clips (views) per model call."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process; default: half the cores)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-        dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv."),
-        registry: Optional[Path] = typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml."),
         resume: bool = typer.Option(False, "--resume", help="Go on with an existing .jsonl output: skip the videos it has."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Classify shard K of N (from 0; balanced by size) into OUT.part-K-of-N.jsonl; auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard."),
     ) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
         from vtempo import distributed
-        from vtempo.inference.classify import Classifier
+        from vtempo.inference.recognizer import load, parse_views
         from vtempo.inference.results import ResultWriter
         from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
         from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 
-        if topk < 1:
-            raise UsageError("--topk must be at least 1")
+        check_model_options(frames, dtype, device)
+        at_least("--topk", topk, 1)
+        at_least("--batch-size", batch_size, 1)
+        at_least("--workers", workers, 0)
+        if views is not None:
+            parse_views(views)
         if output is not None and output.suffix.lower() not in ResultWriter.FORMATS:
             raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv")
         videos = collect_videos(paths, recursive)
@@ -97,22 +109,24 @@ def register(app: typer.Typer) -> None:
             hint = "" if recursive else " (add --recursive to search subfolders)"
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}{hint}")
         ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
-        run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks)
         if ranks.distributed:
             device = str(ranks.device)
             workers = max(1, default_workers() // distributed.local_world()) if workers is None else workers
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
-        classifier = Classifier.create(
-            model, weights=weights if weights is not None else "default", labels=labels, frames=frames, views=views,
-            topk=topk, batch_size=batch_size, workers=workers, device=device, dtype=dtype, user_registry=registry,
-        )
-        writer = ResultWriter(output, classifier.topk) if output is not None and not run.writes else None
+        recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
+        topk = min(topk, len(recognizer.labels))
+        provenance = recognizer.provenance(views)
+        # this process's share of the videos, less those a run before finished (--resume)
+        run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks, provenance=provenance)
+        writer = ResultWriter(output, topk, provenance) if output is not None and not run.writes else None
         done, failed = [], 0
-        results = classifier.run(run.todo_paths) if run.todo else iter(())  # decode workers start before the progress bar's thread
+        # the decode workers start here, before the progress bar's thread
+        results = (recognizer.classify_files(run.todo_paths, views=views, topk=topk, batch_size=batch_size, workers=workers)
+                   if run.todo else iter(()))
         try:
             with _progress(ranks.main) as progress:
-                task = progress.add_task(f"{classifier.name}", total=len(run.todo))
+                task = progress.add_task(f"{recognizer.name}", total=len(run.todo))
                 for position, result in enumerate(results):
                     if run.writes:
                         run.write(position, result.to_dict())
@@ -128,7 +142,7 @@ def register(app: typer.Typer) -> None:
             if writer is not None:
                 writer.close()
             run.close()
-            where = f"; their results are in {run.target} (--resume goes on)" if output is not None else ""
+            where = f"; their results are in {run.target}" + (" (--resume goes on)" if run.writes else "") if output is not None else ""
             err_console.print(f"interrupted: {len(done)} of {len(run.todo)} videos done{where}", highlight=False)
             raise typer.Exit(130) from None
         finally:
@@ -137,16 +151,17 @@ def register(app: typer.Typer) -> None:
         classified, failed, before = (round(n) for n in distributed.all_sum([len(done) - failed, failed, run.done_before], ranks))
         run.finish()  # under torchrun: every rank done, rank 0 merges the parts
         if run.shard is None:
-            console.print(results_table(done, classifier.topk))
+            console.print(results_table(done, topk))
         if not ranks.main:
             raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
-        plan = classifier.plan
+        plan = recognizer.plan(views)
+        protocol = recognizer.protocol
         summary = (
             f"{classified} classified, {failed} failed"
             + (f", {before} done before" if before else "")
-            + f", of {len(videos)} · {classifier.name}, "
+            + f", of {len(videos)} · {recognizer.name}, "
             f"{plan.frames} frames, {plan.views} view(s) ({plan.clips} clip(s) × {plan.crop} crop), "
-            f"{plan.protocol.sampling} sampling, {classifier.average} averaged"
+            f"{protocol.sampling} sampling, {protocol.average} averaged"
         )
         if output is not None:
             summary += f" · results in {output if run.shard is None or ranks.distributed else run.target}"
@@ -169,8 +184,7 @@ def register(app: typer.Typer) -> None:
 
         if backend != "auto" and backend not in BACKENDS:
             raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-        if frames < 1:
-            raise UsageError("--frames must be at least 1")
+        at_least("--frames", frames, 1)
         videos = collect_videos(paths, recursive)
         if not videos:
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}")

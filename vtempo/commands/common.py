@@ -1,9 +1,14 @@
-"""What every command shares: one-line errors and exit codes."""
+"""What every command shares: one-line errors and exit codes, and the options of the model commands.
+
+Exit codes (as the README states): 0 all fine, 1 some inputs failed (a video, a checkpoint, a data
+set), 2 usage errors (options, arguments); 130 after Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
 import sys
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -31,11 +36,102 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UsageError as error:
-            raise fail(str(error), EXIT_USAGE) from None
+            raise fail(as_flags(str(error)), EXIT_USAGE) from None
         except VtempoError as error:
-            raise fail(str(error), EXIT_SOME_FAILED) from None
+            raise fail(as_flags(str(error)), EXIT_SOME_FAILED) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
 
     return run
+
+
+# ------------------------------------------------------------------------------------------ model options
+# The options of every command that runs a model (classify, evaluate, robustness, cam), defined once.
+# The library names its Python parameters in errors (`frames=0`); `as_flags` turns them into these flags.
+
+PARAMETER_FLAGS = {
+    "model": "--model", "weights": "--weights", "registry": "--registry", "frames": "--frames",
+    "device": "--device", "dtype": "--dtype", "labels": "--labels", "views": "--views", "topk": "--topk",
+    "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride", "stride": "--stride",
+    "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
+    "scales": "--scales", "out": "--out", "jobs": "--jobs", "train_stride": "--train-stride",
+}
+_PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
+
+
+def as_flags(message: str) -> str:
+    """`frames=0: must be ...` → `--frames 0: must be ...`; `resume=True` → `--resume`."""
+    message = message.replace("resume=True", "--resume")
+    return _PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)] + " ", message)
+
+
+MODEL_HELP = "A registry model (`vtempo models`), an architecture with --weights, or a checkpoint written by `vtempo train`."
+
+
+def model_option(default=..., many: bool = False):
+    help_text = MODEL_HELP + (" Repeat to compare models." if many else "")
+    return typer.Option(default, "--model", "-m", metavar="NAME", help=help_text)
+
+
+def weights_option(many: bool = False):
+    help_text = "Checkpoint file in any supported layout (default: the registry's)" + (
+        "; one per --model, in the same order." if many else ".")
+    return typer.Option(None, "--weights", metavar="FILE", help=help_text)
+
+
+def registry_option():
+    return typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml.")
+
+
+def frames_option(default: Optional[int] = None, help_text: str = "Frames per clip (default: the model's)."):
+    return typer.Option(default, "--frames", help=help_text)
+
+
+def device_option():
+    return typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
+
+
+def dtype_option():
+    return typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast).")
+
+
+def at_least(flag: str, value, minimum: int) -> None:
+    """A count option must be at least `minimum`: one line naming the flag otherwise (exit code 2)."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto") -> None:
+    """What can be checked about the shared model options before anything is loaded."""
+    from vtempo.runtime import check_dtype, pick_device
+
+    at_least("--frames", frames, 1)
+    check_dtype(dtype)
+    pick_device(device)
+
+
+@contextlib.contextmanager
+def progress_callback(title: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A `progress(done, total, status="")` callback drawing a transient bar on stderr (started on the
+    first call, so worker processes started before it never fork the bar's thread)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    state: dict = {}
+
+    def update(done: int, total: int, status: str = "") -> None:
+        if not enabled or not err_console.is_terminal:
+            return
+        if "bar" not in state:
+            state["bar"] = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                                    console=err_console, transient=True)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(title, total=total, status="")
+        state["bar"].update(state["task"], completed=done, total=total, status=status)
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].stop()

@@ -14,9 +14,13 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    at_least,
     console,
+    device_option,
     err_console,
+    frames_option,
     friendly_errors,
+    registry_option,
 )
 from vtempo.errors import UsageError, VtempoError
 
@@ -107,10 +111,10 @@ def register(app: typer.Typer) -> None:
         names: Optional[List[str]] = typer.Argument(
             None, help="Registry or architecture names. Default: the R-50 architectures (tsn-r50 … tsi-r50)."
         ),
-        frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the entry's, else 8)."),
+        frames: Optional[int] = frames_option(help_text="Frames per clip (default: the entry's, else 8)."),
         size: Optional[int] = typer.Option(None, "--size", help="Input side in px (default: the entry's, else 224)."),
         batch: int = typer.Option(1, "--batch", help="Clips per call."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, …"),
+        device: str = device_option(),
         dtype: Optional[List[str]] = typer.Option(
             None, "--dtype", help="fp32 (default), bf16 or fp16 (autocast). Repeat or comma-separate to compare."
         ),
@@ -128,11 +132,12 @@ def register(app: typer.Typer) -> None:
         pipeline: Optional[Path] = typer.Option(
             None, "--pipeline", help="Also time the whole classify pipeline (decode, sample, run) on the videos in DIR."
         ),
-        registry: Optional[Path] = typer.Option(
-            None, "--registry", help="A user registry file extending checkpoints.yaml."
-        ),
+        registry: Optional[Path] = registry_option(),
     ) -> None:
         """Parameters, GMACs, latency, clips/s and peak memory of each model, measured in one run."""
+        for flag, value, least in (("--frames", frames, 1), ("--size", size, 16), ("--batch", batch, 1),
+                                   ("--iters", iters, 1), ("--warmup", warmup, 0), ("--threads", threads, 1)):
+            at_least(flag, value, least)  # before importing the profiler, which takes seconds
         from vtempo.bench.profile import (
             DEFAULT_NAMES,
             Settings,

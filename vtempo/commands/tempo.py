@@ -5,19 +5,27 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from vtempo.commands.common import (
     EXIT_SOME_FAILED,
+    at_least,
+    check_model_options,
     console,
+    device_option,
+    dtype_option,
     err_console,
+    frames_option,
     friendly_errors,
+    model_option,
+    progress_callback,
+    registry_option,
+    weights_option,
 )
 from vtempo.errors import UsageError
 
@@ -28,26 +36,6 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
     app.command("robustness")(robustness)
     app.command("train-demo-zoo")(train_demo_zoo)
-
-
-@contextlib.contextmanager
-def progress_bar(title: str, total: int, enabled: bool = True) -> Iterator:
-    """A context giving `advance(n)` over a rich progress bar (transient; nothing when disabled)."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
-        task = bar.add_task(title, total=total)
-        yield lambda n=1: bar.update(task, advance=n)
 
 
 def _speed(text: str) -> tuple[float, float]:
@@ -66,18 +54,26 @@ def _speed(text: str) -> tuple[float, float]:
 def synth(
     out: Path = typer.Argument(..., help="Folder to write: class folders of .avi clips, list.txt, labels.txt."),
     classes: str = typer.Option("10", "--classes", help="How many classes (2-10), or a comma-separated list of names."),
-    clips: int = typer.Option(40, "--clips", min=1, help="Clips per class."),
-    frames: int = typer.Option(32, "--frames", min=2, help="Frames per clip."),
-    size: int = typer.Option(128, "--size", min=32, help="Frame side in pixels (square frames)."),
+    clips: int = typer.Option(40, "--clips", help="Clips per class."),
+    frames: int = typer.Option(32, "--frames", help="Frames per clip."),
+    size: int = typer.Option(128, "--size", help="Frame side in pixels (square frames)."),
     speed: str = typer.Option("0.5,1.5", "--speed", help="Range of the random tempo per clip, LOW,HIGH (1.0 = base rate)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same files."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Write the synthetic tempo benchmark: classes that differ only in temporal order or direction."""
+    at_least("--clips", clips, 1)
+    at_least("--frames", frames, 2)
+    at_least("--size", size, 32)
     from vtempo.data import synth as synthetic
 
     names = synthetic.class_names(int(classes) if classes.isdigit() else classes)
-    with progress_bar("rendering", len(names) * clips, progress) as advance:
+    total, done = len(names) * clips, [0]
+    with progress_callback("rendering", progress) as show:
+        def advance() -> None:
+            done[0] += 1
+            show(done[0], total)
+
         result = synthetic.generate(out, names, clips, frames, size, _speed(speed), seed, progress=advance)
     console.print(f"wrote {len(result.videos)} clips of {len(names)} classes to {out} "
                   f"(list: {result.list_file.name}, labels: {result.labels_file.name})")
@@ -108,33 +104,37 @@ def train(
     val_split: float = typer.Option(0.1, "--val-split", help="Fraction of each class held out when there is no --val."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (default: DATA's labels.txt)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Start from: ImageNet ResNet (torchvision .pth), a vtempo/official/MMAction2 checkpoint, or a registry name; the head is new."),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (default: the registry entry's, else 8)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the registry entry's, else 8)."),
     sampling: Optional[str] = typer.Option(None, "--sampling", help="protocol (the model's), uniform, dense, or stride (with --stride)."),
-    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Fixed frame stride (the TCM robustness condition)."),
-    size: Optional[int] = typer.Option(None, "--size", min=16, help="Input side (default: the entry's, else 224)."),
-    resize: Optional[int] = typer.Option(None, "--resize", min=16, help="Short side before cropping (default: size·256/224)."),
-    epochs: int = typer.Option(50, "--epochs", min=1),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Clips per step per process."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Fixed frame stride (the TCM robustness condition)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input side (default: the entry's, else 224)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Short side before cropping (default: size·256/224)."),
+    epochs: int = typer.Option(50, "--epochs"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Clips per step per process."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9) or adamw."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 0.01 SGD, 1e-3 AdamW)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Default 5e-4 (SGD), 0.05 (AdamW)."),
     schedule: str = typer.Option("step", "--schedule", help="step (÷10 at the milestones) or cosine."),
     milestones: Optional[str] = typer.Option(None, "--milestones", help="Epochs where step decay divides the lr by 10 (default: 60%,80%)."),
-    warmup: int = typer.Option(0, "--warmup", min=0, help="Epochs of linear warm-up."),
+    warmup: int = typer.Option(0, "--warmup", help="Epochs of linear warm-up."),
     dropout: float = typer.Option(0.5, "--dropout"),
     clip_grad: float = typer.Option(20.0, "--clip-grad", help="Clip the gradient norm (0: off)."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips (wrong when direction is the label)."),
     scales: str = typer.Option("1,0.875,0.75,0.66", "--scales", help="Multi-scale crop sides as fractions of the short side (1: no scale jitter)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, … (under torchrun: one device per rank)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes per rank."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per process."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes per rank."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process."),
     seed: int = typer.Option(0, "--seed"),
     cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory across epochs (small sets; loads in-process)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a model on a labelled video set (SGD or AdamW, checkpoints each epoch, DDP under torchrun)."""
+    for flag, value, minimum in (("--frames", frames, 1), ("--stride", stride, 1), ("--size", size, 16),
+                                 ("--resize", resize, 16), ("--epochs", epochs, 1), ("--batch-size", batch_size, 1),
+                                 ("--warmup", warmup, 0), ("--workers", workers, 0), ("--threads", threads, 1)):
+        at_least(flag, value, minimum)
     from vtempo.training.train import TrainConfig
     from vtempo.training.train import train as run_training
 
@@ -146,7 +146,9 @@ def train(
         dropout=dropout, clip_grad=clip_grad or None, flip=flip, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,
         threads=threads, seed=seed, cache=cache, resume=resume, progress=progress,
     )
-    result = run_training(config, console)
+    with progress_callback("training", progress) as show:
+        result = run_training(config, say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+                              progress=show)
     if result.best_epoch >= 0:
         console.print(f"best validation top-1 {result.best_top1:.1f}% at epoch {result.best_epoch + 1}: {result.out / 'best.pt'}")
 
@@ -154,16 +156,17 @@ def train(
 @friendly_errors
 def evaluate(
     data: Path = typer.Argument(..., help="Class folders, or a list file of `path label` lines."),
-    model: str = typer.Option(..., "--model", "-m", help="Registry name, architecture (with --weights), or a checkpoint written by train."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint file (default: the registry entry's)."),
+    model: str = model_option(),
+    weights: Optional[Path] = weights_option(),
+    registry: Optional[Path] = registry_option(),
+    frames: Optional[int] = frames_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     views: Optional[str] = typer.Option(None, "--views", help="CLIPSxCROPS, e.g. 1x1, 2x3, 10x3 (default: the model's protocol)."),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (default: the model's)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names for a list file with numeric labels."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for evaluation.json and confusion.png."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Clips (views) per model call."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Top-1/top-5, per-class accuracy and confusion matrix of a model on a labelled video set."""
@@ -171,12 +174,16 @@ def evaluate(
 
     from vtempo.evaluation.evaluate import evaluate as run_evaluation
     from vtempo.evaluation.evaluate import save_evaluation
+    from vtempo.inference.recognizer import parse_views
 
-    result = run_evaluation(
-        str(data), model, str(weights) if weights else None, views, frames, str(labels) if labels else None,
-        batch_size, workers, device, dtype,
-        progress_factory=(lambda total: progress_bar("evaluating", total)) if progress else None,
-    )
+    check_model_options(frames, dtype, device)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--workers", workers, 0)
+    if views is not None:
+        parse_views(views)
+    with progress_callback("evaluating", progress) as show:
+        result = run_evaluation(data, model, weights, registry=registry, views=views, frames=frames, labels=labels,
+                                batch_size=batch_size, workers=workers, device=device, dtype=dtype, progress=show)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     table = Table(title=f"{result.model} on {result.data} ({result.videos} videos, {result.frames} frames, "
@@ -204,30 +211,38 @@ def evaluate(
 
 @friendly_errors
 def robustness(
-    data: Path = typer.Argument(..., help="Class folders, or a list file of `path label` lines."),
-    model: List[str] = typer.Option(..., "--model", "-m", help="Registry name, NAME=CHECKPOINT, or a checkpoint written by train; repeat to compare."),
-    weights: Optional[List[Path]] = typer.Option(None, "--weights", help="Checkpoint for the --model in the same position."),
+    data: Optional[Path] = typer.Argument(None, help="Class folders, or a list file of `path label` lines (default: the synthetic benchmark's test set, rendered once into the cache)."),
+    model: Optional[List[str]] = model_option(None, many=True),
+    weights: Optional[List[Path]] = weights_option(many=True),
+    registry: Optional[Path] = registry_option(),
+    frames: int = frames_option(4, "Frames per clip (the paper: 4)."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     stride: str = typer.Option("2..8", "--stride", help="Strides to test: 2..8, 2,4,8, …"),
-    frames: int = typer.Option(4, "--frames", min=1, help="Frames per clip (the paper: 4)."),
     train_stride: Optional[int] = typer.Option(None, "--train-stride", help="Stride the models were trained with (default: from each model's protocol)."),
     labels: Optional[Path] = typer.Option(None, "--labels"),
     out: Path = typer.Option(Path("runs/robustness"), "--out", "-o", help="Folder for robustness.json/.csv/.png."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Videos per batch (each gives a clip per stride)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Accuracy per sampling stride (TCM paper Fig. 5): each clip re-sampled at stride τ, last frame repeated."""
+    """Accuracy per sampling stride (TCM paper Fig. 5): each clip re-sampled at stride τ, last frame repeated.
+
+    With no DATA, the synthetic benchmark's test set; with no --model, every bundled demo model."""
     import os
 
     from vtempo.evaluation.robustness import parse_strides, run, save
 
-    result = run(
-        str(data), model, [str(w) for w in weights or []], parse_strides(stride), frames, train_stride,
-        str(labels) if labels else None, batch_size, workers, device, dtype,
-        progress_factory=(lambda total: progress_bar("sweeping", total)) if progress else None,
-    )
+    check_model_options(frames, dtype, device)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--workers", workers, 0)
+    at_least("--train-stride", train_stride, 1)
+    strides = parse_strides(stride)
+    if weights and len(weights) > len(model or []):
+        raise UsageError("more --weights than --model")
+    with progress_callback("sweeping", progress) as show:
+        result = run(data, model or [], [str(w) for w in weights or []], strides, frames, train_stride, labels,
+                     batch_size, workers, device, dtype, registry, progress=show)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     table = Table(title=f"top-1 % by sampling stride τ ({result.frames} frames, {result.videos} videos; "
@@ -258,10 +273,12 @@ def train_demo_zoo(
     seed: int = typer.Option(0, "--seed", help="Seeds the training set, the runs and (seed+1) the test set."),
     family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all eight)."),
     install: bool = typer.Option(False, "--install", help="Also write the fp16 weights into vtempo/weights/bundled/ (maintainers)."),
-    jobs: int = typer.Option(2, "--jobs", min=1, help="Trainings at a time, each with cores/jobs threads."),
+    jobs: int = typer.Option(2, "--jobs", help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:
-    """Retrain every bundled demo model from scratch on a fresh synthetic set (see vtempo/demo_zoo.py)."""
+    """Retrain every bundled demo model from scratch on a fresh synthetic set (see vtempo/training/demo_zoo.py)."""
+    at_least("--jobs", jobs, 1)
     from vtempo.training.demo_zoo import retrain
 
-    report = retrain(out, seed=seed, families=family or None, install=install, jobs=jobs, console=console)
+    report = retrain(out, seed=seed, families=family or None, install=install, jobs=jobs,
+                     say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     console.print(json.dumps(report["summary"], indent=1))

@@ -13,90 +13,30 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from vtempo import distributed
-from vtempo.api import create_model, resolve
 from vtempo.data.dataset import ClipDataset, VideoSet, read_video_set
-from vtempo.errors import UsageError, VtempoError
-from vtempo.fast import prepare
-from vtempo.inference.classify import parse_views
-from vtempo.runtime import autocast
-from vtempo.video.transforms import Preprocess
-from vtempo.weights.registry import CROPS, Protocol, labels_path, read_labels
+from vtempo.errors import VtempoError
+from vtempo.inference.engine import Engine
+from vtempo.inference.recognizer import Recognizer, at_least, load
+from vtempo.weights.registry import CROPS
 
 
-@dataclass
-class LoadedModel:
-    """A model ready to test, with what testing it needs: classes, clip length, protocol, pixels."""
-
-    name: str
-    model: nn.Module
-    classes: list[str] | None
-    frames: int
-    protocol: Protocol
-    pre: Preprocess
-    checkpoint: str | None = None
-
-
-def _protocol_from_meta(raw: Any, default: Protocol) -> Protocol:
-    if not isinstance(raw, dict):
-        return default
-    known = {f.name for f in dataclasses.fields(Protocol)}
-    return dataclasses.replace(default, **{k: v for k, v in raw.items() if k in known and v is not None})
-
-
-def load_model(name: str, weights: str | os.PathLike | None = None, frames: int | None = None) -> LoadedModel:
-    """A registry model (its own weights unless `weights` is given), an architecture with `weights`, or
-    a checkpoint file written by `vtempo train` (`--model runs/x/best.pt`)."""
-    from vtempo.weights.checkpoint import load_weights, read_state
-
-    if weights is None and Path(name).is_file():
-        name, weights = "", name
-    meta: dict[str, Any] = {}
-    if weights is not None:
-        state, meta, _ = read_state(weights)
-        head = next((v for k, v in state.items() if k.endswith("fc.weight") or k.endswith("fc_cls.weight")), None)
-        meta.setdefault("num_classes", int(head.shape[0]) if head is not None else None)
-    name = name or meta.get("arch") or ""
-    if not name:
-        raise UsageError(f"{weights}: the checkpoint does not name its architecture; pass --model ARCH")
-    arch, entry = resolve(name)
-    frames = frames or meta.get("frames") or (entry.frames if entry else 8)
-    num_classes = meta.get("num_classes") or (entry.num_classes if entry else None)
-    if num_classes is None:
-        raise UsageError(f"{name}: an architecture needs --weights (a trained checkpoint) to be evaluated")
-    model = create_model(name, num_classes=num_classes, frames=frames)
-    if weights is not None:
-        load_weights(model, weights, layout=entry.weights.layout if entry and entry.weights else None)
-    elif entry is not None and entry.weights is not None:
-        from vtempo.weights.hub import weights_path
-
-        load_weights(model, weights_path(entry), layout=entry.weights.layout)
-    else:
-        raise UsageError(f"{name}: no weights; pass --weights FILE")
-    classes = meta.get("classes")
-    if classes is None and entry is not None and labels_path(entry) is not None:
-        classes = read_labels(labels_path(entry))
-    protocol = _protocol_from_meta(meta.get("protocol"), entry.protocol if entry else Protocol())
-    if "input_size" in meta:
-        size = int(meta["input_size"])
-        pre = Preprocess(tuple(int(v) for v in meta.get("resize") or (round(size * 256 / 224),)), size,
-                         tuple(meta.get("mean") or Preprocess.mean), tuple(meta.get("std") or Preprocess.std))
-    else:
-        pre = Preprocess.from_entry(entry)
-    display = name if weights is None else f"{name} ({Path(weights).name})"
-    return LoadedModel(display, model, list(classes) if classes else None, int(frames), protocol, pre,
-                       str(weights) if weights is not None else None)
+def unnamed(labels: Sequence[str] | None) -> bool:
+    """True for no labels or the numbered stand-ins `load` gives a model without class names."""
+    return labels is None or list(labels) == [f"class {i}" for i in range(len(labels))]
 
 
 def align_classes(videos: VideoSet, model_classes: list[str] | None, num_classes: int) -> VideoSet:
     """Relabel the set to the model's class indices, matching by name when both sides have names."""
     numeric = videos.classes == [str(i) for i in range(len(videos.classes))]
+    if unnamed(model_classes):
+        model_classes = None
     if model_classes is None or numeric:
         if len(videos.classes) > num_classes:
             raise VtempoError(f"{videos.source}: labels reach {len(videos.classes) - 1} but the model has {num_classes} classes")
@@ -117,33 +57,30 @@ def predict(model: nn.Module, dataset: ClipDataset, *, batch_size: int = 8, work
             progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Scores (videos that decoded × classes, in set order), their labels, and (path, reason) failures.
 
-    Views of one video (clips × crops) are averaged as logits or probabilities (`average`). Under DDP
-    each rank scores every world-th video and the results are gathered on all ranks.
+    Views of one video (clips × crops) are averaged as logits or probabilities (`average`) by the
+    inference engine, `batch_size` clips per model call. Under DDP each rank scores every world-th
+    video and the results are gathered on all ranks. `progress(n)` is called as n more videos are done.
     """
     ranks = ranks or distributed.Ranks(0, 1, next(model.parameters()).device)
     shard = list(range(ranks.rank, len(dataset), ranks.world))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, shard), batch_size=batch_size, num_workers=workers,
-        collate_fn=_collate_views, pin_memory=ranks.device.type == "cuda",
+        torch.utils.data.Subset(dataset, shard), batch_size=None, num_workers=workers,
+        collate_fn=_keep, pin_memory=ranks.device.type == "cuda",
     )
     was_training = model.training
     model.eval()
     indices, scores, failures = [], [], []
-    with torch.inference_mode():
-        for clips, _, batch_indices, failed in loader:
-            failures += [(str(dataset.videos.videos[i][0]), reason) for i, reason in failed]
-            if clips is not None:
-                batch, views = clips.shape[:2]
-                with autocast(ranks.device, dtype):
-                    logits = model(clips.flatten(0, 1).to(ranks.device, non_blocking=True)).float()
-                logits = logits.view(batch, views, -1)
-                combined = logits.softmax(-1).mean(1) if average == "prob" else logits.mean(1)
-                scores.append(combined.cpu().numpy())
-                indices += batch_indices.tolist()
-            if progress is not None:
-                progress(len(batch_indices) + len(failed))
+    items = (((index, reason), views) for views, _, index, reason in loader)
+    for (index, reason), combined in Engine(model, ranks.device, dtype, batch_size).scores(items, average):
+        if combined is None:
+            failures.append((str(dataset.videos.videos[index][0]), reason))
+        else:
+            scores.append(combined.numpy())
+            indices.append(index)
+        if progress is not None:
+            progress(1)
     model.train(was_training)
-    part = (indices, np.concatenate(scores) if scores else None, failures)
+    part = (indices, np.stack(scores) if scores else None, failures)
     gathered = distributed.all_gather_objects(part, ranks)
     all_indices = [i for g in gathered for i in g[0]]
     all_scores = [g[1] for g in gathered if g[1] is not None]
@@ -153,10 +90,8 @@ def predict(model: nn.Module, dataset: ClipDataset, *, batch_size: int = 8, work
     return matrix, labels, [f for g in gathered for f in g[2]]
 
 
-def _collate_views(items: list):
-    from vtempo.data.dataset import collate
-
-    return collate(items)
+def _keep(item):
+    return item
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -188,6 +123,7 @@ class Evaluation:
     per_class: dict[str, float | None]
     confusion: list[list[int]]
     failed: list[tuple[str, str]] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -205,40 +141,49 @@ def summarise(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> tup
     return topk_accuracy(scores, labels, 1), top5, per_class, confusion
 
 
-def evaluate(data: str, model: str, weights: str | None = None, views: str | None = None, frames: int | None = None,
-             labels: str | None = None, batch_size: int = 8, workers: int | None = None, device: str = "auto",
-             dtype: str = "fp32", progress_factory=None) -> Evaluation:
+def evaluate(data: str | os.PathLike, model: str | os.PathLike | Recognizer, weights: str | os.PathLike | None = None, *,
+             registry: str | os.PathLike | None = None, views: str | None = None, frames: int | None = None,
+             labels: str | os.PathLike | None = None, batch_size: int = 8, workers: int | None = None,
+             device: str = "auto", dtype: str = "fp32",
+             progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Top-1/top-5, per-class accuracy and confusion of a model (anything `vtempo.load` takes, or a
+    Recognizer) on a labelled video set, tested with the model's own protocol; `views` overrides its
+    views. `labels` names the classes of a list file with numeric labels. `progress(done, total)`
+    follows this process's share of the set."""
     from vtempo.runtime import default_workers
 
+    at_least("batch_size", batch_size, 1)
+    at_least("workers", workers, 0)
     ranks = distributed.start(device)
     try:
-        loaded = load_model(model, weights, frames)
-        num_classes = loaded.model.fc.out_features
-        videos = align_classes(read_video_set(data, labels), loaded.classes, num_classes)
-        clips, crop = parse_views(views) if views else (loaded.protocol.clips, loaded.protocol.crop)
-        dataset = ClipDataset(videos, loaded.frames, loaded.protocol, loaded.pre, train=False, clips=clips, crop=crop)
-        prepare(loaded.model, ranks.device)
+        recognizer = model if isinstance(model, Recognizer) else load(
+            model, weights, registry=registry, device=ranks.device, dtype=dtype, frames=frames)
+        num_classes = recognizer.num_classes
+        videos = align_classes(read_video_set(data, labels), recognizer.labels, num_classes)
+        clips, crop = recognizer.views(views)
+        protocol = recognizer.protocol
+        dataset = ClipDataset(videos, recognizer.frames, protocol, recognizer.preprocess, train=False, clips=clips,
+                              crop=crop)
         shard_size = len(range(ranks.rank, len(dataset), ranks.world))
-        with (progress_factory(shard_size) if progress_factory and ranks.main else _nothing()) as advance:
-            scores, truth, failed = predict(
-                loaded.model, dataset, batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                ranks=ranks, dtype=dtype, average=loaded.protocol.average, progress=advance,
-            )
+        done = [0]
+
+        def advance(count: int) -> None:
+            done[0] += count
+            if progress is not None and ranks.main:
+                progress(done[0], shard_size)
+
+        scores, truth, failed = predict(
+            recognizer.model, dataset, batch_size=batch_size, workers=default_workers() if workers is None else workers,
+            ranks=ranks, dtype=recognizer.dtype, average=protocol.average, progress=advance,
+        )
         top1, top5, per_class, confusion = summarise(scores, truth, videos.classes)
         view_text = f"{clips}x{CROPS[crop]}"
-        sampling = f"stride {loaded.protocol.stride}" if loaded.protocol.sampling == "stride" else loaded.protocol.sampling
-        return Evaluation(loaded.name, str(data), videos.classes, view_text, loaded.frames, sampling,
-                          len(truth), top1, top5, per_class, confusion.tolist(), failed)
+        sampling = f"stride {protocol.stride}" if protocol.sampling == "stride" else protocol.sampling
+        return Evaluation(recognizer.name, str(data), videos.classes, view_text, recognizer.frames, sampling,
+                          len(truth), top1, top5, per_class, confusion.tolist(), failed,
+                          recognizer.provenance(views))
     finally:
         distributed.stop(ranks)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def save_evaluation(evaluation: Evaluation, out: str | os.PathLike) -> tuple[Path, Path]:

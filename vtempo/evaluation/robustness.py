@@ -23,9 +23,9 @@ import torch
 from vtempo import distributed
 from vtempo.data.dataset import VideoSet, read_video_set
 from vtempo.errors import UsageError, VtempoError
-from vtempo.evaluation.evaluate import LoadedModel, align_classes, load_model
-from vtempo.fast import prepare
-from vtempo.runtime import autocast
+from vtempo.evaluation.evaluate import align_classes, unnamed
+from vtempo.inference.engine import Engine
+from vtempo.inference.recognizer import Recognizer, at_least, load
 from vtempo.video import VideoError, open_video, stride_indices
 from vtempo.video.transforms import Preprocess, make_views
 
@@ -38,14 +38,16 @@ def parse_strides(text: str) -> list[int]:
             for sep in ("..", "-"):
                 if sep in part:
                     low, high = (int(v) for v in part.split(sep))
+                    if low > high:
+                        raise UsageError(f"strides={text!r}: in {part}, LOW must not exceed HIGH")
                     strides.update(range(low, high + 1))
                     break
             else:
                 strides.add(int(part))
     except ValueError:
-        raise UsageError(f"--stride must look like 2..8, 2-8 or 2,4,8; got {text!r}") from None
+        raise UsageError(f"strides={text!r}: must look like 2..8, 2-8 or 2,4,8") from None
     if not strides or min(strides) < 1:
-        raise UsageError(f"--stride needs strides of at least 1, got {text!r}")
+        raise UsageError(f"strides={text!r}: strides must be at least 1")
     return sorted(strides)
 
 
@@ -105,6 +107,7 @@ class RobustnessResult:
     top5: dict[str, dict[int, float]]
     drop: dict[str, dict[int, float | None]]  # top-1 at τ minus top-1 at the training stride
     failed: list[tuple[str, str]] = field(default_factory=list)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model: `Recognizer.provenance()`
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,52 +115,51 @@ class RobustnessResult:
         return data
 
 
-def sweep(data: str, models: Sequence[LoadedModel], strides: Sequence[int], frames: int = 4,
+def sweep(data: str | os.PathLike, models: Sequence[Recognizer], strides: Sequence[int], frames: int = 4,
           train_stride: int | None = None, labels: str | None = None, batch_size: int = 8,
-          workers: int | None = None, ranks: distributed.Ranks | None = None, dtype: str = "fp32",
+          workers: int | None = None, ranks: distributed.Ranks | None = None,
           progress: Callable[[int], None] | None = None) -> RobustnessResult:
-    """Top-1/top-5 of every model at every stride on the same clips."""
+    """Top-1/top-5 of every model at every stride on the same clips (each model under its own dtype)."""
     from vtempo.runtime import default_workers
 
     if not models:
-        raise UsageError("robustness needs at least one --model")
+        raise UsageError("robustness needs at least one model")
     ranks = ranks or distributed.Ranks(0, 1, torch.device("cpu"))
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UsageError(f"a model is given twice: {names}")
     reference = models[0]
-    videos = align_classes(read_video_set(data, labels), reference.classes, reference.model.fc.out_features)
+    videos = align_classes(read_video_set(data, labels), reference.labels, reference.num_classes)
     for m in models[1:]:
-        if m.model.fc.out_features != reference.model.fc.out_features or (m.classes and reference.classes and m.classes != reference.classes):
+        named = not unnamed(m.labels) and not unnamed(reference.labels)
+        if m.num_classes != reference.num_classes or (named and m.labels != reference.labels):
             raise VtempoError(f"{m.name} and {reference.name} do not share their classes: compare models of one label set")
     for m in models:
-        m.model.set_frames(frames)  # fails early, naming the model, when it was built for another T
-        prepare(m.model, ranks.device)
-    dataset = StrideSweepDataset(videos, frames, strides, [m.pre for m in models])
+        if m.frames != frames:
+            raise UsageError(f"{m.name} is loaded for {m.frames} frames per clip, the sweep takes {frames}")
+    dataset = StrideSweepDataset(videos, frames, strides, [m.preprocess for m in models])
     shard = list(range(ranks.rank, len(dataset), ranks.world))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, shard), batch_size=batch_size,
         num_workers=default_workers() if workers is None else workers, collate_fn=_collate,
     )
+    engines = [Engine(m.model, m.device, m.dtype, batch_size * len(strides)) for m in models]
     correct1 = np.zeros((len(models), len(strides)))
     correct5 = np.zeros((len(models), len(strides)))
     count, failed = 0, []
-    k = min(5, reference.model.fc.out_features)
-    with torch.inference_mode():
-        for batch, label, _, bad in loader:
-            failed += [(str(videos.videos[i][0]), reason) for i, reason in bad]
-            if batch is not None:
-                label = label.to(ranks.device)
-                for m_index, m in enumerate(models):
-                    clips = batch[m.pre].to(ranks.device)
-                    with autocast(ranks.device, dtype):
-                        logits = m.model(clips.flatten(0, 1)).float().view(len(label), len(strides), -1)
-                    top = logits.topk(k, dim=-1).indices
-                    correct1[m_index] += (top[..., 0] == label[:, None]).sum(0).cpu().numpy()
-                    correct5[m_index] += (top == label[:, None, None]).any(-1).sum(0).cpu().numpy()
-                count += len(label)
-            if progress is not None:
-                progress(len(bad) + (0 if label is None else len(label)))
+    k = min(5, reference.num_classes)
+    for batch, label, _, bad in loader:
+        failed += [(str(videos.videos[i][0]), reason) for i, reason in bad]
+        if batch is not None:
+            for m_index, (m, engine) in enumerate(zip(models, engines)):
+                clips = batch[m.preprocess]  # (videos, strides, T, 3, H, W): one "view" per stride
+                logits = torch.stack([scores for _, scores in engine.scores(enumerate(clips), average=None)])
+                top = logits.topk(k, dim=-1).indices
+                correct1[m_index] += (top[..., 0] == label[:, None]).sum(0).numpy()
+                correct5[m_index] += (top == label[:, None, None]).any(-1).sum(0).numpy()
+            count += len(label)
+        if progress is not None:
+            progress(len(bad) + (0 if label is None else len(label)))
     summed = distributed.all_sum([count, *correct1.ravel(), *correct5.ravel()], ranks)
     count = int(summed[0])
     size = correct1.size
@@ -174,34 +176,82 @@ def sweep(data: str, models: Sequence[LoadedModel], strides: Sequence[int], fram
         trained[m.name] = train_stride or own
     drop = {name: {s: (top1[name][s] - top1[name][trained[name]] if trained[name] in top1[name] else None)
                    for s in strides} for name in top1}
-    return RobustnessResult(str(data), frames, list(strides), count, names, trained, top1, top5, drop, failed)
+    provenance = {m.name: m.provenance("1x1") for m in models}
+    return RobustnessResult(str(data), frames, list(strides), count, names, trained, top1, top5, drop, failed,
+                            provenance)
 
 
-def run(data: str, model_specs: Sequence[str], weights: Sequence[str] = (), strides: Sequence[int] = range(2, 9),
-        frames: int = 4, train_stride: int | None = None, labels: str | None = None, batch_size: int = 8,
-        workers: int | None = None, device: str = "auto", dtype: str = "fp32",
-        progress_factory=None) -> RobustnessResult:
+SYNTH_TEST_SEED = 1  # the demo models' test set (`vtempo train-demo-zoo` renders its test set with seed + 1)
+SYNTH_TEST_CLIPS = 5  # per class: 50 clips, a quick sweep
+
+
+def synthetic_test_set(clips_per_class: int | None = None, progress: Callable[[], None] | None = None) -> Path:
+    """The synthetic benchmark's test set, rendered once (fixed seed) into the vtempo cache; its folder."""
+    from vtempo.data import synth
+    from vtempo.training.demo_zoo import RECIPE
+    from vtempo.weights.registry import home
+
+    clips = clips_per_class or SYNTH_TEST_CLIPS
+    root = home() / "synth" / f"test-seed{SYNTH_TEST_SEED}-{clips}x{RECIPE.classes}"
+    settings = {"clips_per_class": clips, "frames": RECIPE.clip_frames, "size": RECIPE.size, "seed": SYNTH_TEST_SEED}
+    done = root / "synth.json"
+    try:
+        current = json.loads(done.read_text()) if done.is_file() else {}
+    except (OSError, ValueError):
+        current = {}
+    if any(current.get(key) != value for key, value in settings.items()):
+        synth.generate(root, RECIPE.classes, clips, RECIPE.clip_frames, RECIPE.size, RECIPE.speed, SYNTH_TEST_SEED,
+                       progress=progress)
+    return root
+
+
+def demo_models(registry: str | os.PathLike | None = None) -> list[str]:
+    """Every bundled demo model of the registry (the `*-demo` entries)."""
+    from vtempo.weights.registry import load_registry
+
+    return [name for name, entry in load_registry(registry).items()
+            if name.endswith("-demo") and entry.weights is not None and entry.weights.bundled]
+
+
+def run(data: str | os.PathLike | None, model_specs: Sequence[str] = (), weights: Sequence[str] = (),
+        strides: Sequence[int] = range(2, 9), frames: int = 4, train_stride: int | None = None,
+        labels: str | None = None, batch_size: int = 8, workers: int | None = None, device: str = "auto",
+        dtype: str = "fp32", registry: str | os.PathLike | None = None,
+        progress: Callable[[int, int], None] | None = None) -> RobustnessResult:
     """Load the models and sweep. A model is a registry name, a checkpoint written by `vtempo train`,
     `LABEL=CHECKPOINT` (the same, shown as LABEL), or an architecture whose checkpoint is the `weights`
-    entry in the same position."""
+    entry in the same position. No data: the synthetic benchmark's test set (`synthetic_test_set`); no
+    models: every bundled demo model. `progress(done, total)` follows this process's share."""
+    at_least("frames", frames, 1)
+    at_least("batch_size", batch_size, 1)
+    at_least("workers", workers, 0)
+    at_least("train_stride", train_stride, 1)
+    model_specs = list(model_specs) or demo_models(registry)
     if weights and len(weights) > len(model_specs):
-        raise UsageError("more --weights than --model")
+        raise UsageError("more weights= than models")
+    if data is None:
+        data = synthetic_test_set()
     ranks = distributed.start(device)
     try:
         loaded = []
         for number, spec in enumerate(model_specs):
             label, _, checkpoint = spec.partition("=")
+            options = dict(registry=registry, device=ranks.device, dtype=dtype, frames=frames)
             if checkpoint:  # LABEL=CHECKPOINT: a checkpoint that records its architecture, shown as LABEL
-                model = load_model(checkpoint, None, frames)
-                model.name = label
+                recognizer = load(checkpoint, **options)
+                recognizer.name = label
             else:
-                model = load_model(spec, weights[number] if number < len(weights) else None, frames)
-            loaded.append(model)
+                recognizer = load(spec, weights[number] if number < len(weights) else None, **options)
+            loaded.append(recognizer)
         total = len(range(ranks.rank, len(read_video_set(data, labels)), ranks.world))
-        if progress_factory is not None and ranks.main:
-            with progress_factory(total) as advance:
-                return sweep(data, loaded, strides, frames, train_stride, labels, batch_size, workers, ranks, dtype, advance)
-        return sweep(data, loaded, strides, frames, train_stride, labels, batch_size, workers, ranks, dtype)
+        done = [0]
+
+        def advance(count: int) -> None:
+            done[0] += count
+            if progress is not None and ranks.main:
+                progress(done[0], total)
+
+        return sweep(data, loaded, strides, frames, train_stride, labels, batch_size, workers, ranks, advance)
     finally:
         distributed.stop(ranks)
 

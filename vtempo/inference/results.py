@@ -50,12 +50,17 @@ class VideoResult:
 
 class ResultWriter:
     """Writes results to .jsonl (a line per result, flushed as it comes), .csv (a row per result,
-    likewise) or .json (one document, written when closed, also after an interruption)."""
+    likewise) or .json (one document, written when closed, also after an interruption).
+
+    `provenance` (`Recognizer.provenance()`: model, weights' sha256, frames, views, dtype, vtempo
+    version) goes into every JSONL line as `provenance`, into the JSON document beside `results`, and
+    into CSV columns of their own after the result's."""
 
     FORMATS = (".jsonl", ".json", ".csv")
 
-    def __init__(self, path: str | os.PathLike, topk: int):
+    def __init__(self, path: str | os.PathLike, topk: int, provenance: dict[str, Any] | None = None):
         self.path, self.topk = Path(path), topk
+        self.provenance = dict(provenance or {})
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
             raise UsageError(f"--output {display_path(self.path)}: the name must end in .jsonl, .json or .csv")
@@ -70,13 +75,16 @@ class ResultWriter:
 
             self._csv = csv.writer(self._handle)
             ranks = [f"top{r}_{part}" for r in range(1, topk + 1) for part in ("label", "prob")]
-            self._csv.writerow(["path", "status", *ranks, "num_frames", "header_frames", "backend", "error"])
+            self._csv.writerow(["path", "status", *ranks, "num_frames", "header_frames", "backend", "error",
+                                *self.provenance])
 
     def write(self, result: VideoResult) -> None:
         import json
 
         data = result.to_dict()
         if self.kind == ".jsonl":
+            if self.provenance:
+                data["provenance"] = self.provenance
             self._handle.write(json.dumps(data, ensure_ascii=False) + "\n")
         elif self.kind == ".csv":
             ranks: list[Any] = []
@@ -84,7 +92,8 @@ class ResultWriter:
                 p = result.top[rank] if rank < len(result.top) else None
                 ranks += [p.label, f"{p.prob:.6f}"] if p else ["", ""]
             self._csv.writerow([data["path"], data["status"], *ranks, result.num_frames or "",
-                                result.header_frames or "", result.backend or "", result.error or ""])
+                                result.header_frames or "", result.backend or "", result.error or "",
+                                *("" if v is None else v for v in self.provenance.values())])
         else:
             self._rows.append(data)
             return
@@ -96,7 +105,8 @@ class ResultWriter:
         if self._handle.closed:
             return
         if self.kind == ".json":
-            json.dump(self._rows, self._handle, ensure_ascii=False, indent=2)
+            document = {"provenance": self.provenance, "results": self._rows} if self.provenance else self._rows
+            json.dump(document, self._handle, ensure_ascii=False, indent=2)
             self._handle.write("\n")
         self._handle.close()
 

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -136,8 +136,6 @@ def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recip
     """Train one demo model (resuming a run left unfinished); returns the seconds it took.
 
     The epoch lines go to OUT/runs/FAMILY/train.log: parallel jobs would interleave them on the terminal."""
-    from rich.console import Console
-
     from vtempo.training.train import train
 
     config = _train_config(family, data, out, seed, recipe, threads)
@@ -148,35 +146,33 @@ def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recip
     config.resume = (run / "last.pt").is_file()
     started = time.perf_counter()
     with open(run / "train.log", "a", encoding="utf-8") as handle:
-        train(config, Console(file=handle, width=160))
+        train(config, say=lambda line: print(line, file=handle, flush=True))
     return time.perf_counter() - started
 
 
 def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = None, install: bool = False,
-            jobs: int = 2, recipe: Recipe = RECIPE, console=None) -> dict[str, Any]:
+            jobs: int = 2, recipe: Recipe = RECIPE, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Render the sets, train, test and sweep every demo model; returns (and writes) the report.
 
     `jobs` trainings run at once, each in its own process with cores/jobs torch threads (tiny models use
     one core better than two); the thread count changes the floating-point sums, so the bundled weights
-    are reproduced bit for bit only with the same jobs on the same number of cores."""
+    are reproduced bit for bit only with the same jobs on the same number of cores. `say(line)` receives
+    the progress messages."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
-
-    from rich.console import Console
 
     from vtempo.errors import UsageError
     from vtempo.evaluation.evaluate import evaluate, save_evaluation
     from vtempo.evaluation.robustness import run as run_sweep
     from vtempo.evaluation.robustness import save as save_sweep
 
-    console = console or Console()
-    say = lambda message: console.print(message, soft_wrap=True, highlight=False)  # noqa: E731
+    say = say or (lambda message: None)
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise UsageError(f"unknown demo family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
     if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+        raise UsageError(f"jobs={jobs}: must be at least 1")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

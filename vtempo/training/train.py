@@ -30,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vtempo import distributed
-from vtempo.api import create_model, resolve
 from vtempo.data.dataset import (
     TRAIN_SCALES,
     ClipDataset,
@@ -40,6 +39,7 @@ from vtempo.data.dataset import (
     split_video_set,
 )
 from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.recognizer import create_model, read_checkpoint, resolve
 from vtempo.runtime import autocast, default_workers
 from vtempo.video.transforms import Preprocess
 from vtempo.weights.registry import Protocol
@@ -105,7 +105,7 @@ def seed_everything(seed: int) -> None:
 def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
         if name not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"--dtype must be auto, fp32, bf16 or fp16, got {name!r}")
+            raise UsageError(f"dtype={name!r}: must be auto, fp32, bf16 or fp16")
         if name == "fp16" and device.type != "cuda":
             raise UsageError("fp16 training needs CUDA; use bf16 or fp32 on CPU")
         return name
@@ -117,16 +117,16 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 def training_protocol(config: TrainConfig, entry) -> Protocol:
     if config.stride is not None:
         if config.sampling not in (None, "stride"):
-            raise UsageError("--stride means stride sampling; drop --sampling or set it to stride")
+            raise UsageError(f"stride={config.stride} means stride sampling; leave sampling unset or set sampling='stride'")
         if config.stride < 1:
-            raise UsageError(f"--stride must be at least 1, got {config.stride}")
+            raise UsageError(f"stride={config.stride}: must be at least 1")
         return Protocol(sampling="stride", stride=config.stride)
     if config.sampling in (None, "protocol"):
         return entry.protocol if entry is not None else Protocol()
     if config.sampling == "stride":
-        raise UsageError("stride sampling needs --stride N")
+        raise UsageError("sampling='stride' needs stride=N")
     if config.sampling not in ("uniform", "dense", "twice"):
-        raise UsageError(f"--sampling must be protocol, uniform, dense or stride, got {config.sampling!r}")
+        raise UsageError(f"sampling={config.sampling!r}: must be protocol, uniform, dense or stride")
     return Protocol(sampling=config.sampling)
 
 
@@ -152,14 +152,7 @@ def initial_weights(model: nn.Module, path: str) -> str:
     initialisation; a source tensor whose name fits but whose shape does not is an error (another
     backbone). Returns a one-line summary.
     """
-    from vtempo.weights.checkpoint import (
-        _LAYOUT_RULES,
-        _VTEMPO,
-        _canonical,
-        detect_layout,
-        read_file,
-        unwrap,
-    )
+    from vtempo.weights.checkpoint import _LAYOUT_RULES, _VTEMPO, _canonical
 
     if not Path(path).exists():
         try:
@@ -171,12 +164,8 @@ def initial_weights(model: nn.Module, path: str) -> str:
         from vtempo.weights.hub import weights_path
 
         path = str(weights_path(entry))
-    state, meta = unwrap(read_file(path), path)
-    layout = detect_layout(state, meta)
-    if layout is None and "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
-        state, layout = {f"backbone.{k}": v for k, v in state.items()}, "torchvision"
-    if layout is None:
-        raise VtempoError(f"{path}: unknown checkpoint layout (keys like {', '.join(list(state)[:3])})")
+    checkpoint = read_checkpoint(path, imagenet=True)
+    state, layout = checkpoint.state, checkpoint.layout
     target = model.state_dict()
     by_canonical = {_canonical(k, _VTEMPO): k for k in target}
     rules = _LAYOUT_RULES["vtempo" if layout == "torchvision" else layout]
@@ -238,7 +227,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         wd = config.weight_decay if config.weight_decay is not None else 0.05
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr)
-    raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    raise UsageError(f"optimizer={config.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
 
 
 # --------------------------------------------------------------------------- loop
@@ -285,27 +274,31 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def train(config: TrainConfig, console=None) -> TrainResult:
-    """Run the training; returns the best validation top-1 (percent) and the epoch it came from."""
+def train(config: TrainConfig, say: Callable[[str], None] | None = None,
+          progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
+    """Run the training; returns the best validation top-1 (percent) and the epoch it came from.
+
+    `say(line)` receives the run's messages (on the main rank only); `progress(step, steps, status)` is
+    called after every step when `config.progress` is set."""
     from vtempo.evaluation.evaluate import predict, topk_accuracy
     from vtempo.weights.checkpoint import save_checkpoint
 
     if config.epochs < 1 or config.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+        raise UsageError(f"epochs={config.epochs}, batch_size={config.batch_size}: both must be at least 1")
     if config.schedule not in SCHEDULES:
-        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+        raise UsageError(f"schedule={config.schedule!r}: must be one of {', '.join(SCHEDULES)}")
     if config.optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+        raise UsageError(f"optimizer={config.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
     ranks = distributed.start(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, ranks, console, save_checkpoint, predict, topk_accuracy)
+        return _train(config, ranks, say, progress, save_checkpoint, predict, topk_accuracy)
     finally:
         distributed.stop(ranks)
 
 
-def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> TrainResult:
+def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accuracy) -> TrainResult:
     seed_everything(config.seed)
     arch, entry = resolve(config.model)
     train_set, val_set = load_sets(config)
@@ -325,7 +318,7 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     channels_last(model)
     optimizer = make_optimizer(model, config)
     if not config.scales or not all(0 < s <= 1 for s in config.scales):
-        raise UsageError(f"--scales must be fractions in (0, 1], got {config.scales}")
+        raise UsageError(f"scales={config.scales}: must be fractions in (0, 1]")
     train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip,
                              cache=config.cache, scales=config.scales)
     eval_protocol = dataclasses.replace(protocol, clips=1, crop="centre")
@@ -345,9 +338,11 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
     start_epoch, best_top1, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
     if config.resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        from vtempo.weights.checkpoint import read_training_state
+
+        state = read_training_state(last_path)  # weights-only; a bad file is one line naming it
         if state.get("arch") != arch or state.get("classes") != classes:
-            raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another --out")
+            raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another out=DIR")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -358,22 +353,17 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
             if log_path.is_file() else []
         history = [h for h in history if h.get("epoch", -1) < start_epoch]
     elif config.resume:
-        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in --out)")
+        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in out=DIR)")
     elif last_path.exists() and ranks.main:
-        raise VtempoError(f"{out}: holds a previous run; pass --resume to continue it or choose another --out")
+        raise VtempoError(f"{out}: holds a previous run; pass resume=True to continue it or choose another out=DIR")
 
     net: nn.Module = model
     if ranks.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
 
-    if console is None:
-        from rich.console import Console
-
-        console = Console()
-
     def say(message: str) -> None:
-        if ranks.main:
-            console.print(message, soft_wrap=True, highlight=False)
+        if ranks.main and report is not None:
+            report(message)
 
     meta = model_meta(config, arch, classes, frames, protocol, pre)
     if ranks.main:
@@ -398,29 +388,37 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
         totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
         failures: list[tuple[int, str]] = []
         steps = 0
-        with _progress(config.progress and ranks.main, console, f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as advance:
-            for clips, labels, _, failed in loader:
-                failures += failed
-                # Under DDP each step's backward is an all-reduce every rank must join, so when one rank's
-                # whole batch failed to decode, all ranks skip that step together.
-                if not distributed.all_true(clips is not None, ranks):
-                    advance()
-                    continue
-                labels = labels.to(ranks.device, non_blocking=True)
-                loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True), labels, optimizer, scaler,
-                                          dtype, config.clip_grad)
-                scheduler.step()
-                if not torch.isfinite(loss):
-                    raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower --lr or use fp32")
-                totals[0] += loss.item() * len(labels)
-                totals[1] += (logits.argmax(1) == labels).sum().item()
-                totals[2] += len(labels)
-                steps += 1
-                advance(loss=loss.item())
+        show = progress if config.progress and ranks.main and progress is not None else None
+        title, done = f"epoch {epoch + 1}/{config.epochs}", 0
+
+        def advance(loss: float | None = None) -> None:
+            nonlocal done
+            done += 1
+            if show is not None:
+                show(done, steps_per_epoch, title if loss is None else f"{title} loss {loss:.3f}")
+
+        for clips, labels, _, failed in loader:
+            failures += failed
+            # Under DDP each step's backward is an all-reduce every rank must join, so when one rank's
+            # whole batch failed to decode, all ranks skip that step together.
+            if not distributed.all_true(clips is not None, ranks):
+                advance()
+                continue
+            labels = labels.to(ranks.device, non_blocking=True)
+            loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True), labels, optimizer, scaler,
+                                      dtype, config.clip_grad)
+            scheduler.step()
+            if not torch.isfinite(loss):
+                raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower the learning rate or use fp32")
+            totals[0] += loss.item() * len(labels)
+            totals[1] += (logits.argmax(1) == labels).sum().item()
+            totals[2] += len(labels)
+            steps += 1
+            advance(loss=loss.item())
         loss_sum, correct, count = distributed.all_sum(totals, ranks)
         for rank_failures in distributed.all_gather_objects(failures, ranks):
             for _, reason in rank_failures:
-                say(f"[yellow]skipped[/] {reason}")
+                say(f"skipped {reason}")
         val_scores, val_labels, val_failed = predict(
             model, val_data, batch_size=config.batch_size, workers=workers, ranks=ranks, dtype=dtype
         )
@@ -450,40 +448,6 @@ def _train(config, ranks, console, save_checkpoint, predict, topk_accuracy) -> T
                 log.write(json.dumps(record) + "\n")
             say(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.3f} top-1 {record['train_top1']:.1f}%, "
                 f"val loss {val_loss:.3f} top-1 {top1:.1f}% top-5 {top5:.1f}%  ({record['seconds']:.0f}s)"
-                + ("  [green]best[/]" if improved else ""))
+                + ("  best" if improved else ""))
         distributed.barrier(ranks)
     return TrainResult(out, best_top1, best_epoch, history)
-
-
-class _progress:
-    """A rich progress bar over one epoch's steps (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, console, title: str, total: int):
-        self.enabled, self.console, self.title, self.total = enabled, console, title, total
-        self.bar = None
-
-    def __enter__(self) -> Callable[..., None]:
-        if not self.enabled:
-            return lambda **_: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
-                            transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.title, total=self.total, status="")
-
-        def advance(loss: float | None = None) -> None:
-            self.bar.update(task, advance=1, status="" if loss is None else f"loss {loss:.3f}")
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -20,9 +20,13 @@ loads silently into a TSN model (their key sets are otherwise identical).
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
 import os
 import pickle
 import re
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,7 +35,6 @@ import torch.nn as nn
 
 from vtempo.errors import UsageError, VtempoError
 
-LAYOUTS = ("official", "mmaction2", "vtempo")
 FORMAT = "vtempo"
 IGNORED_KEYS = frozenset({"data_preprocessor.mean", "data_preprocessor.std"})
 SHOWN_KEYS = 12  # keys named in an error message before "… and N more"
@@ -90,40 +93,109 @@ def _canonical(key: str, rules: _Rules) -> str:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+class LoadedFile(dict):
+    """What `read_file` read from a checkpoint file, remembering the file so errors about it name it.
+
+    It pickles (torch.save, copy) as the OrderedDict a state dict is, so a file saved from it still
+    loads weights-only.
+    """
+
+    path: Path
+
+    def __reduce__(self):
+        return collections.OrderedDict, (), None, None, iter(self.items())
+
+
 def _name(source: Any) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "path", "state dict"))
+
+
+def _absent(path: Path) -> str:
+    """Why `path` is not a checkpoint file one can open: missing, a loop, a dangling link, a folder."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop, not a checkpoint file"
+        if path.is_symlink():
+            return f"a broken symbolic link (points to {os.readlink(path)})"
+        if error.errno == errno.ENOENT:
+            return "no such checkpoint file"
+        return f"cannot open the checkpoint ({error.strerror or error})"
+    return "a folder, not a checkpoint file" if stat.S_ISDIR(info.st_mode) else "not a regular file"
 
 
 def read_file(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True; any failure is one line naming the file."""
+    """torch.load with weights_only=True; any failure is one line naming the file.
+
+    A mapping comes back as a LoadedFile (a dict that knows its path).
+    """
     path = Path(path)
     if not path.is_file():
-        raise VtempoError(f"{path}: no such checkpoint file")
+        raise VtempoError(f"{path}: {_absent(path)}")
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             if "GLOBAL numpy." not in str(error):
                 raise
             # MMAction2/mmengine metadata can hold numpy scalars and arrays: plain data, allowed here.
             with torch.serialization.safe_globals(_numpy_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise VtempoError(f"{path}: {_load_failure(error)}") from None
+        raise VtempoError(f"{path}: {_load_failure(error, path)}") from None
+    if isinstance(loaded, Mapping):
+        loaded = LoadedFile(loaded)
+        loaded.path = path
+    return loaded
 
 
-def _load_failure(error: Exception) -> str:
+# torch's weights-only refusal opens with advice to load the file with weights_only=False: never shown.
+_TORCH_BOILERPLATE = (
+    "Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6", "Re-running",
+    "weights_only` set to `False", "trusted source", "weights_only=False",
+)
+
+
+def _load_failure(error: Exception, path: Path | None = None) -> str:
     text = str(error)
-    if match := re.search(r"Unsupported global: GLOBAL (\S+)", text):
-        return f"holds objects of type {match.group(1)}, which a weights-only load refuses (no code runs from files)"
+    if match := re.search(r"GLOBAL ([\w.]+)", text):
+        return (
+            f"the file asks to run code when loaded (it calls {match.group(1)}), not just to hold weights; "
+            f"vtempo will not load it"
+        )
+    if path is not None and (kind := _text_kind(path)):
+        return f"{kind}, not a PyTorch checkpoint"
     if match := re.search(r"WeightsUnpickler error:\s*(.+)", text):
-        return f"not a PyTorch checkpoint ({match.group(1).strip()})"
+        return f"not a PyTorch checkpoint ({match.group(1).strip()[:200]})"
+    if "legacy .tar format" in text:
+        return "not a PyTorch checkpoint (nor one in the legacy .tar format that a weights-only load can read)"
     if "zip archive" in text:
         return "corrupt or truncated checkpoint (its zip archive cannot be read)"
     if isinstance(error, EOFError):
         return "empty or truncated checkpoint"
-    first_line = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
-    return f"not a readable PyTorch checkpoint ({first_line})"
+    sentences = [
+        sentence.strip() for sentence in re.split(r"(?<=\.)\s+|\n+", text)
+        if sentence.strip() and not any(phrase in sentence for phrase in _TORCH_BOILERPLATE)
+    ]
+    return f"not a readable PyTorch checkpoint ({sentences[0][:200] if sentences else type(error).__name__})"
+
+
+def _text_kind(path: Path) -> str | None:
+    """'an HTML page' (a login or error page saved in the checkpoint's place) or 'a text file', else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<!--")):
+        return "an HTML page"
+    if head and all(32 <= byte < 127 or byte in (9, 10, 13) for byte in head):
+        return "a text file"
+    return None
 
 
 def _numpy_globals() -> list:
@@ -162,10 +234,17 @@ def detect_layout(state: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | N
 
 
 def read_state(source: Any, expected_layout: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    """(state dict, container metadata, layout) from a path or a loaded object."""
+    """(state dict, container metadata, layout) from a path or a loaded object.
+
+    The metadata is validated by `vtempo.weights.metadata.checked_metadata`: every field vtempo reads
+    from it is present with a sane value or absent.
+    """
+    from vtempo.weights.metadata import checked_metadata
+
     name = _name(source)
     obj = read_file(source) if isinstance(source, (str, os.PathLike)) else source
     state, meta = unwrap(obj, name)
+    meta = checked_metadata(meta, name)
     layout = detect_layout(state, meta)
     if layout is None:
         sample = ", ".join(list(state)[:3])
@@ -175,6 +254,27 @@ def read_state(source: Any, expected_layout: str | None = None) -> tuple[dict[st
             f"readable layouts: official TSN/TSM/TAM/TCM, MMAction2, vtempo"
         )
     return state, meta, layout
+
+
+# The fields `vtempo train` writes to last.pt, and their types: a file lacking one cannot be resumed.
+TRAINING_STATE = {
+    "model": Mapping, "optimizer": Mapping, "scheduler": Mapping, "scaler": Mapping, "epoch": int,
+    "best_top1": (int, float), "best_epoch": int, "arch": str, "classes": list, "torch_rng": torch.Tensor,
+}
+
+
+def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The training state `vtempo train` saved (last.pt), read weights-only; one-line errors naming the file."""
+    state = read_file(path)
+    if not isinstance(state, Mapping):
+        raise VtempoError(f"{path}: not a vtempo training state (expected the mapping `vtempo train` writes)")
+    for key, kind in TRAINING_STATE.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise VtempoError(f"{path}: not a vtempo training state ({key!r} is missing or not a {getattr(kind, '__name__', 'number')})")
+    if state["torch_rng"].dtype != torch.uint8 or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise VtempoError(f"{path}: not a vtempo training state (its model weights or random state are not tensors)")
+    return dict(state)
 
 
 # ---------------------------------------------------------------------------------------------- placing
@@ -301,8 +401,7 @@ def save_checkpoint(
     fixed = _fixed_frames(model)
     if frames is not None and fixed is not None and frames != fixed:
         raise UsageError(f"save_checkpoint: frames={frames} but the model is built for {fixed} frames")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable(path)
     checkpoint = {
         "format": FORMAT,
         "arch": arch,
@@ -311,9 +410,31 @@ def save_checkpoint(
         "state_dict": state,
         **meta,
     }
-    temporary = path.with_name(path.name + ".part")
-    torch.save(checkpoint, temporary)
-    temporary.replace(path)
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    existing = (path.parent, *path.parent.parents)[len(created)]
+    if not existing.is_dir():
+        raise VtempoError(f"{path}: cannot write the checkpoint ({existing} is a file, not a folder)")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:  # opened here, so an unwritable place is an OSError with a reason
+            torch.save(checkpoint, handle)
+        temporary.replace(path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+            for folder in created:  # innermost first; only the folders made here, and only if empty
+                folder.rmdir()
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:200]
+        raise VtempoError(f"{path}: cannot write the checkpoint ({reason})") from None
+    return path
+
+
+def _writable(path: str | os.PathLike) -> Path:
+    """`path` as a Path, refused at once when it names a folder (a checkpoint is one file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; give the checkpoint a file name (e.g. {path / 'model.pt'})")
     return path
 
 
@@ -368,6 +489,7 @@ def convert_file(
     """
     from vtempo import models
 
+    _writable(dst)  # before the work of reading and checking the source
     state, meta, layout = read_state(src)
     if layout == "vtempo":
         arch = arch or meta.get("arch")

@@ -13,7 +13,14 @@ A file is "cached" only when its record matches the registry (the source's sha25
 registry's hash, or, for entries without a hash, the file came from the registry's URL or an import)
 and its size is the recorded one. Only http(s) URLs are fetched, redirects included; a download is
 checked against the registry's size and hash before it is moved into place, and deleted on mismatch.
+A download the registry gives no hash for must load as a checkpoint (weights-only) to be kept.
 A user entry whose url is a local path is used where it is (checked against size and hash), not copied.
+
+The server is not trusted: a download stops at the registry's `size` (else at DOWNLOAD_MAX_BYTES),
+fails over when it stalls (under DOWNLOAD_MIN_BYTES_PER_S over DOWNLOAD_STALL_WINDOW_S) and gives up
+at DOWNLOAD_DEADLINE_S; see vtempo.weights.limits for the defaults and how to raise them. Progress
+goes to a `progress(bytes_done, bytes_total | None)` callback; notices (retries, waiting for another
+process) go to the `vtempo.weights.hub` logger.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import socket
@@ -31,20 +39,11 @@ import urllib.request
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import Any, Callable, Iterator
 
 from vtempo import __version__
 from vtempo.errors import VtempoError
+from vtempo.weights import limits
 from vtempo.weights.registry import ModelEntry, home, is_remote
 
 try:
@@ -53,14 +52,14 @@ except ImportError:  # not POSIX: fall back to an exclusive lock file
     fcntl = None  # type: ignore[assignment]
 
 OFFLINE_VARIABLE = "VTEMPO_OFFLINE"
-TIMEOUT_S = 30.0  # a connection or read that waits longer than this fails (and is retried)
 RETRIES = 4  # further attempts after network errors, timeouts, 5xx, 408 and 429 answers
 BACKOFF_S = 1.0  # wait before retry k: BACKOFF_S * 2**k
 CHUNK = 1 << 20
 STALE_LOCK_S = 3600.0  # a fallback lock file older than this was left by a dead process
 STATES = ("bundled", "cached", "local file", "downloadable", "manual download", "none published")
 
-_console = Console(stderr=True)
+Progress = Callable[[int, "int | None"], None]  # progress(bytes_done, bytes_total or None when unknown)
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ where things are
@@ -129,11 +128,11 @@ def cached_file(entry: ModelEntry) -> Path | None:
     return path if matches else None
 
 
-def weights_path(entry: ModelEntry) -> Path:
+def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
     """A local checkpoint for the entry: bundled, cached, a local file, or downloaded now.
 
-    Downloads happen on first use unless VTEMPO_OFFLINE=1; otherwise the error names the URL and how to
-    supply the file by hand.
+    Downloads happen on first use unless VTEMPO_OFFLINE=1 (reporting to `progress`, see `download`);
+    otherwise the error names the URL and how to supply the file by hand.
     """
     weights = entry.weights
     if weights is None:
@@ -147,10 +146,23 @@ def weights_path(entry: ModelEntry) -> Path:
         return _local_file(entry, Path(weights.url))
     cached = cached_file(entry)
     if cached is not None:
-        return cached
+        return _not_a_page(entry, cached)
     if weights.url and not offline():
-        return download(entry)
+        return download(entry, progress=progress)
     raise VtempoError(how_to_supply(entry))
+
+
+def _not_a_page(entry: ModelEntry, cached: Path) -> Path:
+    """The cached file, unless it is a web page (saved by a download from before checks existed)."""
+    from vtempo.weights.checkpoint import _text_kind
+
+    kind = _text_kind(cached)
+    if kind is not None:
+        raise VtempoError(
+            f"{entry.name}: the cached {cached} is {kind}, not a checkpoint (a login or error page saved in its "
+            f"place?); fetch it again with `vtempo download {entry.name} --force`"
+        )
+    return cached
 
 
 def none_published(entry: ModelEntry) -> str:
@@ -213,11 +225,13 @@ def _verify(entry: ModelEntry, path: Path, what: str, delete: bool) -> str:
 # ------------------------------------------------------------------------------------------ downloading
 
 
-def download(entry: ModelEntry, force: bool = False, progress: bool = True) -> Path:
+def download(entry: ModelEntry, force: bool = False, progress: Progress | None = None) -> Path:
     """Fetch the entry's checkpoint into the cache (unless cached and not `force`) and return its path.
 
-    Resumes a partial download, retries with backoff, verifies size and hash, then renames into place.
-    Another process downloading the same file is waited for rather than raced.
+    Resumes a partial download, retries with backoff, verifies size and hash (and, when the registry
+    has no hash, that the file loads as a checkpoint), then renames into place. Another process
+    downloading the same file is waited for rather than raced. `progress(bytes_done, bytes_total)` is
+    called as data arrives (bytes_total None while the size is unknown).
     """
     weights = entry.weights
     if weights is None:
@@ -239,15 +253,28 @@ def download(entry: ModelEntry, force: bool = False, progress: bool = True) -> P
         _fetch(entry, weights.url, part, progress)
         _discard(part, keep_data=True)  # complete: its resume state is done with
         digest = _verify(entry, part, f"the download from {weights.url}", delete=True)
+        if not weights.sha256:
+            _check_loads(entry, part, weights.url)
         if len(weights.sha256 or "") < 64:
             known = "a prefix of its hash" if weights.sha256 else "no hash"
-            _console.print(
-                f"{entry.name}: the registry has {known}; recorded the full sha256 {digest}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            log.warning("%s: the registry has %s; recorded the full sha256 %s", entry.name, known, digest)
         return _store(entry, part, {"source": weights.url, "source_sha256": digest, "source_size": part.stat().st_size})
+
+
+def _check_loads(entry: ModelEntry, part: Path, url: str) -> None:
+    """Delete and refuse a download that no hash vouches for unless it loads as a checkpoint."""
+    from vtempo.weights.checkpoint import read_state
+
+    try:
+        read_state(part)
+    except VtempoError as error:
+        part.unlink(missing_ok=True)
+        reason = str(error).removeprefix(f"{part}: ")
+        raise VtempoError(f"{entry.name}: the download from {url} is not a usable checkpoint ({reason}); nothing kept") from None
+
+
+def _one_line(text: Any, most: int = 200) -> str:
+    return " ".join(str(text).split())[:most]
 
 
 class _Retry(Exception):
@@ -275,7 +302,7 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
-def _fetch(entry: ModelEntry, url: str, part: Path, progress: bool) -> None:
+def _fetch(entry: ModelEntry, url: str, part: Path, progress: Progress | None) -> None:
     """Download `url` into `part`, resuming what is there; returns once `part` holds the whole body."""
     part.parent.mkdir(parents=True, exist_ok=True)
     state_path = part.with_name(part.name + ".json")
@@ -284,49 +311,64 @@ def _fetch(entry: ModelEntry, url: str, part: Path, progress: bool) -> None:
         _discard(part)
         state = {"url": url}
     hint = f"to supply the file yourself: `vtempo download {entry.name} --from-file PATH`"
-    bar = _progress_bar(progress)  # shown from the first answer on, so a failed connection prints one line
-    task = bar.add_task(entry.name, total=None)
-    try:
-        for attempt in range(RETRIES + 1):
-            try:
-                return _fetch_once(entry, url, part, state, state_path, bar, task)
-            except _Retry as why:
-                reason = str(why)
-            except _RefusedRedirect as refused:
-                raise VtempoError(f"{entry.name}: {refused.reason} (only http(s) is followed); {hint}") from None
-            except urllib.error.HTTPError as error:
-                if error.code in (408, 429) or error.code >= 500:
-                    reason = f"HTTP {error.code} {error.reason}"
-                else:
-                    raise VtempoError(f"{entry.name}: {url} answered HTTP {error.code} {error.reason}; {hint}") from None
-            except urllib.error.URLError as error:
-                if isinstance(error.reason, socket.gaierror):  # no DNS: offline, retrying will not help
-                    raise VtempoError(f"{entry.name}: cannot reach {url} ({error.reason}); {hint}") from None
-                reason = _timeout_reason() if isinstance(error.reason, (TimeoutError, socket.timeout)) else str(error.reason)
-            except (TimeoutError, socket.timeout):
-                reason = _timeout_reason()
-            except (ConnectionError, http.client.HTTPException, OSError) as error:
-                reason = f"{type(error).__name__}: {error}".rstrip(": ")
-            if attempt < RETRIES:
-                bar.console.print(f"{entry.name}: {reason}; retrying", markup=False, highlight=False, soft_wrap=True)
-                time.sleep(BACKOFF_S * 2**attempt)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
+    deadline = time.monotonic() + limits.get("DOWNLOAD_DEADLINE_S")
+    reason = "no attempt made"
+    for attempt in range(RETRIES + 1):
+        _check_deadline(entry, url, deadline)
+        try:
+            return _fetch_once(entry, url, part, state, state_path, progress, deadline)
+        except _Retry as why:
+            reason = str(why)
+        except _RefusedRedirect as refused:
+            raise VtempoError(f"{entry.name}: {refused.reason} (only http(s) is followed); {hint}") from None
+        except urllib.error.HTTPError as error:
+            if error.code in (408, 429) or error.code >= 500:
+                reason = f"HTTP {error.code} {_one_line(error.reason)}"
+            elif 300 <= error.code < 400:  # urllib gives up on a loop or after 10 redirects
+                raise VtempoError(f"{entry.name}: {url} redirects in a loop (HTTP {error.code}); {hint}") from None
+            else:
+                raise VtempoError(
+                    f"{entry.name}: {url} answered HTTP {error.code} {_one_line(error.reason)}; {hint}"
+                ) from None
+        except urllib.error.URLError as error:
+            if isinstance(error.reason, socket.gaierror):  # no DNS: offline, retrying will not help
+                raise VtempoError(f"{entry.name}: cannot reach {url} ({_one_line(error.reason)}); {hint}") from None
+            timed_out = isinstance(error.reason, (TimeoutError, socket.timeout))
+            reason = _timeout_reason() if timed_out else _one_line(error.reason)
+        except (TimeoutError, socket.timeout):
+            reason = _timeout_reason()
+        except (ConnectionError, http.client.HTTPException, OSError) as error:
+            reason = _one_line(f"{type(error).__name__}: {error}").rstrip(": ")
+        if attempt < RETRIES:
+            log.warning("%s: %s; retrying", entry.name, reason)
+            time.sleep(max(0.0, min(BACKOFF_S * 2**attempt, deadline - time.monotonic())))
     raise VtempoError(f"{entry.name}: download from {url} failed after {RETRIES + 1} attempts ({reason}); {hint}")
 
 
+def _check_deadline(entry: ModelEntry, url: str, deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise VtempoError(
+            f"{entry.name}: the download from {url} took longer than {limits.shown(limits.get('DOWNLOAD_DEADLINE_S'))} s "
+            f"({limits.hint('DOWNLOAD_DEADLINE_S')}); what arrived is kept and the next run resumes it"
+        )
+
+
 def _timeout_reason() -> str:
-    return f"no answer within {TIMEOUT_S:g} s (timed out)"
+    return f"no answer within {limits.shown(limits.get('DOWNLOAD_TIMEOUT_S'))} s (timed out)"
 
 
-def _fetch_once(entry: ModelEntry, url: str, part: Path, state: dict[str, Any], state_path: Path, bar: Progress, task: Any) -> None:
+def _fetch_once(
+    entry: ModelEntry, url: str, part: Path, state: dict[str, Any], state_path: Path, progress: Progress | None,
+    deadline: float,
+) -> None:
     """One HTTP request that leaves `part` complete, or raises (_Retry for failures worth retrying)."""
+    expected = entry.weights.size if entry.weights else None
+    most = expected if expected is not None else limits.get("DOWNLOAD_MAX_BYTES")
     offset = part.stat().st_size if part.exists() else 0
-    total = state.get("total") or (entry.weights.size if entry.weights else None)
+    total = state.get("total") or expected
     if total is not None and offset == total:
         return
-    if total is not None and offset > total:
+    if (total is not None and offset > total) or offset > most:
         _discard(part)
         offset = 0
     headers = {"User-Agent": f"vtempo/{__version__}", "Accept-Encoding": "identity"}
@@ -335,8 +377,9 @@ def _fetch_once(entry: ModelEntry, url: str, part: Path, state: dict[str, Any], 
         if state.get("validator"):
             headers["If-Range"] = state["validator"]
     request = urllib.request.Request(url, headers=headers)
+    timeout = max(0.01, min(limits.get("DOWNLOAD_TIMEOUT_S"), deadline - time.monotonic()))
     try:
-        response = _opener.open(request, timeout=TIMEOUT_S)
+        response = _opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code != 416:
             raise
@@ -361,34 +404,75 @@ def _fetch_once(entry: ModelEntry, url: str, part: Path, state: dict[str, Any], 
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             mode = "wb"
-        expected = entry.weights.size if entry.weights else None
         if expected is not None and total is not None and total != expected:
             _discard(part)
             raise VtempoError(f"{entry.name}: the server offers {total} bytes, the registry expects {expected}; nothing kept")
+        if total is not None and total > most:
+            _discard(part)
+            raise VtempoError(f"{entry.name}: {_too_large(url, total)}; nothing kept")
         state.update(total=total, validator=response.headers.get("ETag") or response.headers.get("Last-Modified"))
         _write_json(state_path, state)
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, total=total, completed=offset)
-        written = offset
-        with open(part, mode) as out:
-            while True:
-                try:
-                    block = response.read(CHUNK)
-                except http.client.IncompleteRead as incomplete:
-                    out.write(incomplete.partial)
-                    written += len(incomplete.partial)
-                    raise _Retry(f"connection closed after {written} of {total} bytes") from None
-                if not block:
-                    break
-                out.write(block)
-                written += len(block)
-                bar.update(task, completed=written)
+        written = _receive(entry, url, response, part, mode, offset, total, most, progress, deadline)
     if total is not None and written < total:
         raise _Retry(f"connection closed after {written} of {total} bytes")
     if total is None:
         state["total"] = written
         _write_json(state_path, state)
+
+
+def _receive(
+    entry: ModelEntry, url: str, response: Any, part: Path, mode: str, offset: int, total: int | None, most: int,
+    progress: Progress | None, deadline: float,
+) -> int:
+    """Append the body to `part`, never past `most` bytes, failing a stalled or overdue transfer."""
+    window_s, min_rate = limits.get("DOWNLOAD_STALL_WINDOW_S"), limits.get("DOWNLOAD_MIN_BYTES_PER_S")
+    written = offset
+    window_start, window_bytes = time.monotonic(), written
+    if progress:
+        progress(written, total)
+    with open(part, mode) as out:
+        while True:
+            try:
+                # read1: at most one read from the socket, so a server trickling bytes cannot hold this
+                # loop inside one call; one byte past `most` shows the body is longer than allowed.
+                block = response.read1(min(CHUNK, most - written + 1))
+            except http.client.IncompleteRead as incomplete:
+                out.write(incomplete.partial[: max(0, most - written)])
+                written += len(incomplete.partial)
+                raise _Retry(f"connection closed after {written} of {total} bytes") from None
+            if not block:
+                return written
+            if written + len(block) > most:
+                out.close()
+                _discard(part)
+                expected = entry.weights.size if entry.weights else None
+                if expected is not None:
+                    raise VtempoError(
+                        f"{entry.name}: {url} sends more than the {expected} bytes the registry expects; nothing kept"
+                    )
+                raise VtempoError(f"{entry.name}: {_too_large(url, None)}; nothing kept")
+            out.write(block)
+            written += len(block)
+            if progress:
+                progress(written, total)
+            now = time.monotonic()
+            _check_deadline(entry, url, deadline)
+            if now - window_start >= window_s:
+                if (written - window_bytes) < min_rate * (now - window_start):
+                    raise _Retry(
+                        f"stalled: {written - window_bytes} bytes in {now - window_start:.0f} s, under "
+                        f"{min_rate:g} bytes/s ({limits.hint('DOWNLOAD_MIN_BYTES_PER_S')})"
+                    )
+                window_start, window_bytes = now, written
+
+
+def _too_large(url: str, size: int | None) -> str:
+    most = limits.get("DOWNLOAD_MAX_BYTES")
+    offered = f"offers {size} bytes" if size is not None else f"sends more than {most} bytes"
+    return (
+        f"{url} {offered}, more than the {most} allowed without a size in the registry "
+        f"(add `size:` to the entry, or {limits.hint('DOWNLOAD_MAX_BYTES')})"
+    )
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -405,18 +489,6 @@ def _content_range_total(value: str | None) -> int | None:
         return int(value.rsplit("/", 1)[1]) if value else None
     except (IndexError, ValueError):
         return None
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=_console,
-        disable=not enabled,
-    )
 
 
 # ------------------------------------------------------------------------------------------ importing
@@ -519,7 +591,7 @@ def _lock(path: Path, name: str) -> Iterator[None]:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                _console.print(f"{name}: waiting for another vtempo process using {path.name}", markup=False, highlight=False)
+                log.warning("%s: waiting for another vtempo process using %s", name, path.name)
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -539,7 +611,7 @@ def _lock(path: Path, name: str) -> Iterator[None]:
             except FileNotFoundError:
                 continue
             if not announced:
-                _console.print(f"{name}: waiting for another vtempo process using {path.name}", markup=False, highlight=False)
+                log.warning("%s: waiting for another vtempo process using %s", name, path.name)
                 announced = True
             time.sleep(0.2)
     try:

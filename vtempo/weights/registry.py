@@ -6,8 +6,10 @@ the same schema extends or overrides it: `--registry FILE`, else `$VTEMPO_REGIST
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from vtempo.errors import UsageError
+from vtempo.weights import limits
 
 SAMPLINGS = ("uniform", "twice", "dense", "stride")
 CROPS = {"centre": 1, "three": 3, "ten": 10}
@@ -86,44 +89,78 @@ def _fail(where: str, message: str) -> RegistryError:
     return RegistryError(f"{where}: {message}")
 
 
-def _number_list(value: Any, length: int, where: str) -> tuple[float, ...]:
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple, _SHORT_REPR.maxdict = 2, 4, 4, 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = _SHORT_REPR.maxlong = 60
+SHOWN_CHARS = 100  # a value quoted in an error message is cut to this many characters
+
+
+def shown(value: Any) -> str:
+    """repr(value) for a message, bounded whatever the value (a nested or aliased YAML value can be huge)."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+
+
+def number_list(value: Any, length: int, where: str, positive: bool = False) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or len(value) != length or not all(
-        isinstance(v, (int, float)) for v in value
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in value
     ):
-        raise _fail(where, f"expected a list of {length} numbers, got {value!r}")
+        kind = "positive numbers" if positive else "numbers"
+        raise _fail(where, f"expected a list of {length} {kind}, got {shown(value)}")
     return tuple(float(v) for v in value)
 
 
 def _typed(mapping: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
     value = mapping.get(key, default)
     if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise _fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise _fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {shown(value)}")
     return value
 
 
-def _protocol(raw: Any, where: str) -> Protocol:
+def bounded_int(mapping: dict, key: str, where: str, low: int, high: str, default: Any = None) -> Any:
+    """An int field between `low` and the bound named `high` (in vtempo.weights.limits)."""
+    value = _typed(mapping, key, int, where, default)
+    if value is not None and not low <= value <= limits.get(high):
+        raise _fail(f"{where}.{key}", f"must be between {low} and {limits.shown(limits.get(high))}, got {value} ({limits.hint(high)})")
+    return value
+
+
+def check_resize(value: Any, where: str) -> tuple[int, ...]:
+    """`resize`: one short side or [height, width], each 1..MAX_RESIZE."""
+    resize = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(resize, (list, tuple)) or len(resize) not in (1, 2) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limits.get("MAX_RESIZE") for v in resize
+    ):
+        raise _fail(
+            where,
+            f"expected a short side or [height, width] of 1 to {limits.get('MAX_RESIZE')} pixels, got {shown(value)}",
+        )
+    return tuple(resize)
+
+
+def check_protocol(raw: Any, where: str) -> Protocol:
+    """A test protocol mapping (registry entry or checkpoint metadata), every field checked and bounded."""
     if raw is None:
         return Protocol()
     if not isinstance(raw, dict):
-        raise _fail(where, "expected a mapping")
+        raise _fail(where, f"expected a mapping, got {shown(raw)}")
     unknown = set(raw) - {"sampling", "clips", "crop", "average", "stride"}
     if unknown:
-        raise _fail(where, f"unknown field(s) {sorted(unknown)}")
+        raise _fail(where, f"unknown field(s) {shown(sorted(map(str, unknown)))}")
     protocol = Protocol(
         sampling=_typed(raw, "sampling", str, where, "uniform"),
-        clips=_typed(raw, "clips", int, where, 1),
+        clips=bounded_int(raw, "clips", where, 1, "MAX_CLIPS", 1),
         crop=_typed(raw, "crop", str, where, "centre"),
         average=_typed(raw, "average", str, where, "logits"),
-        stride=_typed(raw, "stride", int, where),
+        stride=bounded_int(raw, "stride", where, 1, "MAX_STRIDE"),
     )
     if protocol.sampling not in SAMPLINGS:
-        raise _fail(f"{where}.sampling", f"must be one of {SAMPLINGS}, got {protocol.sampling!r}")
+        raise _fail(f"{where}.sampling", f"must be one of {SAMPLINGS}, got {shown(protocol.sampling)}")
     if protocol.crop not in CROPS:
-        raise _fail(f"{where}.crop", f"must be one of {tuple(CROPS)}, got {protocol.crop!r}")
+        raise _fail(f"{where}.crop", f"must be one of {tuple(CROPS)}, got {shown(protocol.crop)}")
     if protocol.average not in AVERAGES:
-        raise _fail(f"{where}.average", f"must be one of {AVERAGES}, got {protocol.average!r}")
-    if protocol.clips < 1:
-        raise _fail(f"{where}.clips", "must be at least 1")
+        raise _fail(f"{where}.average", f"must be one of {AVERAGES}, got {shown(protocol.average)}")
     if protocol.sampling == "stride" and not protocol.stride:
         raise _fail(f"{where}.stride", "stride sampling needs a stride")
     return protocol
@@ -137,11 +174,16 @@ def _weights(raw: Any, where: str, folder: Path) -> Weights | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise _fail(where, "expected a mapping")
+        raise _fail(where, f"expected a mapping, got {shown(raw)}")
+    if isinstance(raw.get("sha256"), (int, float)) and not isinstance(raw.get("sha256"), bool):
+        raise _fail(
+            f"{where}.sha256",
+            "YAML read this all-digit hash as a number; put it in quotes (sha256: '0123…') so it stays text",
+        )
     fields = {"layout", "url", "sha256", "size", "filename", "manual_url", "bundled"}
     unknown = set(raw) - fields
     if unknown:
-        raise _fail(where, f"unknown field(s) {sorted(unknown)}")
+        raise _fail(where, f"unknown field(s) {shown(sorted(map(str, unknown)))}")
     weights = Weights(
         layout=_typed(raw, "layout", str, where, "vtempo"),
         url=_typed(raw, "url", str, where),
@@ -154,21 +196,21 @@ def _weights(raw: Any, where: str, folder: Path) -> Weights | None:
     if weights.sha256 is not None:
         digest = weights.sha256.lower()
         if not (8 <= len(digest) <= 64 and all(c in "0123456789abcdef" for c in digest)):
-            raise _fail(f"{where}.sha256", f"expected 8 to 64 hex digits, got {weights.sha256!r}")
+            raise _fail(f"{where}.sha256", f"expected 8 to 64 hex digits, got {shown(weights.sha256)}")
     if weights.layout not in LAYOUTS:
-        raise _fail(f"{where}.layout", f"must be one of {LAYOUTS}, got {weights.layout!r}")
+        raise _fail(f"{where}.layout", f"must be one of {LAYOUTS}, got {shown(weights.layout)}")
     for key in ("url", "manual_url"):
         value = getattr(weights, key)
         if value is not None and "://" in value and not is_remote(value):
-            raise _fail(f"{where}.{key}", f"only http(s) URLs or local paths are allowed, got {value!r}")
+            raise _fail(f"{where}.{key}", f"only http(s) URLs or local paths are allowed, got {shown(value)}")
     if weights.manual_url is not None and not is_remote(weights.manual_url):
-        raise _fail(f"{where}.manual_url", f"expected an http(s) URL, got {weights.manual_url!r}")
+        raise _fail(f"{where}.manual_url", f"expected an http(s) URL, got {shown(weights.manual_url)}")
     if weights.url is not None and not is_remote(weights.url):  # a local file, relative to this registry
         weights = replace(weights, url=str((folder / Path(weights.url).expanduser()).resolve()))
     for key in ("filename", "bundled"):
         value = getattr(weights, key)
         if value is not None and (not NAME_PATTERN.match(value) or value.endswith((".json", ".part", ".lock"))):
-            raise _fail(f"{where}.{key}", f"must be a plain file name, got {value!r}")
+            raise _fail(f"{where}.{key}", f"must be a plain file name, got {shown(value)}")
     if weights.size is not None and weights.size < 1:
         raise _fail(f"{where}.size", "must be a positive number of bytes")
     if not (weights.url or weights.manual_url or weights.bundled):
@@ -182,66 +224,144 @@ ENTRY_FIELDS = {
 }
 
 
-def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
-    where = f"{source}: model {name!r}"
-    if not NAME_PATTERN.match(name):
-        raise _fail(where, "names may hold letters, digits and . _ + - (at most 128), starting with a letter or digit")
-    if not isinstance(raw, dict):
-        raise _fail(where, "expected a mapping")
-    unknown = set(raw) - ENTRY_FIELDS
-    if unknown:
-        raise _fail(where, f"unknown field(s) {sorted(unknown)}")
-    for required in ("arch", "num_classes", "frames"):
-        if required not in raw:
-            raise _fail(where, f"missing field {required!r}")
+MIN_INPUT_SIZE = 8  # smaller crops vanish in a ResNet's five stride-2 stages
+
+
+def check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise _fail(
+            f"{where}: model {shown(name)}",
+            "names may hold letters, digits and . _ + - (at most 128), starting with a letter or digit",
+        )
+    return name
+
+
+def check_arch(raw: dict, where: str) -> str:
     from vtempo.models import split_name
 
     arch = _typed(raw, "arch", str, where)
     try:
         split_name(arch)
     except ValueError as error:
-        raise _fail(f"{where}.arch", str(error)) from None
-    resize = raw.get("resize", 256)
-    resize = (resize,) if isinstance(resize, int) else resize
-    if not isinstance(resize, (list, tuple)) or len(resize) not in (1, 2) or not all(
-        isinstance(v, int) and v > 0 for v in resize
-    ):
-        raise _fail(f"{where}.resize", f"expected a short side or [height, width], got {raw.get('resize')!r}")
+        raise _fail(f"{where}.arch", str(error)[:200]) from None
+    return arch
+
+
+def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
+    check_name(name, source)
+    where = f"{source}: model {name!r}"
+    if not isinstance(raw, dict):
+        raise _fail(where, f"expected a mapping, got {shown(raw)}")
+    unknown = set(raw) - ENTRY_FIELDS
+    if unknown:
+        raise _fail(where, f"unknown field(s) {shown(sorted(map(str, unknown)))}")
+    for required in ("arch", "num_classes", "frames"):
+        if required not in raw:
+            raise _fail(where, f"missing field {required!r}")
     entry = ModelEntry(
         name=name,
-        arch=arch,
-        num_classes=_typed(raw, "num_classes", int, where),
-        frames=_typed(raw, "frames", int, where),
+        arch=check_arch(raw, where),
+        num_classes=bounded_int(raw, "num_classes", where, 1, "MAX_CLASSES"),
+        frames=bounded_int(raw, "frames", where, 1, "MAX_FRAMES"),
         dataset=_typed(raw, "dataset", str, where),
         labels=_typed(raw, "labels", str, where),
-        input_size=_typed(raw, "input_size", int, where, 224),
-        resize=tuple(resize),
-        mean=_number_list(raw.get("mean", IMAGENET_MEAN), 3, f"{where}.mean"),
-        std=_number_list(raw.get("std", IMAGENET_STD), 3, f"{where}.std"),
-        protocol=_protocol(raw.get("protocol"), f"{where}.protocol"),
+        input_size=bounded_int(raw, "input_size", where, MIN_INPUT_SIZE, "MAX_INPUT_SIZE", 224),
+        resize=check_resize(raw.get("resize", 256), f"{where}.resize"),
+        mean=number_list(raw.get("mean", IMAGENET_MEAN), 3, f"{where}.mean"),
+        std=number_list(raw.get("std", IMAGENET_STD), 3, f"{where}.std", positive=True),
+        protocol=check_protocol(raw.get("protocol"), f"{where}.protocol"),
         weights=_weights(raw.get("weights"), f"{where}.weights", Path(source).parent),
         top1=_typed(raw, "top1", (int, float), where),
         paper_gmacs=_typed(raw, "paper_gmacs", (int, float), where),
         source=source,
         notes=_typed(raw, "notes", str, where),
     )
-    if entry.num_classes < 1 or entry.frames < 1:
-        raise _fail(where, "num_classes and frames must be positive")
     if entry.top1 is not None and not 0 <= entry.top1 <= 100:
-        raise _fail(f"{where}.top1", f"expected a percentage, got {entry.top1!r}")
+        raise _fail(f"{where}.top1", f"expected a percentage, got {shown(entry.top1)}")
     return entry
 
 
 def read_registry_file(path: Path) -> dict[str, ModelEntry]:
+    """Every entry of one registry file; any problem is a RegistryError naming the file.
+
+    The file is read with a bounded size, nesting depth and alias expansion (see vtempo.weights.limits)
+    before YAML builds anything from it.
+    """
+    text = _registry_text(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise RegistryError(f"{path}: cannot read registry ({error.strerror or error})") from None
+        _check_shape(text, path)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise RegistryError(f"{path}: not valid YAML ({error})") from None
+        reason = " ".join(str(error).split())[:300]
+        raise RegistryError(f"{path}: not valid YAML ({reason})") from None
+    except RecursionError:  # a safety net: _check_shape bounds the depth first
+        raise RegistryError(f"{path}: nested too deeply to be a registry") from None
     if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
         raise RegistryError(f"{path}: expected a top-level 'models:' mapping")
-    return {str(name): parse_entry(str(name), raw, str(path)) for name, raw in document["models"].items()}
+    entries = {}
+    for name, raw in document["models"].items():
+        if isinstance(name, (int, float)) and not isinstance(name, bool):
+            name = str(name)  # `2024:` is a number to YAML, a name here
+        entries[check_name(name, str(path))] = parse_entry(name, raw, str(path))
+    return entries
+
+
+def _registry_text(path: Path) -> str:
+    most = limits.get("REGISTRY_MAX_BYTES")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(most + 1)
+    except OSError as error:
+        raise RegistryError(f"{path}: cannot read registry ({error.strerror or error})") from None
+    if len(data) > most:
+        raise RegistryError(
+            f"{path}: larger than {most} bytes, too large for a registry ({limits.hint('REGISTRY_MAX_BYTES')})"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RegistryError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save it as UTF-8"
+        ) from None
+
+
+def _check_shape(text: str, path: Path) -> None:
+    """Refuse deep nesting and aliases that expand the document, reading YAML events (no recursion)."""
+    max_depth, max_alias = limits.get("REGISTRY_MAX_DEPTH"), limits.get("REGISTRY_MAX_ALIAS_NODES")
+    anchored: dict[str, int] = {}  # anchor → how many values its node holds, aliases expanded
+    open_nodes: list[list] = []  # [anchor, values so far] for each mapping or sequence being read
+    aliased = 0
+
+    def add(count: int) -> None:
+        if open_nodes:
+            open_nodes[-1][1] += count
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) > max_depth:
+                raise RegistryError(
+                    f"{path}: nested more than {max_depth} levels deep ({limits.hint('REGISTRY_MAX_DEPTH')})"
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, count = open_nodes.pop()
+            if anchor is not None:
+                anchored[anchor] = count
+            add(count)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                anchored[event.anchor] = 1
+            add(1)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in anchored:
+                raise RegistryError(f"{path}: alias *{event.anchor[:40]} refers to itself or to no anchor")
+            aliased += anchored[event.anchor]
+            if aliased > max_alias:
+                raise RegistryError(
+                    f"{path}: its aliases (*name) expand to more than {max_alias} values; "
+                    f"write the values out ({limits.hint('REGISTRY_MAX_ALIAS_NODES')})"
+                )
+            add(anchored[event.anchor])
 
 
 def builtin_registry_path() -> Path:
@@ -298,6 +418,14 @@ def labels_path(entry: ModelEntry) -> Path | None:
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """One class name per line; blank lines are skipped."""
+    """One class name per line; blank lines are skipped. The file is read up to the size of the longest
+    list the limits allow (MAX_CLASSES names of MAX_CLASS_NAME_CHARS), so /dev/zero cannot fill memory."""
+    most = limits.get("MAX_CLASSES") * (limits.get("MAX_CLASS_NAME_CHARS") + 2)
     with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+        text = handle.read(most + 1)
+    if len(text) > most:
+        raise UsageError(
+            f"{path}: longer than a list of {limits.get('MAX_CLASSES')} class names can be "
+            f"({limits.hint('MAX_CLASSES')})"
+        )
+    return [line.strip() for line in text.splitlines() if line.strip()]

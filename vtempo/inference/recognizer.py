@@ -1,0 +1,512 @@
+"""One way to load a model: `vtempo.load(...)` → a `Recognizer`, ready to classify videos.
+
+    rec = vtempo.load("tsm-demo")                 # a registry entry (bundled weights: offline)
+    rec = vtempo.load("tsm-r50", weights="x.pt")  # an architecture and a checkpoint file
+    rec = vtempo.load("runs/x/best.pt")           # a checkpoint written by `vtempo train`
+    rec.classify("clip.mp4")                      # ranked labels
+
+Everything a model needs to be tested the way it was trained is read here and nowhere else: the
+architecture and the number of classes (the registry entry, else the checkpoint's metadata, else its
+classifier weights), the clip length, the test protocol (the entry's, with what `vtempo train`
+recorded in the checkpoint on top), the preprocessing, and the class names. `create_model` shares the
+name resolution and checkpoint reading and returns a bare, trainable module.
+
+Errors name the Python parameters (`frames=0`); the command line turns them into its flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.results import Prediction, VideoResult
+from vtempo.video.transforms import Preprocess
+from vtempo.weights.registry import CROPS, ModelEntry, Protocol, labels_path, load_registry, read_labels
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+CROP_NAMES = {count: name for name, count in CROPS.items()}
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+# ------------------------------------------------------------------------------------------ names
+
+
+def list_models(registry: str | os.PathLike | None = None) -> list[str]:
+    """Registry checkpoint names, then architecture names."""
+    from vtempo import models
+
+    return sorted(load_registry(registry)) + models.architecture_names()
+
+
+def resolve(name: str, registry: str | os.PathLike | None = None) -> tuple[str, ModelEntry | None]:
+    """(architecture, registry entry or None) for a registry entry or an architecture name."""
+    from vtempo import models
+
+    entries = load_registry(registry)
+    if name in entries:
+        return entries[name].arch, entries[name]
+    try:
+        models.split_name(name)
+    except ValueError:
+        close = difflib.get_close_matches(name, list_models(registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (`vtempo models` lists them)"
+        raise UsageError(f"unknown model {name!r}: not a registry entry nor an architecture{hint}") from None
+    return name, None
+
+
+def parse_views(text: str) -> tuple[int, str]:
+    """`CLIPSxCROPS` (1x1, 2x3, 10x3) → (clips, crop name)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", text or "")
+    if not match:
+        raise UsageError(f"views={text!r}: must look like 1x1, 2x3 or 10x3 (clips x crops)")
+    clips, crops = int(match.group(1)), int(match.group(2))
+    if clips < 1 or crops not in CROP_NAMES:
+        raise UsageError(f"views={text!r}: clips must be at least 1 and crops one of 1, 3, 10")
+    return clips, CROP_NAMES[crops]
+
+
+def at_least(name: str, value: Any, minimum: int) -> None:
+    """A count the caller passed (`frames`, `topk`, ...) must be an int ≥ minimum."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise UsageError(f"{name}={value!r}: must be a whole number of at least {minimum}")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file read once: its tensors, metadata and layout, and what they tell about the model."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    layout: str
+
+    @property
+    def arch(self) -> str | None:
+        from vtempo.weights.checkpoint import infer_arch
+
+        arch = self.meta.get("arch")
+        if isinstance(arch, str):
+            return arch
+        return infer_arch(self.state, self.layout) if self.layout != "torchvision" else None
+
+    @property
+    def num_classes(self) -> int | None:
+        classes = self.meta.get("num_classes")
+        if isinstance(classes, int) and not isinstance(classes, bool):
+            return classes
+        from vtempo.weights.checkpoint import _LAYOUT_RULES, _canonical
+
+        if self.layout == "torchvision":
+            return None
+        rules = _LAYOUT_RULES[self.layout]
+        head = next((v for k, v in self.state.items() if _canonical(k, rules) == "fc.weight" and v.dim() >= 2), None)
+        return None if head is None else int(head.shape[0])
+
+    @property
+    def frames(self) -> int | None:
+        """The clip length recorded in the file, or the one TAM's weights are built for."""
+        from vtempo.weights.checkpoint import infer_frames
+
+        frames = self.meta.get("frames")
+        if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0:
+            return frames
+        return infer_frames(self.state, self.layout) if self.layout != "torchvision" else None
+
+    def load_into(self, model: nn.Module) -> None:
+        """Every tensor in its place, or a VtempoError naming the file and what does not fit."""
+        from vtempo.weights.checkpoint import map_state
+
+        model.load_state_dict(map_state(model, self.state, self.layout, str(self.path)))
+
+
+def read_checkpoint(path: str | os.PathLike, imagenet: bool = False) -> Checkpoint:
+    """Read a checkpoint in any layout vtempo knows (weights_only). `imagenet=True` also accepts a
+    torchvision ResNet state dict (layout `torchvision`, keys put under `backbone.`)."""
+    from vtempo.weights.checkpoint import read_file, read_state, unwrap
+
+    path = Path(path)
+    if not imagenet:
+        state, meta, layout = read_state(path)  # checks the layout (and the metadata vtempo reads)
+        return Checkpoint(path, state, meta, layout)
+    state, meta = unwrap(read_file(path), str(path))
+    if "conv1.weight" in state and any(k.startswith("layer1.") for k in state) and not meta:
+        return Checkpoint(path, {f"backbone.{k}": v for k, v in state.items()}, meta, "torchvision")
+    state, meta, layout = read_state(path)
+    return Checkpoint(path, state, meta, layout)
+
+
+def _registry_weights(entry: ModelEntry) -> Path:
+    from vtempo.weights.hub import weights_path
+
+    return weights_path(entry)  # bundled, cached, or downloaded now; else says how to get them
+
+
+def create_model(
+    arch_or_entry: str,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    frames: int | None = None,
+    registry: str | os.PathLike | None = None,
+    *,
+    user_registry: str | os.PathLike | None = None,
+    **options: Any,
+) -> nn.Module:
+    """A bare, trainable model by registry or architecture name.
+
+    weights: None (random initialisation), "default" (the registry entry's checkpoint, downloaded and
+    verified on first use), or a checkpoint file in any supported layout. `num_classes` and `frames`
+    default to the checkpoint's, else the registry entry's, else 400 and 8. The registry entry, if any,
+    is kept as `model.entry`. For inference use `load`, which also reads labels and the test protocol.
+    `user_registry` is the former name of `registry`.
+    """
+    registry = registry or user_registry
+    at_least("num_classes", num_classes, 1)
+    at_least("frames", frames, 1)
+    arch, entry = resolve(arch_or_entry, registry)
+    checkpoint = None
+    if weights is not None:
+        if str(weights) == "default":
+            if entry is None or entry.weights is None:
+                raise UsageError(f"{arch_or_entry}: no published weights; pass a checkpoint file with weights=")
+            weights = _registry_weights(entry)
+        checkpoint = read_checkpoint(weights)
+    num_classes = num_classes or (checkpoint and checkpoint.num_classes) or (entry.num_classes if entry else 400)
+    frames = frames or (checkpoint and checkpoint.frames) or (entry.frames if entry else 8)
+    model = _build(arch, num_classes, frames, **options)
+    model.entry = entry
+    if checkpoint is not None:
+        checkpoint.load_into(model)
+    return model
+
+
+def _build(arch: str, num_classes: int, frames: int, **options: Any) -> nn.Module:
+    from vtempo import models
+
+    try:
+        return models.build(arch, num_classes=num_classes, frames=frames, **options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+# ------------------------------------------------------------------------------------------ the recognizer
+
+
+@dataclass
+class Recognizer:
+    """A trained model ready for inference, with everything needed to test it as it was trained."""
+
+    model: nn.Module  # prepared: eval mode, BN folded, on `device`; (N, T, 3, S, S) → (N, classes) logits
+    name: str
+    arch: str
+    labels: list[str]
+    frames: int
+    protocol: Protocol
+    preprocess: Preprocess
+    entry: ModelEntry | None = None
+    checkpoint: Path | None = None
+    weights_sha256: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: str = "fp32"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def views(self, views: str | None = None) -> tuple[int, str]:
+        """(clips, crop) of the protocol, or of a `CLIPSxCROPS` override."""
+        return parse_views(views) if views else (self.protocol.clips, self.protocol.crop)
+
+    def plan(self, views: str | None = None, backend: str = "auto"):
+        """What a decode worker needs to turn a path into this model's input (picklable)."""
+        from vtempo.inference.decoding import ViewPlan
+
+        clips, crop = self.views(views)
+        return ViewPlan(self.frames, self.protocol, clips, crop, self.preprocess, backend)
+
+    def provenance(self, views: str | None = None) -> dict[str, Any]:
+        """What produced a result: the model, its weights' sha256, the clip length, views and dtype."""
+        from vtempo import __version__
+
+        clips, crop = self.views(views)
+        return {"model": self.name, "arch": self.arch, "weights_sha256": self.weights_sha256, "frames": self.frames,
+                "views": f"{clips}x{CROPS[crop]}", "dtype": self.dtype, "vtempo": __version__}
+
+    def classify(self, video: str | os.PathLike | np.ndarray | torch.Tensor, topk: int = 5) -> list[Prediction]:
+        """Ranked labels for one video: a file, a folder of frames, or uint8 frames T×H×W×3 (RGB)."""
+        at_least("topk", topk, 1)
+        if isinstance(video, (str, os.PathLike)):
+            (result,) = self.classify_files([video], topk=topk, workers=0)
+            if not result.ok:
+                raise VtempoError(f"{video}: {result.error}")
+            return result.top
+        return self._top(self._score_frames(_frames_array(video)), topk)
+
+    def classify_files(
+        self,
+        paths: Sequence[str | os.PathLike] | str | os.PathLike,
+        *,
+        views: str | None = None,
+        topk: int = 5,
+        batch_size: int = 8,
+        workers: int | None = None,
+        recursive: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[VideoResult]:
+        """A `VideoResult` per video (files, frame folders, or folders of them), in input order, each as
+        soon as it is scored. Decode workers (`workers`, 0: decode in this process) run while the model
+        does; a file that fails gives a result with `error` set and the run goes on. `progress(done,
+        total)` is called after each result. The workers start before this returns."""
+        from vtempo.inference.decoding import video_loader
+        from vtempo.runtime import default_workers
+        from vtempo.video.discovery import collect_videos
+
+        at_least("topk", topk, 1)
+        at_least("batch_size", batch_size, 1)
+        at_least("workers", workers, 0)
+        plan = self.plan(views)
+        videos = collect_videos(paths, recursive)
+        workers = default_workers(len(videos)) if workers is None else workers
+        loader = iter(video_loader(videos, plan, workers, pin_memory=self.device.type == "cuda"))
+        return self._results(loader, videos, topk, batch_size, progress)
+
+    def _results(self, loader, videos, topk: int, batch_size: int, progress) -> Iterator[VideoResult]:
+        from vtempo.inference.engine import Engine
+
+        def items():
+            for item in loader:
+                views = item.pop("views")  # only the engine holds the pixels from here on
+                item["view_count"] = 0 if views is None else len(views)
+                yield item, views
+
+        engine = Engine(self.model, self.device, self.dtype, batch_size)
+        for done, (item, scores) in enumerate(engine.scores(items(), self.protocol.average), 1):
+            path = Path(videos[item["index"]])
+            if item["error"] is not None:
+                result = VideoResult(path, error=item["error"], num_frames=item.get("num_frames"),
+                                     header_frames=item.get("header_frames"), backend=item.get("backend"))
+            else:
+                result = VideoResult(path, self._top(scores, topk), None, item["num_frames"], item["header_frames"],
+                                     item["fps"], item["backend"], item["view_count"], item.get("warning"))
+            if progress is not None:
+                progress(done, len(videos))
+            yield result
+
+    def _score_frames(self, frames: np.ndarray) -> torch.Tensor:
+        from vtempo.inference.engine import Engine
+        from vtempo.video.sampling import clip_indices
+        from vtempo.video.transforms import make_views
+
+        clips, crop = self.views()
+        chosen = clip_indices(self.protocol, len(frames), self.frames, clips)
+        views = torch.cat([make_views(frames[clip], self.preprocess, crop) for clip in chosen])
+        ((_, scores),) = Engine(self.model, self.device, self.dtype, len(views)).scores([(None, views)],
+                                                                                        self.protocol.average)
+        return scores
+
+    def _top(self, scores: torch.Tensor, topk: int) -> list[Prediction]:
+        from vtempo.inference.engine import probabilities
+
+        values, indices = probabilities(scores, self.protocol.average).topk(min(topk, len(self.labels)))
+        return [Prediction(self.labels[i], int(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def _frames_array(video: np.ndarray | torch.Tensor) -> np.ndarray:
+    frames = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise UsageError(f"video: expected uint8 RGB frames of shape T×H×W×3, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+# ------------------------------------------------------------------------------------------ load
+
+
+def load(
+    model: str | os.PathLike | nn.Module,
+    weights: str | os.PathLike | None = None,
+    *,
+    registry: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    dtype: str = "fp32",
+    frames: int | None = None,
+    labels: str | os.PathLike | Sequence[str] | None = None,
+) -> Recognizer:
+    """A model ready for inference, tested the way it was trained.
+
+    model: a registry entry (its published weights unless `weights` names a file), an architecture
+    with `weights=FILE`, a checkpoint file written by `vtempo train` (it records its architecture,
+    classes, clip length, preprocessing and sampling), or a built nn.Module (its `entry`, if any, gives
+    the protocol; used as it is, in place). `frames` overrides the clip length where the model allows
+    it; `labels` (a file, one name a line, or a list) the class names.
+    """
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
+    at_least("frames", frames, 1)
+    torch_device = _device(device)
+    if isinstance(model, nn.Module):
+        if weights is not None:
+            raise UsageError("weights= goes with a model name, not a built model (load the weights into it)")
+        return _wrap(model, torch_device, dtype, frames, labels)
+
+    name, arch, entry, path = _source(model, weights, registry)
+    checkpoint = read_checkpoint(path)
+    if arch is None:
+        arch = checkpoint.arch
+        if arch is None:
+            raise UsageError(f"{path}: the checkpoint does not name its architecture; pass model=ARCH, weights=FILE")
+        _, entry = _arch_entry(arch, registry)
+        name = f"{arch} ({path.name})"
+    num_classes = checkpoint.num_classes or (entry.num_classes if entry else None)
+    if num_classes is None:
+        raise VtempoError(f"{path}: cannot tell the number of classes (no classifier weights found)")
+    trained_frames = checkpoint.frames or (entry.frames if entry else None)
+    net = _build(arch, num_classes, trained_frames or frames or 8)
+    net.entry = entry
+    checkpoint.load_into(net)
+    clip_length = frames or trained_frames or 8
+    _set_frames(net, name, clip_length, trained_frames)
+    meta = checkpoint.meta
+    return Recognizer(
+        model=_prepare(net, torch_device),
+        name=name,
+        arch=arch,
+        labels=_labels(labels, meta, entry, num_classes, name),
+        frames=clip_length,
+        protocol=_protocol(meta, entry),
+        preprocess=_preprocess(meta, entry),
+        entry=entry,
+        checkpoint=path,
+        weights_sha256=_sha256(path),
+        device=torch_device,
+        dtype=dtype,
+    )
+
+
+def _source(model: str | os.PathLike, weights, registry) -> tuple[str, str | None, ModelEntry | None, Path]:
+    """(display name, architecture or None when the checkpoint must say, entry, checkpoint path)."""
+    text = os.fspath(model)
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise UsageError(f"weights={os.fspath(weights)!r}: no such file")
+    looks_like_a_file = text.lower().endswith(CHECKPOINT_SUFFIXES) and text not in load_registry(registry)
+    if Path(text).is_file() or looks_like_a_file:
+        if not Path(text).is_file():
+            raise UsageError(f"model={text!r}: no such checkpoint file")
+        if weights is not None:
+            raise UsageError(f"model={text!r} is a checkpoint file: pass weights= only with a registry entry or architecture")
+        return text, None, None, Path(text)
+    arch, entry = resolve(text, registry)
+    if weights is not None:
+        return text, arch, entry, weights
+    if entry is None:
+        raise UsageError(f"{text} is an architecture, not a trained model: pass weights=FILE (and labels=FILE), "
+                         f"or use a registry model (`vtempo models` lists them)")
+    return text, arch, entry, _registry_weights(entry)
+
+
+def _arch_entry(arch: str, registry) -> tuple[str, ModelEntry | None]:
+    try:
+        return resolve(arch, registry)
+    except UsageError:
+        raise UsageError(f"the checkpoint names an unknown architecture {arch!r}") from None
+
+
+def _device(device: str | torch.device) -> torch.device:
+    from vtempo.runtime import pick_device
+
+    try:
+        return pick_device(str(device))
+    except UsageError as error:
+        raise UsageError(str(error).replace("--device ", "device=")) from None
+
+
+def _prepare(net: nn.Module, device: torch.device) -> nn.Module:
+    from vtempo.fast import prepare
+
+    return prepare(net, device)
+
+
+def _set_frames(net: nn.Module, name: str, frames: int, trained_frames: int | None) -> None:
+    try:
+        net.set_frames(frames)
+    except ValueError:
+        built = trained_frames or getattr(net, "fixed_frames", None)
+        raise UsageError(f"{name} was trained on {built} frames per clip and cannot run on frames={frames}; "
+                         f"pass frames={built} or leave it out") from None
+    except AttributeError:
+        pass  # a module without temporal modules takes any clip length
+
+
+def _wrap(net: nn.Module, device: torch.device, dtype: str, frames: int | None, labels) -> Recognizer:
+    entry = getattr(net, "entry", None)
+    name = entry.name if entry else getattr(net, "arch", type(net).__name__)
+    clip_length = frames or (entry.frames if entry else 8)
+    _set_frames(net, name, clip_length, entry.frames if entry else None)
+    num_classes = net.fc.out_features if hasattr(net, "fc") else None
+    return Recognizer(
+        model=_prepare(net, device), name=name, arch=getattr(net, "arch", entry.arch if entry else name),
+        labels=_labels(labels, {}, entry, num_classes, name), frames=clip_length, protocol=_protocol({}, entry),
+        preprocess=Preprocess.from_entry(entry), entry=entry, device=device, dtype=dtype,
+    )
+
+
+def _protocol(meta: Mapping[str, Any], entry: ModelEntry | None) -> Protocol:
+    """The entry's protocol (else the default), with the fields `vtempo train` recorded on top."""
+    base = entry.protocol if entry else Protocol()
+    raw = meta.get("protocol")
+    if not isinstance(raw, Mapping):
+        return base
+    known = {f.name for f in dataclasses.fields(Protocol)}
+    return dataclasses.replace(base, **{k: v for k, v in raw.items() if k in known and v is not None})
+
+
+def _preprocess(meta: Mapping[str, Any], entry: ModelEntry | None) -> Preprocess:
+    if not isinstance(meta.get("input_size"), int):
+        return Preprocess.from_entry(entry)
+    size = int(meta["input_size"])
+    resize = meta.get("resize") or [round(size * 256 / 224)]
+    return Preprocess(tuple(int(v) for v in resize), size, tuple(meta.get("mean") or Preprocess.mean),
+                      tuple(meta.get("std") or Preprocess.std))
+
+
+def _labels(labels, meta: Mapping[str, Any], entry: ModelEntry | None, num_classes: int | None, name: str) -> list[str]:
+    if labels is not None and not isinstance(labels, (str, os.PathLike)):
+        names, source = [str(label) for label in labels], "labels="
+    elif labels is not None:
+        try:
+            names, source = read_labels(labels), os.fspath(labels)
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise UsageError(f"labels={os.fspath(labels)!r}: cannot read ({reason})") from None
+    elif isinstance(meta.get("classes"), (list, tuple)):
+        names, source = [str(c) for c in meta["classes"]], "the checkpoint"
+    elif entry is not None and labels_path(entry) is not None:
+        names, source = read_labels(labels_path(entry)), str(labels_path(entry))
+    else:
+        if num_classes is None:
+            raise UsageError(f"{name}: pass labels=FILE")
+        return [f"class {i}" for i in range(num_classes)]
+    if num_classes is not None and len(names) != num_classes:
+        raise UsageError(f"{source} lists {len(names)} classes but {name} has {num_classes} outputs")
+    return names
+
+
+def _sha256(path: Path) -> str:
+    from vtempo.weights.hub import sha256_file
+
+    return sha256_file(path)
