@@ -360,6 +360,53 @@ def test_a_sharded_run_needs_a_jsonl_output(tmp_path, sized_files):
             start_run(sized_files, output, shard="0/2")
 
 
+def windows_then_summary(run, stop: int | None = None, cut_in: int | None = None) -> None:
+    """Write two window records and a final summary per input, as a timeline does; with `cut_in`, that
+    input's summary never comes (the process died inside it)."""
+    for position, path in enumerate(run.todo_paths[:stop]):
+        for second in (0, 1):
+            run.write(position, {"video": str(path), "kind": "window", "start": second})
+        if position == cut_in:
+            break
+        run.write(position, {"video": str(path), "kind": "summary"})
+    run.close()
+
+
+def is_summary(record: dict) -> bool:
+    return record["kind"] == "summary"
+
+
+def test_several_records_per_input_resume_from_the_last_finished_input(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    windows_then_summary(start_run(sized_files, out, key="video", final=is_summary), cut_in=5)
+    finished, offset = read_finished(out, "video", is_summary)
+    assert finished == {str(p) for p in sized_files[:5]}
+    assert offset == sum(len(line) for line in out.read_bytes().splitlines(keepends=True)[:15])
+    run = start_run(sized_files, out, resume=True, key="video", final=is_summary)
+    assert run.done_before == 5
+    windows_then_summary(run)
+    records = list(iter_records(out))
+    assert [r["video"] for r in records if is_summary(r)] == [str(p) for p in sized_files]
+    assert len(records) == 3 * len(sized_files)  # the cut-off input's windows were not kept twice
+
+
+def test_several_records_per_input_merge_and_an_incomplete_input_is_named(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    runs = [start_run(sized_files, out, shard=f"{k}/2", key="video", final=is_summary) for k in range(2)]
+    windows_then_summary(runs[0])
+    windows_then_summary(runs[1], cut_in=1)
+    with pytest.raises(VtempoError) as caught:
+        merge_parts(sorted(tmp_path.glob("out.part-*")), out, sized_files, "video", is_summary)
+    assert f"{runs[1].todo_paths[1]} is incomplete in" in str(caught.value) and one_line(str(caught.value))
+    run = start_run(sized_files, out, shard="1/2", resume=True, key="video", final=is_summary)
+    assert run.done_before == 1
+    windows_then_summary(run)
+    assert merge_parts(sorted(tmp_path.glob("out.part-*")), out, sized_files, "video", is_summary) == 3 * len(sized_files)
+    records = list(iter_records(out))
+    assert [r["video"] for r in records] == [str(p) for p in sized_files for _ in range(3)]
+    assert [r["kind"] for r in records[:3]] == ["window", "window", "summary"] and "input" not in records[0]
+
+
 @pytest.fixture
 def two_ranks(monkeypatch):
     """The ranks of a torchrun run of 2, played one after the other in this process."""

@@ -30,12 +30,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.video import display_path
 
 RANKS_TIMEOUT = timedelta(days=7)  # torchrun ranks of a long run wait this long for each other at the end
+Final = Callable[[dict], bool]  # whether a record is an input's last (None: every record is)
 PART_NAME = re.compile(r"(?P<stem>.*)\.part-(?P<index>\d+)-of-(?P<count>\d+)\.jsonl")
 
 
@@ -152,12 +153,17 @@ def shard_positions(paths: Sequence[Any], index: int, count: int, sizes: Sequenc
 # ---------------------------------------------------------------------------------------------- resume
 
 
-def read_finished(path: str | os.PathLike) -> tuple[set[str], int]:
+def read_finished(path: str | os.PathLike, key: str = "path", final: Final | None = None) -> tuple[set[str], int]:
     """(the inputs that have a record in the JSON Lines file `path`, the byte offset just past its last
     complete record). A last line without its newline, or not valid JSON, is what a crash leaves: it is
-    left out (appending starts at the offset, over it). A bad line before the last one is an error."""
+    left out (appending starts at the offset, over it). A bad line before the last one is an error.
+
+    `key` is the field that names the input. Outputs with several records per input (windows, then a
+    summary) pass `final`, which tells an input's last record: an input is finished once that is
+    written, and the records after the last final one (an input cut off midway) are left out too."""
     finished: set[str] = set()
-    offset = 0
+    offset = 0  # past the last final record
+    read = 0  # past the last line read
     cut: tuple[int, str] | None = None  # (line number, reason) of a bad line, if any
     try:
         with open(path, "rb") as handle:
@@ -168,18 +174,19 @@ def read_finished(path: str | os.PathLike) -> tuple[set[str], int]:
                 if not line.endswith(b"\n"):
                     cut = (number, "is cut short")
                     continue
+                read += len(line)
                 if not line.strip():
-                    offset += len(line)
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError:
                     cut = (number, "is not JSON")
                     continue
-                if not isinstance(record, dict) or not isinstance(record.get("path"), str):
-                    raise VtempoError(f"{display_path(path)}: line {number} is not a result record (no \"path\")")
-                finished.add(record["path"])
-                offset += len(line)
+                if not isinstance(record, dict) or not isinstance(record.get(key), str):
+                    raise VtempoError(f"{display_path(path)}: line {number} is not a result record (no \"{key}\")")
+                if final is None or final(record):
+                    finished.add(record[key])
+                    offset = read
     except OSError as error:
         raise VtempoError(f"{display_path(path)}: cannot read ({error.strerror or error})") from None
     return finished, offset
@@ -301,9 +308,10 @@ def _check_part_names(parts: Sequence[Path]) -> None:
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
 
 
-def _indexed_records(part: Path, k: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
-    """(input index, `k`, line number, record) for each record of a part, checking the indices rise."""
-    previous = -1
+def _indexed_records(part: Path, k: int, key: str, final: Final | None) -> Iterator[tuple[int, int, int, dict[str, Any], bool]]:
+    """(input index, `k`, line number, record, whether final) for each record of a part, checking the
+    indices rise and each input's records end with a final one."""
+    previous, previous_final, previous_name = -1, True, ""
     try:
         with open(part, "rb") as handle:
             for number, line in enumerate(handle, 1):
@@ -317,24 +325,31 @@ def _indexed_records(part: Path, k: int) -> Iterator[tuple[int, int, int, dict[s
                 except ValueError:
                     raise VtempoError(f"{where} is not JSON") from None
                 index = record.get("input") if isinstance(record, dict) else None
-                if not isinstance(index, int) or not isinstance(record.get("path"), str):
-                    raise VtempoError(f"{where} has no \"input\" index and \"path\": not a part written by a sharded run")
-                if index == previous:
-                    raise VtempoError(f"{record['path']} appears twice (input {index}, {where} and the line before)")
+                if not isinstance(index, int) or not isinstance(record.get(key), str):
+                    raise VtempoError(f"{where} has no \"input\" index and \"{key}\": not a part written by a sharded run")
+                if index == previous and previous_final:
+                    raise VtempoError(f"{record[key]} appears twice (input {index}, {where} and before it)")
                 if index < previous:
                     raise VtempoError(f"{where}: input {index} after input {previous}, not in input order")
-                previous = index
-                yield index, k, number, record
+                if index > previous and not previous_final:
+                    raise VtempoError(f"{previous_name} is incomplete in {display_path(part)}: run its shard again with --resume")
+                previous, previous_final, previous_name = index, final is None or final(record), record[key]
+                yield index, k, number, record, previous_final
     except OSError as error:
         raise VtempoError(f"{display_path(part)}: cannot read ({error.strerror or error})") from None
+    if not previous_final:
+        raise VtempoError(f"{previous_name} is incomplete in {display_path(part)}: run its shard again with --resume")
 
 
 def merge_parts(
     parts: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     expected_inputs: Sequence[str | os.PathLike] | None = None,
+    key: str = "path",
+    final: Final | None = None,
 ) -> int:
-    """Join part files into `out` in input order; returns the number of records.
+    """Join part files into `out` in input order; returns the number of records (`key`, `final`: as
+    for `read_finished`).
 
     Every input must appear exactly once: a duplicate, a gap in the input indices, or (with
     `expected_inputs`, the full input list) a missing input or one whose path differs is an error naming
@@ -348,17 +363,22 @@ def merge_parts(
     expected = None if expected_inputs is None else [display_path(path) for path in expected_inputs]
     out = Path(out)
     temporary = out.with_name(f".{out.name}.merging")
-    streams = [_indexed_records(part, k) for k, part in enumerate(parts)]
+    streams = [_indexed_records(part, k, key, final) for k, part in enumerate(parts)]
     written = 0
-    last: tuple[int, str] | None = None  # (input index, where) of the record written last
+    last: tuple[int, str, int, bool] | None = None  # (input index, where, part, final) of the record written last
     first_setup: tuple[dict[str, Any] | None, str] | None = None  # (setup, where) of the first record
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
-            for index, k, number, record in heapq.merge(*streams, key=lambda item: item[:2]):
-                path, where = record["path"], f"{display_path(parts[k])} line {number}"
+            for index, k, number, record, is_final in heapq.merge(*streams, key=lambda item: item[:2]):
+                path, where = record[key], f"{display_path(parts[k])} line {number}"
                 if last is not None and index == last[0]:
-                    raise VtempoError(f"{path} appears twice (input {index}): {last[1]} and {where}")
+                    if last[2] != k:  # the same input in two parts (a part's own records were checked)
+                        raise VtempoError(f"{path} appears twice (input {index}): {last[1]} and {where}")
+                    last = (index, where, k, is_final)
+                    handle.write(_merged_line(record))
+                    written += 1
+                    continue
                 first_missing = 0 if last is None else last[0] + 1
                 if index > first_missing:
                     name = expected[first_missing] if expected and first_missing < len(expected) else None
@@ -378,18 +398,23 @@ def merge_parts(
                     difference = (_setup_difference(first_setup[0], setup, f"in {first_setup[1]}", f"in {where}")
                                   if first_setup[0] and setup else f"provenance in only one of {first_setup[1]} and {where}")
                     raise VtempoError(f"the parts come from different setups: {difference}")
-                del record["input"]
-                handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+                handle.write(_merged_line(record))
                 written += 1
-                last = (index, where)
-        if expected is not None and written < len(expected):
-            raise VtempoError(f"{expected[written]} is missing from the parts"
-                              + (f" (and {len(expected) - written - 1} more)" if len(expected) - written > 1 else ""))
+                last = (index, where, k, is_final)
+        inputs = 0 if last is None else last[0] + 1
+        if expected is not None and inputs < len(expected):
+            raise VtempoError(f"{expected[inputs]} is missing from the parts"
+                              + (f" (and {len(expected) - inputs - 1} more)" if len(expected) - inputs > 1 else ""))
         os.replace(temporary, out)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     return written
+
+
+def _merged_line(record: dict[str, Any]) -> bytes:
+    """A part's record as the merged file has it: without its input index."""
+    return json.dumps({k: v for k, v in record.items() if k != "input"}, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 # --------------------------------------------------------------------------------------- a whole run
@@ -409,6 +434,8 @@ class ShardedRun:
     ranks: Any  # vtempo.distributed.Ranks
     merge: bool = False  # rank 0 merges the parts at the end (torchrun)
     provenance: dict[str, Any] | None = None  # what made the results, recorded in each
+    key: str = "path"  # the record field naming the input
+    final: Final | None = None  # tells an input's last record, when it has several
     _writer: JsonlAppender | None = field(default=None, repr=False)
 
     @property
@@ -425,8 +452,8 @@ class ShardedRun:
         if self._writer is None:
             raise VtempoError("this run has no JSON Lines output to write to")
         if self.shard is not None:
-            record = {"path": record["path"], "input": self.todo[position],
-                      **{k: v for k, v in record.items() if k != "path"}}
+            record = {self.key: record[self.key], "input": self.todo[position],
+                      **{k: v for k, v in record.items() if k != self.key}}
         if self.provenance:
             record = {**record, "provenance": self.provenance}
         self._writer.write(record)
@@ -448,7 +475,7 @@ class ShardedRun:
         if self.ranks.main and self.merge:
             parts = [Shard(k, self.ranks.world).part(self.output) for k in range(self.ranks.world)]
             try:
-                merged = merge_parts(parts, self.output, self.inputs)
+                merged = merge_parts(parts, self.output, self.inputs, self.key, self.final)
                 for part in parts:
                     part.unlink(missing_ok=True)
             except VtempoError as error:
@@ -468,6 +495,8 @@ def start_run(
     overwrite: bool = False,
     ranks: Any = None,
     provenance: dict[str, Any] | None = None,
+    key: str = "path",
+    final: Final | None = None,
 ) -> ShardedRun:
     """Decide this process's share of `inputs` and open where its results go.
 
@@ -476,7 +505,8 @@ def start_run(
     `vtempo.distributed.start` with world > 1): the part `STEM.part-K-of-N.jsonl`, and `output` must end
     in .jsonl. Checks the existing files first: nothing is overwritten without `overwrite`, and
     `resume` skips what is done, provided the same setup made it (`provenance`, written into every
-    record: model, weights, frames, views, dtype).
+    record: model, weights, frames, views, dtype). `key` and `final` describe the records as for
+    `read_finished`; then each input's records go to `write` one after another, its final one last.
     """
     from vtempo import distributed
 
@@ -506,7 +536,7 @@ def start_run(
     distributed.barrier(ranks)
     if finished_run:
         # a torchrun run that finished: its parts were merged into the output and deleted
-        finished, _ = read_finished(output)
+        finished, _ = read_finished(output, key, final)
         check_same_setup(output, provenance)
         missing = [display_path(path) for path in inputs if display_path(path) not in finished]
         if missing:
@@ -516,11 +546,11 @@ def start_run(
         return ShardedRun(inputs, output, None, [], len(mine), shard, ranks)
     finished, offset = set(), 0
     if resume and target.exists():
-        finished, offset = read_finished(target)
+        finished, offset = read_finished(target, key, final)
         check_same_setup(target, provenance)
     todo = [i for i in mine if display_path(inputs[i]) not in finished]
     return ShardedRun(inputs, output, target, todo, len(mine) - len(todo), shard, ranks, merge=torchrun,
-                      provenance=provenance, _writer=JsonlAppender(target, offset))
+                      provenance=provenance, key=key, final=final, _writer=JsonlAppender(target, offset))
 
 
 def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite: bool, torchrun: bool) -> None:
