@@ -33,6 +33,10 @@ def friendly_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        from vtempo.commands.download import download_progress
+        from vtempo.weights import hub
+
+        hub.first_use_progress = download_progress  # checkpoints downloaded on first use show a bar
         try:
             return command(*args, **kwargs)
         except UsageError as error:
