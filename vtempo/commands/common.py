@@ -1,18 +1,66 @@
-"""What every command shares: one-line errors and exit codes."""
+"""What every command shares: one-line errors and exit codes, text safe for the terminal, and
+SIGTERM handled like Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich.console import Console, RenderHook
+from rich.markup import escape as escape_markup
+from rich.segment import Segment
 
 from vtempo.errors import UsageError, VtempoError
 
+# C0 controls (ESC starts terminal escape sequences), DEL, C1 controls (0x9b is a one-byte CSI) and the
+# bidirectional overrides that reorder what a line appears to say
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_IN_OUTPUT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: object) -> str:
+    """`text` to print exactly as written: rich markup escaped, and control characters (newlines too)
+    shown as \\xNN, so a file or class name can neither style the output nor drive the terminal
+    (move the cursor, retitle the window, ...). Use it for every name or message that comes from
+    outside (file names, labels, decoder messages)."""
+    return escape_markup(_CONTROL.sub(_escaped, str(text)))
+
+
+class _ControlCharacters(RenderHook):
+    """The last guard for text printed without `escape`: control characters in the text of whatever a
+    console renders are shown as \\xNN (line breaks and tabs stay; rich's own styling and cursor
+    codes are segments of their own and pass)."""
+
+    def process_renderables(self, renderables):
+        return [_Guarded(renderable) for renderable in renderables]
+
+
+class _Guarded:
+    def __init__(self, renderable) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console, options):
+        for segment in console.render(self.renderable, options):
+            if segment.control or not _CONTROL_IN_OUTPUT.search(segment.text):
+                yield segment
+            else:
+                yield Segment(_CONTROL_IN_OUTPUT.sub(_escaped, segment.text), segment.style)
+
+
 console = Console()
 err_console = Console(stderr=True)
+for _console in (console, err_console):
+    _console.push_render_hook(_ControlCharacters())
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -24,12 +72,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Turn user-fixable errors into one line on stderr and an exit code, never a traceback."""
+    """Turn user-fixable errors into one line on stderr and an exit code, never a traceback; SIGTERM
+    interrupts the command as Ctrl-C does, so it writes what is finished before it exits."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with sigterm_interrupts():
+                return command(*args, **kwargs)
         except UsageError as error:
             raise fail(str(error), EXIT_USAGE) from None
         except VtempoError as error:
@@ -39,3 +89,23 @@ def friendly_errors(command: Callable) -> Callable:
             sys.exit(130)
 
     return run
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside: SIGTERM (`kill`, `timeout`, a job scheduler) raises KeyboardInterrupt, once; a second
+    one while the command cleans up is ignored (SIGKILL still ends it). Outside: as before."""
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
+from vtempo.commands.common import escape
 
 from vtempo.commands.common import (
     EXIT_OK,

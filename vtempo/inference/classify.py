@@ -24,7 +24,7 @@ import torch
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.decoding import ViewPlan, video_loader
-from vtempo.inference.results import Prediction, VideoResult
+from vtempo.inference.results import VideoResult
 from vtempo.runtime import default_workers
 from vtempo.video.discovery import collect_videos
 from vtempo.video.transforms import Preprocess
@@ -227,19 +227,7 @@ class Classifier:
             start += len(views)
 
     def _result(self, entry: _Pending) -> VideoResult:
-        item = entry.item
-        if item["error"] is not None:
-            return VideoResult(entry.path, error=item["error"], num_frames=item.get("num_frames"),
-                               header_frames=item.get("header_frames"), backend=item.get("backend"))
-        logits = torch.cat(entry.scores)
-        if self.average == "prob":
-            probs = logits.softmax(-1).mean(0)
-        else:
-            probs = logits.mean(0).softmax(-1)
-        values, indices = probs.topk(self.topk)
-        top = [Prediction(self.labels[i], int(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
-        return VideoResult(entry.path, top, None, item["num_frames"], item["header_frames"], item["fps"],
-                           item["backend"], len(logits), item.get("warning"))
+        return VideoResult.from_scores(entry.path, entry.item, entry.scores, average=self.average, labels=self.labels, topk=self.topk)
 
 
 def _protocol_from(meta: dict[str, Any]) -> Protocol:
