@@ -4,6 +4,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,10 +97,22 @@ def _fixed_mmap_threshold(threshold: int = 1 << 17) -> None:
         pass  # not glibc
 
 
+def _quiet_when_the_reader_left(kind, value, trace) -> None:
+    """The hook for errors of a worker's helper threads (multiprocessing's resource sharer calls it).
+    One that was handing a decoded batch over when the main process stopped (Ctrl-C, SIGTERM) finds the
+    pipe closed: nothing went wrong that the user should see."""
+    if not issubclass(kind, (BrokenPipeError, ConnectionResetError)):
+        sys.__excepthook__(kind, value, trace)
+
+
 def _init_worker(_: int) -> None:
     # Objects inherited from the parent stay out of the worker's garbage collector: collecting them
     # writes to their pages, and the copy-on-write grows the worker's memory with every file it decodes.
     gc.freeze()
+    # The command's SIGTERM handler (raise KeyboardInterrupt, to finish the output) is for the main
+    # process; a worker the loader terminates at shutdown just ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.excepthook = _quiet_when_the_reader_left
     torch.set_num_threads(1)
     # The model runs as many threads as there are cores and they meet at a barrier after every op: a
     # worker that preempts one of them stalls them all. At the lowest priority the workers decode in
