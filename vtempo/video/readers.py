@@ -48,7 +48,7 @@ IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .webp .tif .tiff".split())
 NO_FRAME_DECODES = "truncated or corrupt: no frame decodes"
 CORRUPT_FRAME = "truncated or corrupt: a frame does not decode"
 IMAGE_CODECS = frozenset("png mpng mjpg mjpeg jpeg bmp tiff webp gif jp2 j2k".split())
-""""Codecs" that store pictures, lower-cased FourCCs as OpenCV reports them: one such frame is a still."""
+"""Picture codecs, as the lower-cased FourCCs OpenCV reports: a single frame of one is a still image."""
 
 
 class VideoError(VtempoError):
