@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import select
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 import videogen
+from rich.progress import Progress
 from typer.testing import CliRunner
 
 import vtempo
@@ -526,4 +528,11 @@ def test_escape_and_the_console_guard():
         common.console.print(f"raw {EVIL} text", "[red]styled[/]")
     printed = captured.get()
     assert "\x1b[2J" not in printed and "\\x1b[2J" in printed and "styled" in printed
+    terminal = io.StringIO()
+    guarded = common.GuardedConsole(file=terminal, force_terminal=True, width=80)
+    with Progress(console=guarded, transient=True) as progress:  # a live display renders on its own
+        progress.advance(progress.add_task(f"model{EVIL}name", total=2))
+        guarded.print("[red]styled[/]")
+    assert "\x1b[2J" not in terminal.getvalue() and "\\x1b[2J" in terminal.getvalue()
+    assert "\x1b[31m" in terminal.getvalue()  # rich's own colours still reach the terminal
 

@@ -11,7 +11,7 @@ import threading
 from typing import Callable, Iterator
 
 import typer
-from rich.console import Console, RenderHook
+from rich.console import Console
 from rich.markup import escape as escape_markup
 from rich.segment import Segment
 
@@ -36,31 +36,21 @@ def escape(text: object) -> str:
     return escape_markup(_CONTROL.sub(_escaped, str(text)))
 
 
-class _ControlCharacters(RenderHook):
-    """The last guard for text printed without `escape`: control characters in the text of whatever a
-    console renders are shown as \\xNN (line breaks and tabs stay; rich's own styling and cursor
-    codes are segments of their own and pass)."""
+class GuardedConsole(Console):
+    """A rich Console that shows control characters in the text it writes as \\xNN: the last guard
+    for text printed without `escape`, progress-bar descriptions included. Line breaks and tabs stay;
+    rich's own styling and cursor codes are not text (they come from styles and control segments)."""
 
-    def process_renderables(self, renderables):
-        return [_Guarded(renderable) for renderable in renderables]
-
-
-class _Guarded:
-    def __init__(self, renderable) -> None:
-        self.renderable = renderable
-
-    def __rich_console__(self, console, options):
-        for segment in console.render(self.renderable, options):
-            if segment.control or not _CONTROL_IN_OUTPUT.search(segment.text):
-                yield segment
-            else:
-                yield Segment(_CONTROL_IN_OUTPUT.sub(_escaped, segment.text), segment.style)
+    def _render_buffer(self, buffer):  # every write passes here, live displays and captures too
+        return super()._render_buffer(
+            segment if segment.control or not _CONTROL_IN_OUTPUT.search(segment.text)
+            else Segment(_CONTROL_IN_OUTPUT.sub(_escaped, segment.text), segment.style, segment.control)
+            for segment in buffer
+        )
 
 
-console = Console()
-err_console = Console(stderr=True)
-for _console in (console, err_console):
-    _console.push_render_hook(_ControlCharacters())
+console = GuardedConsole()
+err_console = GuardedConsole(stderr=True)
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
