@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 import vtempo
 from vtempo.cli import app
 from vtempo.commands import common
-from vtempo.inference.classify import Classifier
+from vtempo.inference.recognizer import load
 from vtempo.inference.decoding import ViewPlan, available_cores, cap_workers, video_loader
 from vtempo.inference.results import NOT_FINITE, Prediction, ResultWriter, VideoResult
 from vtempo.video import VideoError, available_backends, open_video
@@ -380,9 +380,9 @@ class NaNModel(torch.nn.Module):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_scores_that_are_not_finite_make_a_failed_result_and_valid_json(tiny, good_videos, tmp_path, value):
-    classifier = Classifier.create("tsn-r10w8", weights=tiny.checkpoint, labels=tiny.labels, workers=0, device="cpu")
-    classifier.model = NaNModel(value)
-    (result,) = classifier.run([good_videos["h264_bframes.mp4"].path])
+    recognizer = load("tsn-r10w8", weights=tiny.checkpoint, labels=tiny.labels, device="cpu")
+    recognizer.model = NaNModel(value)
+    (result,) = recognizer.classify_files([good_videos["h264_bframes.mp4"].path], workers=0)
     assert not result.ok and result.error == NOT_FINITE
     for suffix in (".json", ".jsonl", ".csv"):
         out = tmp_path / f"out{suffix}"
