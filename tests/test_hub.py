@@ -564,7 +564,7 @@ _generated: dict[str, tuple[Path, dict[str, float]]] = {}
 def reference_file(layout: str, folder: Path) -> tuple[Path, dict[str, float]]:
     """A full R-50 checkpoint with the manifest's keys and shapes, in the container its source uses.
 
-    Returns the file and the constant each tensor holds. Made once per session (they are ~100 MB).
+    Returns the file and the constant each tensor holds. Made once per test run (they are ~100 MB).
     """
     if layout in _generated:
         return _generated[layout]

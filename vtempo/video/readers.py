@@ -5,7 +5,7 @@
 (len, H, W, 3) uint8 RGB. Any problem with the file raises `VideoError` with one line naming the file
 and the reason.
 
-Decoding traps handled here (see ../shared/reference/tooling.md):
+Decoding traps handled here:
 - decord: only `get_batch` (its `seek`+`next` returns key frames). Containers without an index (MPEG
   program and transport streams) make even `get_batch` return wrong frames (torchcodec's too), and
   rotated videos and some frame widths crash it, so such files go to the next backend.
