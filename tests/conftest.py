@@ -1,4 +1,4 @@
-"""Shared fixtures: generated videos, good and bad, written once per test session.
+"""Shared fixtures: generated videos, good and bad, written once per test run.
 
 Every good video is made by `videogen` and shows its frame index in every frame (`read_index`), so
 tests can check that a reader returns exactly the frames asked for.

@@ -249,8 +249,8 @@ def test_every_temporal_family_has_a_bundled_demo():
 
 
 UNDERTRAINED_DEMOS = {
-    "tam": "tam-demo (88.0% top-1) peaks in the box in 50.0% of frames (below 70%: issue 6 is blocked on these weights)",
-    "stc-light": "stc-light-demo (89.6% top-1) peaks in the box in 65.6% of frames (below 70%: issue 6 is blocked on these weights)",
+    "tam": "tam-demo (88.0% top-1) peaks in the box in 50.0% of frames (below 70%: these small weights miss small moving objects, see docs/demo-models.md)",
+    "stc-light": "stc-light-demo (89.6% top-1) peaks in the box in 65.6% of frames (below 70%: these small weights miss small moving objects, see docs/demo-models.md)",
 }
 
 

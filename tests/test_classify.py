@@ -305,6 +305,7 @@ def symlinks(folder: Path, target: Path, count: int) -> Path:
 def test_interrupted_run_keeps_finished_results(tiny, good_videos, tmp_path):
     videos = symlinks(tmp_path / "many", good_videos["mjpeg.avi"].path, 1500)
     out = tmp_path / "partial.jsonl"
+    part = tmp_path / "partial.jsonl.part"  # where results stream until the writer closes
     process = subprocess.Popen(
         [*VTEMPO, "classify", str(videos), *tiny_args(tiny, "--workers", "1", "-o", str(out))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -313,7 +314,7 @@ def test_interrupted_run_keeps_finished_results(tiny, good_videos, tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        while time.monotonic() < deadline and (not part.exists() or part.read_text().count("\n") < 3):
             time.sleep(0.1)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
         _, stderr = process.communicate(timeout=60)

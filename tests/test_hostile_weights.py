@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from vtempo.cli import app
 from vtempo.data import synth
 from vtempo.errors import UsageError, VtempoError
-from vtempo.inference.classify import Classifier
+from vtempo.inference.recognizer import load
 from vtempo.models import build
 from vtempo.training.train import TrainConfig, train
 from vtempo.weights.checkpoint import load_weights, read_file, read_state, read_training_state, save_checkpoint
@@ -111,7 +111,7 @@ def test_checkpoint_metadata_is_checked_wherever_it_is_read(tmp_path, meta, reas
         read_state(path)
     assert reason in one_line(error, path)
     with pytest.raises(VtempoError, match="metadata"):  # the classifier (the 18 GB `clips` case) and convert
-        Classifier.create("tsn-r10w8", weights=path)
+        load("tsn-r10w8", weights=path)
     result = runner.invoke(app, ["convert", str(path), str(tmp_path / "out.pt")])
     assert result.exit_code == 1 and "metadata" in result.output and "Traceback" not in result.output
     assert "\x1b" not in result.output and not (tmp_path / "out.pt").exists()
@@ -142,7 +142,7 @@ def test_a_limit_is_raised_by_its_environment_variable(tmp_path, monkeypatch):
 def test_load_errors_through_weights_name_the_file(tmp_path):
     path = save_checkpoint(build("tsm-r10w8", num_classes=3, frames=2), tmp_path / "tsm.pt")
     with pytest.raises(VtempoError) as error:
-        Classifier.create("tsn-r10w8", weights=path)  # TSM weights into a TSN
+        load("tsn-r10w8", weights=path)  # TSM weights into a TSN
     message = one_line(error, path)
     assert message.startswith(f"{path} (vtempo layout) does not fit the model") and "state dict" not in message
 

@@ -8,6 +8,7 @@ leaves this machine: every URL points at the test server, and $VTEMPO_HOME is a 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -519,6 +520,21 @@ def test_progress_is_a_callback(site, tmp_path):
     assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_a_download_on_first_use_reports_to_the_command_lines_progress(site, tmp_path, monkeypatch):
+    data = payload(600_000, seed=12)
+    site.files["first.pth"] = data
+    entry = entry_for(site, tmp_path, "/files/first.pth", sha256=sha(data))
+    seen: list[tuple[str, int]] = []
+
+    @contextlib.contextmanager
+    def shown(name):
+        yield lambda done, total: seen.append((name, done))
+
+    monkeypatch.setattr(hub, "first_use_progress", shown)
+    assert hub.weights_path(entry).read_bytes() == data
+    assert seen and seen[-1] == (entry.name, len(data))
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_the_weights_package_needs_no_rich():
     code = ("import sys, vtempo.weights.hub, vtempo.weights.checkpoint, vtempo.weights.metadata; "
@@ -548,7 +564,7 @@ _generated: dict[str, tuple[Path, dict[str, float]]] = {}
 def reference_file(layout: str, folder: Path) -> tuple[Path, dict[str, float]]:
     """A full R-50 checkpoint with the manifest's keys and shapes, in the container its source uses.
 
-    Returns the file and the constant each tensor holds. Made once per session (they are ~100 MB).
+    Returns the file and the constant each tensor holds. Made once per test run (they are ~100 MB).
     """
     if layout in _generated:
         return _generated[layout]

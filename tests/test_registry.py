@@ -18,7 +18,7 @@ from vtempo.weights.registry import RegistryError
 
 runner = CliRunner()
 
-# Reported top-1 per entry, as published (../shared/reference/checkpoints.md, the papers, the READMEs).
+# Reported top-1 per entry, as published (the papers, the official READMEs and the MMAction2 model zoo).
 PUBLISHED_TOP1 = {
     "tsn-r50-k400": 70.6, "tsm-r50-k400": 71.2, "tsm-r50-k400-16f": 72.6, "tsm-r50-k400-dense": 74.1,
     "tsm-r50-sthv1": 45.6, "tsm-r50-sthv1-16f": 47.2, "tsm-r101-sthv1": 46.9, "tsm-r50-sthv2": 61.2,

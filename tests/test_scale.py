@@ -207,8 +207,23 @@ def test_an_existing_output_is_never_overwritten_silently(tmp_path, sized_files)
     with pytest.raises(UsageError, match="exclude"):
         start_run(sized_files, tmp_path / "out.jsonl", resume=True, overwrite=True)
     run = start_run(sized_files, tmp_path / "out.jsonl", overwrite=True)
+    # without --resume the caller's ResultWriter replaces the file once the new one is complete
+    assert not run.writes and run.todo == list(range(len(sized_files)))
+    assert (tmp_path / "out.jsonl").read_text() == "precious\n"
+
+
+def test_resume_takes_up_what_a_run_without_it_left_in_its_part_file(tmp_path, sized_files):
+    out = tmp_path / "out.jsonl"
+    unfinished = tmp_path / "out.jsonl.part"  # ResultWriter's file while it writes
+    write_lines(unfinished, [fake_record(path) for path in sized_files[:4]], b'{"path": "cut')
+    run = start_run(sized_files, out, resume=True)
+    assert run.done_before == 4 and not unfinished.exists()
     run_some(run)
-    assert len(list(iter_records(tmp_path / "out.jsonl"))) == len(sized_files)
+    assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]
+    unfinished.write_text("")
+    with pytest.raises(UsageError, match="keep one of the two") as caught:
+        start_run(sized_files, out, resume=True)
+    assert one_line(str(caught.value))
 
 
 def test_resume_skips_finished_files_and_appends_the_rest(tmp_path, sized_files):
@@ -229,7 +244,7 @@ SETUP = {"model": "tsm-demo", "weights_sha256": "ab12", "frames": 8, "views": "1
 
 def test_resume_refuses_results_of_another_setup(tmp_path, sized_files):
     out = tmp_path / "out.jsonl"
-    run = start_run(sized_files, out, provenance=SETUP)
+    run = start_run(sized_files, out, resume=True, provenance=SETUP)
     run_some(run, stop=3)
     assert all(record["provenance"] == SETUP for record in iter_records(out))
     newer = start_run(sized_files, out, resume=True, provenance={**SETUP, "vtempo": "0.2"})  # another version: fine
@@ -378,7 +393,7 @@ def is_summary(record: dict) -> bool:
 
 def test_several_records_per_input_resume_from_the_last_finished_input(tmp_path, sized_files):
     out = tmp_path / "out.jsonl"
-    windows_then_summary(start_run(sized_files, out, key="video", final=is_summary), cut_in=5)
+    windows_then_summary(start_run(sized_files, out, resume=True, key="video", final=is_summary), cut_in=5)
     finished, offset = read_finished(out, "video", is_summary)
     assert finished == {str(p) for p in sized_files[:5]}
     assert offset == sum(len(line) for line in out.read_bytes().splitlines(keepends=True)[:15])

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
+from vtempo.commands.common import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
     @app.command("classify")
     @friendly_errors
     def classify_command(
-        paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
+        paths: List[Path] = typer.Argument(..., metavar="PATH...", readable=False, help="Video files, frame folders, or folders of them."),
         model: str = model_option(DEMO_MODEL),
         weights: Optional[Path] = weights_option(),
         registry: Optional[Path] = registry_option(),
@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
                     progress.advance(task)
         except KeyboardInterrupt:
             if writer is not None:
-                writer.close()
+                writer.close(complete=False)
             run.close()
             where = f"; their results are in {run.target}" + (" (--resume goes on)" if run.writes else "") if output is not None else ""
             err_console.print(f"interrupted: {len(done)} of {len(run.todo)} videos done{where}", highlight=False)
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
     @app.command("check-videos")
     @friendly_errors
     def check_videos_command(
-        paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
+        paths: List[Path] = typer.Argument(..., metavar="PATH...", readable=False, help="Video files, frame folders, or folders of them."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         frames: int = typer.Option(8, "--frames", help="Frames to sample and decode per video, as classify would."),
         backend: str = typer.Option("auto", "--backend", help="auto, decord, torchcodec or opencv."),

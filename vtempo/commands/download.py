@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from vtempo.commands.common import escape
 
 from vtempo.commands.common import (
     EXIT_OK,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich import box
 from rich.console import Console
-from rich.markup import escape
+from vtempo.commands.common import escape
 from rich.table import Table
 
 from vtempo.commands.common import console, friendly_errors

@@ -4,6 +4,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +15,7 @@ import torch
 
 from vtempo.runtime import default_workers  # noqa: F401
 from vtempo.video import VideoError, open_video
+from vtempo.video.discovery import FailedInput
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import Preprocess, make_views
 from vtempo.weights.registry import CROPS, Protocol
@@ -40,8 +43,12 @@ class ViewPlan:
 
 
 def decode_views(path: Path, plan: ViewPlan) -> dict[str, Any]:
-    """Decode one video into its views (V, T, 3, S, S); failures become an `error` entry."""
+    """Decode one video into its views (V, T, 3, S, S); failures become an `error` entry (and the
+    decoder's own words, when the error puts them plainly, a `detail` entry)."""
     item: dict[str, Any] = {"views": None, "error": None}
+    if isinstance(path, FailedInput):  # found unusable while collecting the inputs
+        item["error"] = path.reason
+        return item
     try:
         with open_video(path, plan.backend, plan.max_side) as reader:
             item.update(num_frames=reader.num_frames, header_frames=reader.header_frames, fps=reader.fps,
@@ -54,6 +61,8 @@ def decode_views(path: Path, plan: ViewPlan) -> dict[str, Any]:
             item["warning"] = f"only {reader.num_frames} decodable frame(s) for {plan.frames}: frames repeat"
     except VideoError as error:
         item["error"] = error.reason
+        if error.detail:
+            item["detail"] = error.detail
     except Exception as error:  # noqa: BLE001 - one odd file must never end a batch
         item["error"] = f"unexpected {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
     return item
@@ -88,10 +97,22 @@ def _fixed_mmap_threshold(threshold: int = 1 << 17) -> None:
         pass  # not glibc
 
 
+def _quiet_when_the_reader_left(kind, value, trace) -> None:
+    """The hook for errors of a worker's helper threads (multiprocessing's resource sharer calls it).
+    One that was handing a decoded batch over when the main process stopped (Ctrl-C, SIGTERM) finds the
+    pipe closed: nothing went wrong that the user should see."""
+    if not issubclass(kind, (BrokenPipeError, ConnectionResetError)):
+        sys.__excepthook__(kind, value, trace)
+
+
 def _init_worker(_: int) -> None:
     # Objects inherited from the parent stay out of the worker's garbage collector: collecting them
     # writes to their pages, and the copy-on-write grows the worker's memory with every file it decodes.
     gc.freeze()
+    # The command's SIGTERM handler (raise KeyboardInterrupt, to finish the output) is for the main
+    # process; a worker the loader terminates at shutdown just ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.excepthook = _quiet_when_the_reader_left
     torch.set_num_threads(1)
     # The model runs as many threads as there are cores and they meet at a barrier after every op: a
     # worker that preempts one of them stalls them all. At the lowest priority the workers decode in
@@ -99,8 +120,23 @@ def _init_worker(_: int) -> None:
     os.nice(19)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_workers(requested: int, files: int) -> int:
+    """Decode workers actually started: what was asked for, but no more than there are files to decode
+    or cores to run them (more only cost memory and start-up time)."""
+    return max(0, min(requested, files, available_cores()))
+
+
 def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memory: bool = False):
-    """A DataLoader yielding one decoded item per video, in order."""
+    """A DataLoader yielding one decoded item per video, in order; `workers` is capped by `cap_workers`."""
+    workers = cap_workers(workers, len(videos))
     _fixed_mmap_threshold()  # before the workers fork, so they inherit it
     if workers:
         # One OpenCV thread, set here before the fork: the workers already run in parallel, and a

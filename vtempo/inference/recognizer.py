@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import UsageError, VtempoError
-from vtempo.inference.results import Prediction, VideoResult
+from vtempo.inference.results import NOT_FINITE, Prediction, VideoResult
 from vtempo.video.transforms import Preprocess
 from vtempo.weights.registry import CROPS, ModelEntry, Protocol, labels_path, load_registry, read_labels
 
@@ -294,14 +294,10 @@ class Recognizer:
                 yield item, views
 
         engine = Engine(self.model, self.device, self.dtype, batch_size)
-        for done, (item, scores) in enumerate(engine.scores(items(), self.protocol.average), 1):
-            path = Path(videos[item["index"]])
-            if item["error"] is not None:
-                result = VideoResult(path, error=item["error"], num_frames=item.get("num_frames"),
-                                     header_frames=item.get("header_frames"), backend=item.get("backend"))
-            else:
-                result = VideoResult(path, self._top(scores, topk), None, item["num_frames"], item["header_frames"],
-                                     item["fps"], item["backend"], item["view_count"], item.get("warning"))
+        for done, (item, logits) in enumerate(engine.scores(items(), None), 1):
+            # views combine as the protocol says; NaN or infinite logits make a failed result
+            result = VideoResult.from_scores(videos[item["index"]], item, logits, average=self.protocol.average,
+                                             labels=self.labels, topk=topk)
             if progress is not None:
                 progress(done, len(videos))
             yield result
@@ -321,6 +317,8 @@ class Recognizer:
     def _top(self, scores: torch.Tensor, topk: int) -> list[Prediction]:
         from vtempo.inference.engine import probabilities
 
+        if not bool(scores.isfinite().all()):
+            raise VtempoError(f"{self.name}: {NOT_FINITE}")
         values, indices = probabilities(scores, self.protocol.average).topk(min(topk, len(self.labels)))
         return [Prediction(self.labels[i], int(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
 

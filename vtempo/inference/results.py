@@ -1,13 +1,16 @@
 """One input's outcome (ranked labels or the reason it failed) and the writers of result files."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, VtempoError
 from vtempo.video import display_path
+
+NOT_FINITE = "model output is not finite (NaN or infinite scores)"
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,10 @@ class Prediction:
 
 @dataclass
 class VideoResult:
-    """One input's outcome: top-k predictions, or the reason it failed."""
+    """One input's outcome: top-k predictions, or the reason it failed.
+
+    A result whose probabilities are not finite numbers is a failure (NOT_FINITE), however it was made:
+    a NaN is no prediction, and it is not valid JSON either."""
 
     path: Path
     top: list[Prediction] = field(default_factory=list)
@@ -30,6 +36,43 @@ class VideoResult:
     backend: str | None = None
     views: int = 0
     warning: str | None = None
+    detail: str | None = None  # a decoder's own words behind `error`, for the record
+
+    def __post_init__(self) -> None:
+        if self.error is None and not all(math.isfinite(p.prob) for p in self.top):
+            self.top, self.error = [], NOT_FINITE
+
+    @classmethod
+    def from_scores(
+        cls,
+        path: str | os.PathLike,
+        item: Mapping[str, Any],
+        scores: Any,
+        *,
+        average: str,
+        labels: Sequence[str],
+        topk: int,
+    ) -> VideoResult:
+        """The result for one input, from what decoding it gave (`item`: error and detail, or
+        num_frames, header_frames, fps, backend, warning) and its views' logits (a (views, classes)
+        tensor, or a list of them). Views combine as the protocol says: `average` "logits" (mean of
+        logits, then softmax) or "prob" (mean of softmaxes). Logits that are NaN or infinite make the
+        result a failure (NOT_FINITE)."""
+        info = dict(num_frames=item.get("num_frames"), header_frames=item.get("header_frames"),
+                    backend=item.get("backend"))
+        if item.get("error") is not None:
+            return cls(Path(path), error=item["error"], detail=item.get("detail"), **info)
+        if isinstance(scores, (list, tuple)):
+            import torch
+
+            scores = torch.cat(list(scores))
+        logits = scores.float()
+        if not bool(logits.isfinite().all()):
+            return cls(Path(path), error=NOT_FINITE, views=len(logits), **info)
+        probs = logits.softmax(-1).mean(0) if average == "prob" else logits.mean(0).softmax(-1)
+        values, indices = probs.topk(min(topk, len(labels)))
+        top = [Prediction(labels[i], int(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+        return cls(Path(path), top, None, fps=item.get("fps"), views=len(logits), warning=item.get("warning"), **info)
 
     @property
     def ok(self) -> bool:
@@ -45,18 +88,29 @@ class VideoResult:
                 data["warning"] = self.warning
         else:
             data["error"] = self.error
+            if self.detail:
+                data["detail"] = self.detail
         return data
 
 
 class ResultWriter:
-    """Writes results to .jsonl (a line per result, flushed as it comes), .csv (a row per result,
-    likewise) or .json (one document, written when closed, also after an interruption).
+    """Writes results to .jsonl (a line per result), .csv (a row per result) or .json (one document, a
+    result a line).
+
+    Nothing is written at `path` itself until the writer closes. Results stream into `<path>.part`
+    beside it, flushed as each comes (so a process killed outright leaves them there), and at close that
+    file replaces `path` in one rename: an existing file at `path` stays whole until the new one is
+    complete. After an interruption (`close(complete=False)`, or leaving a `with` block by an
+    exception) the finished results replace it all the same, as a well-formed file, so that none is
+    lost; only when there are none is the old file kept (and the empty part removed).
 
     `provenance` (`Recognizer.provenance()`: model, weights' sha256, frames, views, dtype, vtempo
     version) goes into every JSONL line as `provenance`, into the JSON document beside `results`, and
-    into CSV columns of their own after the result's."""
+    into CSV columns of their own after the result's.
+    """
 
     FORMATS = (".jsonl", ".json", ".csv")
+    PART_SUFFIX = ".part"
 
     def __init__(self, path: str | os.PathLike, topk: int, provenance: dict[str, Any] | None = None):
         self.path, self.topk = Path(path), topk
@@ -64,54 +118,82 @@ class ResultWriter:
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
             raise UsageError(f"--output {display_path(self.path)}: the name must end in .jsonl, .json or .csv")
+        if self.path.is_dir():
+            raise UsageError(f"--output {display_path(self.path)}: is a folder")
+        # a link is followed, so the file it points to is the one replaced (not the link)
+        self.target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
+        self.part = self.target.with_name(self.target.name + self.PART_SUFFIX)
+        self.count = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "w", encoding="utf-8", newline="")
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.part, "w", encoding="utf-8", newline="")
         except OSError as error:
             raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
-        self._rows: list[dict[str, Any]] = []
+        self._begin()
+
+    def _begin(self) -> None:
+        """What a new file starts with. (Appending to an existing file would copy it into the part
+        file here instead, less its JSON closing bracket.)"""
         if self.kind == ".csv":
             import csv
 
             self._csv = csv.writer(self._handle)
-            ranks = [f"top{r}_{part}" for r in range(1, topk + 1) for part in ("label", "prob")]
+            ranks = [f"top{r}_{part}" for r in range(1, self.topk + 1) for part in ("label", "prob")]
             self._csv.writerow(["path", "status", *ranks, "num_frames", "header_frames", "backend", "error",
                                 *self.provenance])
+        elif self.kind == ".json":
+            if self.provenance:
+                import json
+
+                self._handle.write('{"provenance": ' + json.dumps(self.provenance, ensure_ascii=False) + ',\n"results": ')
+            self._handle.write("[")
 
     def write(self, result: VideoResult) -> None:
         import json
 
         data = result.to_dict()
-        if self.kind == ".jsonl":
-            if self.provenance:
-                data["provenance"] = self.provenance
-            self._handle.write(json.dumps(data, ensure_ascii=False) + "\n")
-        elif self.kind == ".csv":
-            ranks: list[Any] = []
-            for rank in range(self.topk):
-                p = result.top[rank] if rank < len(result.top) else None
-                ranks += [p.label, f"{p.prob:.6f}"] if p else ["", ""]
-            self._csv.writerow([data["path"], data["status"], *ranks, result.num_frames or "",
-                                result.header_frames or "", result.backend or "", result.error or "",
-                                *("" if v is None else v for v in self.provenance.values())])
-        else:
-            self._rows.append(data)
-            return
-        self._handle.flush()
+        if self.kind == ".jsonl" and self.provenance:
+            data["provenance"] = self.provenance
+        try:
+            if self.kind == ".csv":
+                ranks: list[Any] = []
+                for rank in range(self.topk):
+                    p = result.top[rank] if rank < len(result.top) else None
+                    ranks += [p.label, f"{p.prob:.6f}"] if p else ["", ""]
+                self._csv.writerow([data["path"], data["status"], *ranks, result.num_frames or "",
+                                    result.header_frames or "", result.backend or "", result.error or "",
+                                    *("" if v is None else v for v in self.provenance.values())])
+            else:
+                line = json.dumps(data, ensure_ascii=False, allow_nan=False)
+                self._handle.write(line + "\n" if self.kind == ".jsonl" else ("," if self.count else "") + "\n  " + line)
+            self._handle.flush()
+        except OSError as error:
+            raise VtempoError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error}); "
+                              f"the results so far are in {display_path(self.part)}") from None
+        self.count += 1
 
-    def close(self) -> None:
-        import json
-
+    def close(self, complete: bool = True) -> None:
+        """Finish the file and put it in place (see the class notes for `complete=False`)."""
         if self._handle.closed:
             return
-        if self.kind == ".json":
-            document = {"provenance": self.provenance, "results": self._rows} if self.provenance else self._rows
-            json.dump(document, self._handle, ensure_ascii=False, indent=2)
-            self._handle.write("\n")
-        self._handle.close()
+        try:
+            if self.kind == ".json":
+                self._handle.write("\n]" if self.count else "]")
+                self._handle.write("}\n" if self.provenance else "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            if complete or self.count:
+                os.replace(self.part, self.target)
+            else:
+                os.unlink(self.part)
+        except OSError as error:
+            self._handle.close()
+            raise VtempoError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error}); "
+                              f"the results so far are in {display_path(self.part)}") from None
 
     def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(complete=exc_type is None)

@@ -500,8 +500,8 @@ def start_run(
 ) -> ShardedRun:
     """Decide this process's share of `inputs` and open where its results go.
 
-    One process: `output` itself (any format; only .jsonl is opened here, the others are the caller's
-    to write). With `shard` (K/N, auto, auto/N) or under torchrun (`ranks` from
+    One process: `output` itself; with `resume` it is a .jsonl opened here to append to, else the caller
+    writes it (`writes` is False: `ResultWriter` replaces the file when complete). With `shard` (K/N, auto, auto/N) or under torchrun (`ranks` from
     `vtempo.distributed.start` with world > 1): the part `STEM.part-K-of-N.jsonl`, and `output` must end
     in .jsonl. Checks the existing files first: nothing is overwritten without `overwrite`, and
     `resume` skips what is done, provided the same setup made it (`provenance`, written into every
@@ -525,8 +525,9 @@ def start_run(
     output = Path(output)
     if shard is None:
         check_output(output, resume=resume, overwrite=overwrite)
-        if output.suffix.lower() != ".jsonl":
+        if not resume:
             return ShardedRun(inputs, output, output, list(range(len(inputs))), 0, None, ranks)
+        _adopt_unfinished(output)
         target, mine = output, list(range(len(inputs)))
     else:
         target, mine = shard.part(output), shard_positions(inputs, shard.index, shard.count)
@@ -551,6 +552,20 @@ def start_run(
     todo = [i for i in mine if display_path(inputs[i]) not in finished]
     return ShardedRun(inputs, output, target, todo, len(mine) - len(todo), shard, ranks, merge=torchrun,
                       provenance=provenance, key=key, final=final, _writer=JsonlAppender(target, offset))
+
+
+def _adopt_unfinished(output: Path) -> None:
+    """A run without --resume that was killed outright left its results in `OUT.part` (`ResultWriter`
+    renames it to OUT only when it closes): --resume takes them up from there."""
+    from vtempo.inference.results import ResultWriter
+
+    unfinished = output.with_name(output.name + ResultWriter.PART_SUFFIX)
+    if not unfinished.exists():
+        return
+    if output.exists():
+        raise UsageError(f"{display_path(unfinished)} holds the results of a run that was cut off while replacing "
+                         f"{display_path(output)}: keep one of the two (rename it to {display_path(output)}), then --resume")
+    os.replace(unfinished, output)
 
 
 def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite: bool, torchrun: bool) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vtempo.inference.decoding import ViewPlan
 from vtempo.video import VideoError, open_video
+from vtempo.video.discovery import FailedInput
 from vtempo.video.transforms import Preprocess
 from vtempo.weights.registry import Protocol
 
@@ -24,6 +25,7 @@ class VideoCheck:
     height: int | None = None
     width: int | None = None
     note: str | None = None
+    detail: str | None = None  # the decoder's own words, when `error` puts them plainly
 
     @property
     def ok(self) -> bool:
@@ -38,6 +40,8 @@ def check_video(path: str | os.PathLike, frames: int = 8, backend: str = "auto",
     from vtempo.video.readers import OpenCVReader
     from vtempo.video.sampling import uniform_indices
 
+    if isinstance(path, FailedInput):  # found unusable while collecting the inputs
+        return VideoCheck(path.path, error=path.reason)
     path = Path(path)
     check = VideoCheck(path)
     try:
@@ -51,7 +55,7 @@ def check_video(path: str | os.PathLike, frames: int = 8, backend: str = "auto",
                     check.note = f"{sequential.num_frames} frames decode in order, {reader.backend} reads {reader.num_frames}"
                 check.num_frames = min(check.num_frames, sequential.num_frames)
     except VideoError as error:
-        check.error = error.reason
+        check.error, check.detail = error.reason, error.detail
     except Exception as error:  # noqa: BLE001 - a check reports every failure, whatever raised it
         check.error = f"unexpected {type(error).__name__}: {error}"
     if check.ok and check.header_frames and check.num_frames and check.header_frames != check.num_frames:

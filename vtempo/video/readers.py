@@ -5,7 +5,7 @@
 (len, H, W, 3) uint8 RGB. Any problem with the file raises `VideoError` with one line naming the file
 and the reason.
 
-Decoding traps handled here (see ../shared/reference/tooling.md):
+Decoding traps handled here:
 - decord: only `get_batch` (its `seek`+`next` returns key frames). Containers without an index (MPEG
   program and transport streams) make even `get_batch` return wrong frames (torchcodec's too), and
   rotated videos and some frame widths crash it, so such files go to the next backend.
@@ -17,10 +17,12 @@ Decoding traps handled here (see ../shared/reference/tooling.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import math
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -28,19 +30,35 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from vtempo.errors import VtempoError
+from vtempo.video.images import (
+    ImageError,
+    check_pixels,
+    frame_byte_limit,
+    image_format,
+    image_size,
+    pixel_limit,
+    read_regular_file,
+)
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .vob .ts .mts .m2ts .wmv .flv .3gp .ogv .gif .mjpeg".split()
 )
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .webp .tif .tiff".split())
 
+NO_FRAME_DECODES = "truncated or corrupt: no frame decodes"
+CORRUPT_FRAME = "truncated or corrupt: a frame does not decode"
+IMAGE_CODECS = frozenset("png mpng mjpg mjpeg jpeg bmp tiff webp gif jp2 j2k".split())
+"""Picture codecs, as the lower-cased FourCCs OpenCV reports: a single frame of one is a still image."""
+
 
 class VideoError(VtempoError):
-    """A video that cannot be read; the message is one line: `<file>: <reason>`."""
+    """A video that cannot be read; the message is one line: `<file>: <reason>`. `detail` keeps a
+    decoder's own words (for the record) when the reason puts them plainly."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str | None = None):
         self.path = Path(path)
         self.reason = reason
+        self.detail = detail
         super().__init__(f"{display_path(path)}: {reason}")
 
 
@@ -100,13 +118,24 @@ class VideoReader:
 
     backend = "base"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, max_pixels: int | None = None):
         self.path = Path(path)
         self.num_frames = 0
         self.header_frames: int | None = None  # what the container claims, when it claims anything
         self.fps: float | None = None
         self.height = self.width = 0
         self._descriptor: int | None = None
+        try:
+            self._pixel_limit = pixel_limit(max_pixels)
+        except ImageError as error:
+            raise VideoError(self.path, str(error)) from None
+
+    def _check_pixels(self, height: int, width: int, subject: str = "frames are") -> None:
+        """Refuse frames larger than the pixel limit; called with the container's size, before decoding."""
+        try:
+            check_pixels(height, width, self._pixel_limit, subject)
+        except ImageError as error:
+            raise VideoError(self.path, str(error)) from None
 
     def _native_path(self) -> str:
         """A path string the C libraries can open. decord and OpenCV take UTF-8 strings only, so a file
@@ -196,8 +225,8 @@ def _probe_opencv(path: str) -> tuple[int, int, int]:
 class DecordReader(VideoReader):
     backend = "decord"
 
-    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+        super().__init__(path, max_pixels)
         import decord
 
         self._decord = decord
@@ -205,6 +234,7 @@ class DecordReader(VideoReader):
         _refuse_unindexed(self.path, self.backend)
         self._uri = self._native_path()
         coded_height, coded_width, rotation = _probe_opencv(self._uri)
+        self._check_pixels(coded_height, coded_width)
         if rotation:
             raise VideoError(self.path, f"decord ignores the {rotation}° rotation in this file")
         if coded_height and coded_width:
@@ -225,6 +255,7 @@ class DecordReader(VideoReader):
         self.num_frames = self.header_frames
         if not self.height:
             self.height, self.width = self._reader.get_batch([0]).shape[1:3]
+            self._check_pixels(self.height, self.width)
 
     def _open(self):
         try:
@@ -236,7 +267,8 @@ class DecordReader(VideoReader):
                 raise VideoError(self.path, "no video frames") from None
             if message.startswith("Error reading"):
                 raise CannotOpen(self.path, "decord cannot open it") from None
-            raise VideoError(self.path, f"decord: {message}") from None
+            # decord's internals ("Check failed: avfilter_graph_create_filter(...)"): kept as detail
+            raise CannotOpen(self.path, "decord cannot decode it", detail=f"decord: {message}") from None
 
     def _check_last_frame(self) -> None:
         try:
@@ -252,7 +284,7 @@ class DecordReader(VideoReader):
             with quiet_stderr():
                 return self._reader.get_batch(indices).asnumpy()
         except self._decord.DECORDError as error:
-            raise VideoError(self.path, f"decoding failed: {_first_line(error)}") from None
+            raise VideoError(self.path, CORRUPT_FRAME, detail=f"decord: {_first_line(error)}") from None
 
     def close(self) -> None:
         self._reader = None
@@ -262,13 +294,14 @@ class DecordReader(VideoReader):
 class OpenCVReader(VideoReader):
     backend = "opencv"
 
-    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+        super().__init__(path, max_pixels)
         import cv2
 
         self._cv2 = cv2
         self._uri = self._native_path()
         self._capture = self._open()
+        self._check_pixels(int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         header = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.header_frames = header if header > 0 else None
         self.fps = _valid_fps(self._capture.get(cv2.CAP_PROP_FPS))
@@ -278,13 +311,14 @@ class OpenCVReader(VideoReader):
             while self._capture.grab():
                 count += 1
         if count == 0:
-            raise VideoError(self.path, "no frame decodes")
+            raise VideoError(self.path, NO_FRAME_DECODES)
         self.num_frames = count
         self._capture.release()
         self._capture, self._position = self._open(), 0
         ok, first = self._capture.read()
         if not ok:
-            raise VideoError(self.path, "no frame decodes")
+            raise VideoError(self.path, NO_FRAME_DECODES)
+        self._check_pixels(first.shape[0], first.shape[1])
         self._first = first
         self._position = 1
         self.height, self.width = scaled_size(first.shape[0], first.shape[1], max_side)
@@ -329,8 +363,8 @@ class OpenCVReader(VideoReader):
 class TorchcodecReader(VideoReader):
     backend = "torchcodec"
 
-    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+        super().__init__(path, max_pixels)
         from torchcodec.decoders import VideoDecoder
 
         _refuse_unindexed(self.path, self.backend)
@@ -339,8 +373,9 @@ class TorchcodecReader(VideoReader):
             with quiet_stderr():
                 self._decoder = VideoDecoder(self._uri, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
         except Exception as error:  # torchcodec raises RuntimeError/ValueError from FFmpeg
-            raise CannotOpen(self.path, f"torchcodec cannot open it: {_first_line(error)}") from None
+            raise CannotOpen(self.path, "torchcodec cannot open it", detail=f"torchcodec: {_first_line(error)}") from None
         metadata = self._decoder.metadata
+        self._check_pixels(int(metadata.height or 0), int(metadata.width or 0))
         self.header_frames = int(metadata.num_frames or 0)
         self.fps = _valid_fps(metadata.average_fps)
         if self.header_frames < 1:
@@ -358,7 +393,7 @@ class TorchcodecReader(VideoReader):
             with quiet_stderr():
                 frames = self._decoder.get_frames_at(indices=indices).data.numpy()
         except Exception as error:
-            raise VideoError(self.path, f"decoding failed: {_first_line(error)}") from None
+            raise VideoError(self.path, CORRUPT_FRAME, detail=f"torchcodec: {_first_line(error)}") from None
         if frames.shape[1:3] == (self.height, self.width):
             return frames
         return np.stack([_resize(frame, self.height, self.width) for frame in frames])
@@ -373,8 +408,8 @@ class FrameFolderReader(VideoReader):
 
     backend = "frames"
 
-    def __init__(self, path: str | os.PathLike, max_side: int | None = None):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+        super().__init__(path, max_pixels)
         try:
             names = [entry.name for entry in os.scandir(self.path) if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS]
         except OSError as error:
@@ -390,14 +425,21 @@ class FrameFolderReader(VideoReader):
         import cv2
 
         file = self._files[index]
-        try:
-            data = np.fromfile(file, np.uint8)  # works for any file name, unlike cv2.imread
+        name = display_path(file.name)
+        try:  # by descriptor, so any file name works (unlike cv2.imread), and never a FIFO's endless wait
+            data = read_regular_file(file, frame_byte_limit(self._pixel_limit))
+        except ImageError as error:
+            raise VideoError(self.path, f"frame {name}: {error}") from None
         except OSError as error:
-            raise VideoError(self.path, f"cannot read frame {display_path(file.name)} ({error.strerror or error})") from None
+            raise VideoError(self.path, f"cannot read frame {name} ({error.strerror or error})") from None
+        declared = image_size(data)
+        if declared is None:
+            raise VideoError(self.path, f"frame {name} is not a readable image")
+        self._check_pixels(declared[1], declared[2], f"frame {name} is")
         with quiet_stderr():
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise VideoError(self.path, f"frame {display_path(file.name)} is not a readable image")
+            raise VideoError(self.path, f"frame {name} is not a readable image")
         return image
 
     def _read(self, indices: list[int]) -> np.ndarray:
@@ -454,15 +496,23 @@ def available_backends() -> list[str]:
 
 def check_readable(path: Path) -> None:
     """Fail early, with the reason, for paths no decoder could read."""
-    if not os.path.lexists(path):
-        raise VideoError(path, "no such file or folder")
-    if not os.path.exists(path):
-        raise VideoError(path, f"broken symbolic link (points to {display_path(os.readlink(path))})")
-    if path.is_dir():
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise VideoError(path, f"broken symbolic link (points to {display_path(os.readlink(path))})") from None
+        raise VideoError(path, "no such file or folder") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise VideoError(path, "symbolic link loop") from None
+        if isinstance(error, PermissionError):
+            raise VideoError(path, "permission denied") from None
+        raise VideoError(path, f"cannot read ({error.strerror or error})") from None
+    if stat.S_ISDIR(info.st_mode):
         if not os.access(path, os.R_OK | os.X_OK):
             raise VideoError(path, "permission denied")
         return
-    if not path.is_file():
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the decoder forever, a device never end
         raise VideoError(path, "not a regular file")
     try:
         with open(path, "rb") as handle:
@@ -494,38 +544,108 @@ def sniff_container(path: Path) -> str | None:
     return next((name for matches, name in signatures if matches), None)
 
 
-def open_video(path: str | os.PathLike, backend: str = "auto", max_side: int | None = None) -> VideoReader:
+def open_video(
+    path: str | os.PathLike, backend: str = "auto", max_side: int | None = None, max_pixels: int | None = None
+) -> VideoReader:
     """Open a video file or a folder of frames.
 
     backend: "auto" (decord, then torchcodec, then OpenCV: the first that reads the file correctly),
     or one of "decord", "torchcodec", "opencv". max_side: shrink frames at decode time so the longer
-    side is at most this many pixels (large inputs cost less to transform and hold).
+    side is at most this many pixels (large inputs cost less to transform and hold). max_pixels: the
+    largest frame (width × height) to decode, checked against the header or container first (default
+    $VTEMPO_MAX_PIXELS, else `vtempo.video.images.MAX_PIXELS`). A still image (a PNG or JPEG named like
+    a video, or one picture in a video container) is refused: it has no motion to recognise.
     """
     path = Path(path)
     check_readable(path)
     if path.is_dir():
-        return FrameFolderReader(path, max_side)
+        return FrameFolderReader(path, max_side, max_pixels)
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
         if backend not in available_backends():
             raise VtempoError(f"video backend {backend!r} is not installed")
-        return BACKENDS[backend](path, max_side)
-    backends = available_backends()
-    if not backends:
-        raise VtempoError("no video backend installed: install decord or opencv-python-headless")
-    reasons: list[str] = []
-    for name in backends:
+        names = [backend]
+    else:
+        names = available_backends()
+        if not names:
+            raise VtempoError("no video backend installed: install decord or opencv-python-headless")
+    image = _check_image_file(path, max_pixels)
+    if backend != "auto":
         try:
-            return BACKENDS[name](path, max_side)
-        except CannotOpen:
-            pass
+            return _refuse_still(BACKENDS[backend](path, max_side, max_pixels), image)
+        except CannotOpen as error:
+            if image:  # a picture the backend would not take for a video at all
+                raise VideoError(path, f"a still image ({image}), not a video", error.detail) from None
+            raise
+    reasons: list[str] = []
+    details: list[str] = []
+    for name in names:
+        try:
+            reader = BACKENDS[name](path, max_side, max_pixels)
         except VideoError as error:
-            if error.reason not in reasons:
+            if error.detail:
+                details.append(error.detail)
+            if not isinstance(error, CannotOpen) and error.reason not in reasons:
                 reasons.append(error.reason)
+            continue
+        return _refuse_still(reader, image)
+    detail = "; ".join(details) or None
+    if image:
+        raise VideoError(path, f"a still image ({image}), not a video", detail)
     if not reasons:
         container = sniff_container(path)
         if container:
-            raise VideoError(path, f"{container} file that no decoder can open: damaged, truncated or an unsupported codec")
-        raise VideoError(path, f"not a video, or a format that {' and '.join(backends)} cannot read")
-    raise VideoError(path, "; ".join(reasons))
+            raise VideoError(path, f"{container} file that no decoder can open: damaged, truncated or an unsupported codec",
+                             detail)
+        raise VideoError(path, f"not a video, or a format that {' and '.join(names)} cannot read", detail)
+    raise VideoError(path, "; ".join(reasons), detail)
+
+
+def _check_image_file(path: Path, max_pixels: int | None) -> str | None:
+    """For a file that is a still image whatever its name: its format, after checking the size its
+    header declares (a decoder would otherwise allocate it in full first). None for other files."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            kind = image_format(head)
+            if kind is None:
+                return None
+            head += handle.read(16 << 20)  # enough for the headers before a JPEG's frame marker
+    except OSError:
+        return None  # check_readable already reported what it could
+    declared = image_size(head)
+    if declared is None:
+        raise VideoError(path, f"a {kind} image whose size cannot be read from its header")
+    try:
+        check_pixels(declared[1], declared[2], pixel_limit(max_pixels), f"the {kind} image is")
+    except ImageError as error:
+        raise VideoError(path, str(error)) from None
+    return kind
+
+
+def _refuse_still(reader: VideoReader, image: str | None) -> VideoReader:
+    """The reader, unless what it opened is one picture: an image file (PNG, JPEG, ... whatever its
+    name) or a container holding a single frame of an image codec (PNG, MJPEG, ...)."""
+    if reader.num_frames != 1:
+        return reader
+    kind = image or _image_codec(reader)
+    if kind is None:
+        return reader
+    reader.close()
+    raise VideoError(reader.path, f"a still image ({kind}), not a video")
+
+
+def _image_codec(reader: VideoReader) -> str | None:
+    if reader.backend == "frames":
+        return None
+    import cv2
+
+    with quiet_stderr():
+        capture = cv2.VideoCapture(reader._native_path(), cv2.CAP_FFMPEG)
+    try:
+        code = int(capture.get(cv2.CAP_PROP_FOURCC)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    fourcc = bytes((code >> shift) & 0xFF for shift in (0, 8, 16, 24)).decode("latin-1").strip(" \0").lower()
+    return fourcc.upper() if fourcc in IMAGE_CODECS else None

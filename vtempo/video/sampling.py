@@ -2,7 +2,7 @@
 
 Every function returns valid indices into a video of `num_frames` frames (0 ≤ i < num_frames) and
 never fails on a short video: indices repeat instead. The protocols follow the reference code of the
-TSN family (see ../shared/reference/checkpoints.md):
+TSN family (the official TSN/TSM code and MMAction2's test pipelines):
 
 - uniform (TSN segments): split the video into T equal segments; test takes each segment's centre,
   training a random frame of each.

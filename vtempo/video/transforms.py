@@ -1,7 +1,7 @@
 """From decoded frames to model input: resize, crop into views, normalise. Pure functions.
 
 Frames are (T, H, W, 3) uint8 RGB arrays as the readers return them. The test-time protocol follows
-the reference code (../shared/reference/checkpoints.md): resize the short side (or to an exact
+the official test scripts: resize the short side (or to an exact
 height × width), then take one centre crop, three crops along the long side, or ten crops (four
 corners and the centre, each also flipped). Every crop is described by a `CropBox` in the resized
 frame, and `crop_boxes_in_frame` maps the boxes back onto the original frame (for Grad-CAM overlays).

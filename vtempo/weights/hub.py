@@ -39,7 +39,7 @@ import urllib.request
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from vtempo import __version__
 from vtempo.errors import VtempoError
@@ -128,6 +128,12 @@ def cached_file(entry: ModelEntry) -> Path | None:
     return path if matches else None
 
 
+# Set by the command line so that downloads made on first use (classify, cam, evaluate, train ...)
+# draw its progress bar: a function of the entry's name giving a context manager that yields a
+# `Progress` callback. The library itself prints nothing.
+first_use_progress: Callable[[str], ContextManager[Progress]] | None = None
+
+
 def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
     """A local checkpoint for the entry: bundled, cached, a local file, or downloaded now.
 
@@ -148,6 +154,9 @@ def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
     if cached is not None:
         return _not_a_page(entry, cached)
     if weights.url and not offline():
+        if progress is None and first_use_progress is not None:
+            with first_use_progress(entry.name) as shown:
+                return download(entry, progress=shown)
         return download(entry, progress=progress)
     raise VtempoError(how_to_supply(entry))
 
