@@ -129,6 +129,17 @@ class Classifier:
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (decode in this process) or more")
         view_override = parse_views(views) if views else None
+        from vtempo.export.recognizer import is_exported, load
+
+        if is_exported(model):  # a file written by `vtempo export`: onnxruntime or TorchScript
+            rec = load(model, device=device, dtype=dtype, frames=frames, labels=labels)
+            clips, crop = view_override or (rec.protocol.clips, rec.protocol.crop)
+            return cls(
+                model=rec.model, name=rec.name, labels=rec.labels,
+                plan=ViewPlan(rec.frames, rec.protocol, clips, crop, rec.preprocess, backend),
+                average=rec.protocol.average, topk=min(topk, len(rec.labels)), batch_size=batch_size,
+                workers=default_workers() if workers is None else workers, device=rec.device, dtype=dtype,
+            )
         if weights is not None and str(weights) != "default" and not Path(weights).is_file():
             raise UsageError(f"--weights {weights}: no such file")
         meta: dict[str, Any] = {}
