@@ -153,7 +153,8 @@ def write_torchscript(form: ExportForm, sample: torch.Tensor, path: Path, meta: 
             traced = torch.jit.trace_module(form, {"forward": (sample,), "features": (sample,)}, check_trace=False)
     except Exception as error:  # noqa: BLE001
         raise VtempoError(f"{meta['model']}: tracing failed ({_first_line(error)})") from None
-    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
+    with _quiet():
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(meta)})
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
