@@ -60,17 +60,22 @@ class OnnxModel(torch.nn.Module):
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
-    def _run(self, output: str, clips: torch.Tensor) -> torch.Tensor:
-        if output not in self.output_names:
-            raise VtempoError(f"{self.path}: has no {output!r} output")
+    def _run(self, outputs: list[str], clips: torch.Tensor) -> list[torch.Tensor]:
+        missing = [name for name in outputs if name not in self.output_names]
+        if missing:
+            raise VtempoError(f"{self.path}: has no {missing[0]!r} output")
         array = clips.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run([output], {self.input_name: array})[0])
+        return [torch.from_numpy(value) for value in self.session.run(outputs, {self.input_name: array})]
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self._run("logits", clips)
+        return self._run(["logits"], clips)[0]
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
-        return self._run("features", clips)
+        return self._run(["features"], clips)[0]
+
+    def logits_and_features(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self._run(["logits", "features"], clips)
+        return logits, features
 
     def extra_repr(self) -> str:
         return str(self.path)
