@@ -41,6 +41,11 @@ def is_exported(model: object) -> bool:
     return isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in EXPORTED_SUFFIXES
 
 
+def is_checkpoint(model: object) -> bool:
+    """A checkpoint file (such as `vtempo train`'s best.pt), not a registry or architecture name."""
+    return isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in (".pt", ".pth") and Path(model).is_file()
+
+
 def load(
     model: str | os.PathLike,
     weights: str | os.PathLike | None = None,
@@ -60,11 +65,9 @@ def load(
     from vtempo.weights.hub import sha256_file, weights_path
 
     path = Path(model)
-    if path.suffix == ".pt" and weights is None:  # a checkpoint that names its architecture
+    if weights is None and is_checkpoint(path):  # a checkpoint that names its architecture
         from vtempo.inference.classify import _model_spec
 
-        if not path.is_file():
-            raise UsageError(f"{model}: no such file")
         _, meta, _ = _model_spec(path)
         if not isinstance(meta.get("arch"), str):
             raise UsageError(f"{model}: the checkpoint does not name its architecture; pass the architecture and weights=FILE")

@@ -129,10 +129,11 @@ class Classifier:
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (decode in this process) or more")
         view_override = parse_views(views) if views else None
-        from vtempo.export.recognizer import is_exported, load
+        from vtempo.export.recognizer import is_checkpoint, is_exported, load
 
-        if is_exported(model):  # a file written by `vtempo export`: onnxruntime or TorchScript
-            rec = load(model, device=device, dtype=dtype, frames=frames, labels=labels)
+        # a file written by `vtempo export` (onnxruntime or TorchScript), or a checkpoint naming its architecture
+        if is_exported(model) or (str(weights) == "default" and is_checkpoint(model)):
+            rec = load(model, device=device, dtype=dtype, frames=frames, labels=labels, registry=user_registry)
             clips, crop = view_override or (rec.protocol.clips, rec.protocol.crop)
             return cls(
                 model=rec.model, name=rec.name, labels=rec.labels,
