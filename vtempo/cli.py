@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from vtempo.commands import cam, classify, convert, download, export, models, profile, tempo
+from vtempo.commands import cam, classify, convert, download, embed, export, models, profile, tempo
 
 app = typer.Typer(
     name="vtempo",
@@ -13,7 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command_module in (models, profile, convert, download, classify, tempo, cam, export):
+for command_module in (models, profile, convert, download, classify, tempo, cam, export, embed):
     command_module.register(app)
 
 if __name__ == "__main__":
