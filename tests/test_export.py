@@ -239,6 +239,7 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path, content):
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the exporter announces its successor
 def test_an_onnx_file_not_written_by_vtempo_is_refused(tmp_path):
     import onnx
 
