@@ -19,7 +19,7 @@ from vtempo.errors import UsageError, VtempoError
 from vtempo.export import export_model, load_exported
 from vtempo.export.exporting import relative_error
 from vtempo.export.forms import SWAP_INS, ExportForm, apply_export_forms, banded_correlation
-from vtempo.inference.classify import Classifier
+from vtempo.inference.recognizer import load
 from vtempo.models import build
 from vtempo.models.correlation import spatial_correlation
 from vtempo.models.stc import SpatioTemporalCollaboration
@@ -118,9 +118,9 @@ def test_onnx_metadata_is_plain_json_strings(tiny, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DEMOS)
 def test_classify_with_the_exported_file_ranks_the_examples_as_eager(exported, name):
-    expected = [r.top[0].label for r in Classifier.create(name, workers=0, topk=1).run(CLIPS)]
+    expected = [r.top[0].label for r in load(name).classify_files(CLIPS, workers=0, topk=1)]
     for fmt in SUFFIX:
-        results = list(Classifier.create(str(exported[name, fmt]), workers=0, topk=1).run(CLIPS))
+        results = list(load(exported[name, fmt]).classify_files(CLIPS, workers=0, topk=1))
         assert [r.top[0].label for r in results] == expected
     assert len(expected) == len(CLIPS) == 6
 

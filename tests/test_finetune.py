@@ -14,7 +14,7 @@ import vtempo
 from vtempo.cli import app
 from vtempo.data import synth
 from vtempo.errors import UsageError
-from vtempo.inference.classify import Classifier
+from vtempo.inference.recognizer import load
 from vtempo.training.train import TrainConfig, train
 from vtempo.weights.checkpoint import read_file, read_state
 
@@ -54,7 +54,7 @@ def test_fine_tuning_beats_training_from_scratch_and_keeps_the_new_labels(data, 
     best = tmp_path / "tuned" / "best.pt"
     _, meta, _ = read_state(read_file(best))
     assert meta["classes"] == ["apart", "together"] and meta["arch"] == vtempo.get_entry(SOURCE).arch
-    assert Classifier.create(str(best), workers=0).labels == ["apart", "together"]
+    assert load(best).labels == ["apart", "together"]
     videos = sorted(data["val"].glob("*/*.mp4"))
     result = CliRunner().invoke(app, ["classify", *map(str, videos[:1] + videos[-1:]), "--model", str(best),
                                       "--topk", "1", "--workers", "0"])
