@@ -103,7 +103,8 @@ def train(
     val: Optional[Path] = typer.Option(None, "--val", help="Validation set (default: hold out --val-split of DATA)."),
     val_split: float = typer.Option(0.1, "--val-split", help="Fraction of each class held out when there is no --val."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (default: DATA's labels.txt)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Start from: ImageNet ResNet (torchvision .pth), a vtempo/official/MMAction2 checkpoint, or a registry name; the head is new."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Start from: ImageNet ResNet (torchvision .pth), a vtempo/official/MMAction2 checkpoint, a registry name, or default (the --model registry entry's own); the head is new, sized to DATA's classes."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train only the new head (linear probing) on the --weights backbone."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (default: the registry entry's, else 8)."),
     sampling: Optional[str] = typer.Option(None, "--sampling", help="protocol (the model's), uniform, dense, or stride (with --stride)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Fixed frame stride (the TCM robustness condition)."),
@@ -140,7 +141,7 @@ def train(
 
     config = TrainConfig(
         data=str(data), model=model, out=str(out), val=str(val) if val else None, val_split=val_split,
-        labels=str(labels) if labels else None, weights=weights, frames=frames, sampling=sampling, stride=stride,
+        labels=str(labels) if labels else None, weights=weights, freeze_backbone=freeze_backbone, frames=frames, sampling=sampling, stride=stride,
         size=size, resize=resize, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, milestones=_ints(milestones, "--milestones"), warmup=warmup,
         dropout=dropout, clip_grad=clip_grad or None, flip=flip, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,

@@ -32,6 +32,7 @@ from vtempo.video.transforms import Preprocess
 from vtempo.weights.registry import CROPS, ModelEntry, Protocol, labels_path, load_registry, read_labels
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+EXPORTED_SUFFIXES = (".onnx", ".ts")  # files written by `vtempo export`
 CROP_NAMES = {count: name for name, count in CROPS.items()}
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -359,6 +360,10 @@ def load(
         if weights is not None:
             raise UsageError("weights= goes with a model name, not a built model (load the weights into it)")
         return _wrap(model, torch_device, dtype, frames, labels)
+    if Path(model).suffix.lower() in EXPORTED_SUFFIXES:
+        if weights is not None:
+            raise UsageError(f"{model}: an exported model carries its weights; drop weights=")
+        return _load_exported(Path(model), torch_device, dtype, frames, labels)
 
     name, arch, entry, path = _source(model, weights, registry)
     checkpoint = read_checkpoint(path)
@@ -392,6 +397,23 @@ def load(
         device=torch_device,
         dtype=dtype,
     )
+
+
+def _load_exported(path: Path, device: torch.device, dtype: str, frames: int | None, labels) -> Recognizer:
+    """A file written by `vtempo export` (.onnx through onnxruntime, .ts through TorchScript), with the
+    labels, clip length, protocol and preprocessing its metadata carries."""
+    from vtempo.export.loading import load_exported, preprocess_of, protocol_of
+
+    if dtype != "fp32":
+        raise UsageError(f"{path}: an exported model runs in fp32, as it was exported; drop dtype={dtype!r}")
+    model, meta = load_exported(path, device=device)
+    if frames is not None and frames != meta["frames"]:
+        raise UsageError(f"{path}: exported for {meta['frames']} frames per clip and cannot run on frames={frames}")
+    names = _labels(labels, {"classes": meta["labels"]}, None, len(meta["labels"]), path.name)
+    return Recognizer(model=model, name=meta.get("model") or path.stem, arch=meta.get("arch"), labels=names,
+                      frames=int(meta["frames"]), protocol=protocol_of(meta), preprocess=preprocess_of(meta),
+                      entry=None, checkpoint=path, weights_sha256=meta.get("weights_sha256"), device=device,
+                      dtype=dtype)
 
 
 def _source(model: str | os.PathLike, weights, registry) -> tuple[str, str | None, ModelEntry | None, Path]:

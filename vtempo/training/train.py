@@ -56,7 +56,8 @@ class TrainConfig:
     val: str | None = None  # a separate validation set; else `val_split` of DATA is held out
     val_split: float = 0.1
     labels: str | None = None
-    weights: str | None = None  # starting weights: ImageNet ResNet, registry name or vtempo checkpoint
+    weights: str | None = None  # starting weights: ImageNet ResNet, registry name, vtempo checkpoint, or "default" (the model's own)
+    freeze_backbone: bool = False  # train only the new head (linear probing): backbone weights and BN statistics stay
     frames: int | None = None  # default: the registry entry's, else 8
     sampling: str | None = None  # None: the registry entry's protocol, else uniform (TSN segments)
     stride: int | None = None  # fixed-stride sampling (the TCM robustness condition)
@@ -190,6 +191,22 @@ def initial_weights(model: nn.Module, path: str) -> str:
             f"(head and modules the source lacks); {len(unused)} unused")
 
 
+def starting_weights(config: TrainConfig, entry) -> str:
+    """`--weights default` is the registry model's own checkpoint (fine-tuning it on new classes)."""
+    if config.weights != "default":
+        return config.weights
+    if entry is None or entry.weights is None:
+        raise UsageError(f"weights='default': {config.model} has no published weights; name a registry model "
+                         f"(`vtempo models`) or pass a checkpoint file")
+    return config.model
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Only the classifier head learns (linear probing); the backbone and its temporal modules stay."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("fc.")
+
+
 # --------------------------------------------------------------------------- schedule
 
 
@@ -313,7 +330,11 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     out = Path(config.out)
 
     model = create_model(config.model, num_classes=len(classes), frames=frames, dropout=config.dropout)
-    loaded = initial_weights(model, config.weights) if config.weights else None
+    loaded = initial_weights(model, starting_weights(config, entry)) if config.weights else None
+    if config.freeze_backbone:
+        if loaded is None:
+            raise UsageError("--freeze-backbone trains only the new head on a trained backbone: pass --weights")
+        freeze_backbone(model)
     model.to(ranks.device)
     channels_last(model)
     optimizer = make_optimizer(model, config)
@@ -385,6 +406,8 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
+        if config.freeze_backbone:
+            model.backbone.eval()  # its BatchNorms keep the checkpoint's statistics
         totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
         failures: list[tuple[int, str]] = []
         steps = 0

@@ -1,0 +1,129 @@
+"""Running an exported model: `load_exported(path) -> (model, metadata)`.
+
+The model is called like a vtempo model: `model(clips)` takes float (N, T, 3, S, S) clips, preprocessed
+as the metadata says, and returns logits (N, classes); `model.features(clips)` returns the per-frame
+pooled features (N, T, C). An .onnx file runs in onnxruntime (`OnnxModel`), a .ts file in torch
+(TorchScript). The metadata is the dict `vtempo.export.exporting.metadata` wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtempo.errors import UsageError, VtempoError
+from vtempo.video.transforms import Preprocess
+from vtempo.weights.registry import Protocol
+
+FORMAT = "vtempo-export"
+TORCHSCRIPT_METADATA = "vtempo.json"  # the `_extra_files` entry
+INSTALL_HINT = "pip install 'vtempo[export]'"
+
+
+def missing_extra(package: str) -> UsageError:
+    return UsageError(f"{package} is not installed: {INSTALL_HINT} (installs onnx and onnxruntime)")
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise missing_extra("onnxruntime") from None
+    return onnxruntime
+
+
+class OnnxModel(torch.nn.Module):
+    """An exported .onnx file run by onnxruntime, called like the model it was exported from."""
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None):
+        super().__init__()
+        ort = import_onnxruntime()
+        device = torch.device(device)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UsageError(f"{path}: this onnxruntime has no CUDA support (install onnxruntime-gpu); use --device cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        # as many threads as torch uses, so the two compare on equal terms and share a machine alike
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+            raise VtempoError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+        self.path = Path(path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def _run(self, outputs: list[str], clips: torch.Tensor) -> list[torch.Tensor]:
+        missing = [name for name in outputs if name not in self.output_names]
+        if missing:
+            raise VtempoError(f"{self.path}: has no {missing[0]!r} output")
+        array = clips.detach().to("cpu", torch.float32).contiguous().numpy()
+        return [torch.from_numpy(value) for value in self.session.run(outputs, {self.input_name: array})]
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self._run(["logits"], clips)[0]
+
+    def features(self, clips: torch.Tensor) -> torch.Tensor:
+        return self._run(["features"], clips)[0]
+
+    def logits_and_features(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self._run(["logits", "features"], clips)
+        return logits, features
+
+    def extra_repr(self) -> str:
+        return str(self.path)
+
+
+def load_exported(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(callable model, metadata) for a file written by `vtempo export` (.onnx or .ts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        model = OnnxModel(path, device)
+        raw = model.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = {key: json.loads(value) for key, value in raw.items()}
+        except json.JSONDecodeError:
+            meta = {}
+    elif suffix == ".ts":
+        extra = {TORCHSCRIPT_METADATA: ""}
+        try:
+            with warnings.catch_warnings():  # torch.jit.load announces its deprecation on every call
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location=torch.device(device), _extra_files=extra)
+        except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+            raise VtempoError(f"{path}: not a readable TorchScript file ({_first_line(error)})") from None
+        try:
+            meta = json.loads(extra[TORCHSCRIPT_METADATA] or "{}")
+        except json.JSONDecodeError:
+            meta = {}
+        model.eval()
+    else:
+        raise UsageError(f"{path}: an exported model ends in .onnx or .ts")
+    if meta.get("format") != FORMAT:
+        raise VtempoError(f"{path}: not exported by vtempo (its metadata has no {FORMAT!r} description)")
+    return model, meta
+
+
+def protocol_of(meta: dict[str, Any]) -> Protocol:
+    raw = meta.get("protocol") or {}
+    return Protocol(**{k: raw[k] for k in ("sampling", "clips", "crop", "average", "stride") if raw.get(k) is not None})
+
+
+def preprocess_of(meta: dict[str, Any]) -> Preprocess:
+    return Preprocess(tuple(int(v) for v in meta["resize"]), int(meta["input_size"]),
+                      tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"]))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -1,0 +1,237 @@
+"""Feature vectors of videos: the pooled features a model's classifier reads, written to disk.
+
+    rows = embed(rec, paths)                        # one vector per video
+    rows = embed(rec, paths, per_frame=True)        # one per sampled frame
+    rows = embed(rec, paths, window=2.0, hop=1.0)   # one per 2-second window, every second
+
+A video's vector is `model.features(views)` (V views × T frames × C channels) averaged over the views
+and the frames: exactly what the model's head scores. Per frame, the average runs over the crops only
+(one row per sampled frame of each clip); per window, each window of the video is one clip of T frames
+spread evenly over it, averaged over its frames and crops. Decoding runs in worker processes as in
+`classify`; a file that fails gives an `EmbeddedVideo` with `error` set and no rows.
+
+`EmbeddingWriter` streams the rows to a float32 .npy (with a .jsonl or .csv index beside it) or an
+.npz holding both, in chunks, so memory stays flat however many videos there are.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from vtempo.errors import UsageError
+from vtempo.inference.decoding import ViewPlan, _keep, _init_worker, _fixed_mmap_threshold
+from vtempo.video import VideoError, display_path, open_video
+from vtempo.video.sampling import clip_indices
+from vtempo.video.transforms import make_views
+from vtempo.weights.registry import CROPS
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """What a worker needs to cut a video into the clips to embed (picklable, no model)."""
+
+    views: ViewPlan
+    per_frame: bool = False
+    window: float | None = None  # seconds
+    hop: float | None = None
+
+
+@dataclass
+class EmbeddedVideo:
+    path: Path
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (rows, D)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per row: frame or window times
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _windows(num_frames: int, fps: float, window: float, hop: float, frames: int) -> list[tuple[list[int], float, float]]:
+    """(frame indices, start s, end s) of each window: T frames at the centres of T equal parts of it."""
+    duration = num_frames / fps
+    starts = [0.0] if duration <= window else [i * hop for i in range(int((duration - window) / hop + 1e-9) + 1)]
+    out = []
+    for start in starts:
+        end = min(start + window, duration)
+        part = (end - start) / frames
+        indices = [min(int((start + part * (i + 0.5)) * fps), num_frames - 1) for i in range(frames)]
+        out.append((indices, round(start, 3), round(end, 3)))
+    return out
+
+
+def decode_clips(path: Path, plan: EmbedPlan) -> dict[str, Any]:
+    """A video's clips as views (K·crops, T, 3, S, S) and what each clip is (frames or window times)."""
+    item: dict[str, Any] = {"views": None, "error": None, "clips": []}
+    views = plan.views
+    try:
+        with open_video(path, views.backend, views.max_side) as reader:
+            if plan.window is not None:
+                if not reader.fps:
+                    raise VideoError(path, "no frame rate in the file: windows in seconds cannot be placed")
+                windows = _windows(reader.num_frames, reader.fps, plan.window, plan.hop or plan.window, views.frames)
+                clips = [indices for indices, _, _ in windows]
+                item["clips"] = [{"start": start, "end": end, "frames": indices} for indices, start, end in windows]
+            else:
+                clips = clip_indices(views.protocol, reader.num_frames, views.frames, views.clips)
+                item["clips"] = [{"frames": indices} for indices in clips]
+            item["fps"] = reader.fps
+            decoded = reader.get([index for clip in clips for index in clip])
+        decoded = decoded.reshape(len(clips), views.frames, *decoded.shape[1:])
+        item["views"] = torch.cat([make_views(clip, views.preprocess, views.crop) for clip in decoded])
+    except VideoError as error:
+        item["error"] = error.reason
+    except Exception as error:  # noqa: BLE001 - one odd file must never end a batch
+        item["error"] = f"unexpected {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return item
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, videos: Sequence[Path], plan: EmbedPlan):
+        self.videos, self.plan = list(videos), plan
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return decode_clips(self.videos[index], self.plan)
+
+
+def embed(
+    rec,
+    videos: Sequence[str | os.PathLike],
+    *,
+    per_frame: bool = False,
+    window: float | None = None,
+    hop: float | None = None,
+    views: str | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+    normalize: bool = False,
+) -> Iterator[EmbeddedVideo]:
+    """Rows of feature vectors for each video, in input order. `rec`: a loaded model (`vtempo.load`)."""
+    from vtempo.inference.classify import parse_views
+    from vtempo.runtime import autocast
+
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if window is not None and (window <= 0 or (hop is not None and hop <= 0)):
+        raise UsageError("--window and --hop must be positive numbers of seconds")
+    if hop is not None and window is None:
+        raise UsageError("--hop needs --window")
+    if per_frame and window is not None:
+        raise UsageError("choose one of --per-frame and --window")
+    clips, crop = parse_views(views) if views else (rec.protocol.clips, rec.protocol.crop)
+    if window is not None:
+        clips = 1
+    plan = EmbedPlan(ViewPlan(rec.frames, rec.protocol, clips, crop, rec.preprocess), per_frame, window, hop)
+    crops = CROPS[crop]
+    paths = [Path(v) for v in videos]
+    _fixed_mmap_threshold()
+    loader = torch.utils.data.DataLoader(
+        _Clips(paths, plan), batch_size=None, num_workers=workers, collate_fn=_keep,
+        worker_init_fn=_init_worker if workers else None, prefetch_factor=2 if workers else None,
+    )
+    for path, item in zip(paths, loader):
+        if item["error"] is not None:
+            yield EmbeddedVideo(path, error=item["error"])
+            continue
+        chunks = []
+        with torch.inference_mode(), autocast(rec.device, rec.dtype):
+            for start in range(0, len(item["views"]), batch_size):
+                batch = item["views"][start : start + batch_size].to(rec.device)
+                chunks.append(rec.model.features(batch).float().cpu())
+        features = torch.cat(chunks)  # (K·crops, T, C), clip-major
+        features = features.view(len(item["clips"]), crops, rec.frames, -1).mean(1)  # (K, T, C)
+        fps = item.get("fps")
+        if per_frame:
+            vectors = features.flatten(0, 1)
+            rows = [{"clip": k, "frame": f, **({"time": round(f / fps, 3)} if fps else {})}
+                    for k, clip in enumerate(item["clips"]) for f in clip["frames"]]
+        elif window is not None:
+            vectors = features.mean(1)
+            rows = [{"start": clip["start"], "end": clip["end"]} for clip in item["clips"]]
+        else:
+            vectors = features.mean((0, 1), keepdim=True).squeeze(1)
+            rows = [{}]
+        if normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        yield EmbeddedVideo(path, vectors.numpy().astype(np.float32, copy=False), rows)
+
+
+class EmbeddingWriter:
+    """Streams rows to `out`: .npy (float32 N×D) with an index file beside it (.jsonl, or .csv with
+    `index=`), or .npz holding `embeddings` and `index` (one JSON object per row, as strings)."""
+
+    FORMATS = (".npy", ".npz")
+
+    def __init__(self, out: str | os.PathLike, describe: dict[str, Any], index: str | os.PathLike | None = None):
+        self.out = Path(out)
+        if self.out.suffix.lower() not in self.FORMATS:
+            raise UsageError(f"--out {out}: the name must end in .npy or .npz")
+        self.index_path = None if self.out.suffix.lower() == ".npz" else Path(index) if index else self.out.with_suffix(".jsonl")
+        if self.index_path is not None and self.index_path.suffix.lower() not in (".jsonl", ".csv"):
+            raise UsageError(f"--index {index}: the name must end in .jsonl or .csv")
+        self.describe = describe  # model, weights_sha256: on every index row
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.raw_path = self.out.with_name(self.out.name + ".part")
+        self.raw = self.raw_path.open("wb")
+        self.rows, self.dim = 0, None
+        self.index_records: list[str] = []  # .npz only: the index goes into the archive at the end
+        self.index_file = None
+        self.csv = None
+        if self.index_path is not None:
+            self.index_file = self.index_path.open("w", encoding="utf-8", newline="")
+            if self.index_path.suffix.lower() == ".csv":
+                self.csv = csv.DictWriter(self.index_file, ["row", "path", "clip", "frame", "time", "start", "end",
+                                                            "model", "weights_sha256"])
+                self.csv.writeheader()
+
+    def write(self, video: EmbeddedVideo) -> None:
+        if not video.ok or not len(video.rows):
+            return
+        if self.dim is None:
+            self.dim = video.vectors.shape[1]
+        self.raw.write(np.ascontiguousarray(video.vectors, dtype="<f4").tobytes())
+        for extra in video.rows:
+            record = {"row": self.rows, "path": display_path(video.path), **extra, **self.describe}
+            self.rows += 1
+            if self.csv is not None:
+                self.csv.writerow(record)
+            elif self.index_file is not None:
+                self.index_file.write(json.dumps(record) + "\n")
+            else:
+                self.index_records.append(json.dumps(record))
+
+    def close(self) -> Path:
+        """Write the .npy (or .npz) from the rows on disk, a chunk at a time; returns its path."""
+        self.raw.close()
+        if self.index_file is not None:
+            self.index_file.close()
+        shape = (self.rows, self.dim or 0)
+        if self.out.suffix.lower() == ".npy":
+            with self.out.open("wb") as out:
+                self._copy_npy(out, shape)
+        else:
+            with zipfile.ZipFile(self.out, "w", zipfile.ZIP_STORED) as archive:
+                with archive.open("embeddings.npy", "w", force_zip64=True) as out:
+                    self._copy_npy(out, shape)
+                with archive.open("index.npy", "w") as out:
+                    np.lib.format.write_array(out, np.array(self.index_records, dtype=str), allow_pickle=False)
+        self.raw_path.unlink(missing_ok=True)
+        return self.out
+
+    def _copy_npy(self, out, shape: tuple[int, int]) -> None:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        with self.raw_path.open("rb") as raw:
+            while chunk := raw.read(1 << 22):
+                out.write(chunk)
