@@ -21,7 +21,6 @@ from vtempo.inference.sharding import (
     JsonlAppender,
     Shard,
     input_size,
-    iter_records,
     merge_parts,
     parse_shard,
     read_finished,
@@ -32,6 +31,10 @@ from vtempo.inference.sharding import (
 
 def run_cli(args: list[str]):
     return CliRunner(env={"COLUMNS": "250"}).invoke(app, args, catch_exceptions=False)
+
+
+def iter_records(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def one_line(message: str) -> bool:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.video import display_path
@@ -579,11 +579,3 @@ def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite
     if overwrite:
         for part in others:  # starting again: another shard count's parts would only be mixed in later
             part.unlink(missing_ok=True)
-
-
-def iter_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
-    """The records of a JSON Lines file (for tests and tools)."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
