@@ -133,6 +133,7 @@ def train(
     cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory across epochs (small sets; loads in-process)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    shift: Optional[str] = typer.Option(None, "--shift", help="TSM only: online (uni-directional, runs frame by frame) or bidirectional."),
 ) -> None:
     """Train a model on a labelled video set (SGD or AdamW, checkpoints each epoch, DDP under torchrun)."""
     from vtempo.training.train import TrainConfig
@@ -144,7 +145,7 @@ def train(
         size=size, resize=resize, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, milestones=_ints(milestones, "--milestones"), warmup=warmup,
         dropout=dropout, clip_grad=clip_grad or None, flip=flip, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,
-        threads=threads, seed=seed, cache=cache, resume=resume, progress=progress,
+        threads=threads, seed=seed, cache=cache, resume=resume, progress=progress, shift=shift,
     )
     result = run_training(config, console)
     if result.best_epoch >= 0:

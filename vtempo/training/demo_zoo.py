@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi")
+FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi", "tsm-online")
 MIRRORED = "mirrored pairs"
 
 
@@ -129,7 +129,7 @@ def mirrored_confusion(confusion: np.ndarray, classes: list[str]) -> dict[str, A
 
 # Relative cost of a training step on 2 CPU cores (r14w16, 4×128², bf16): the longest runs start first.
 STEP_COST = {"tsi": 0.45, "tcm": 0.25, "stc-light": 0.107, "tam": 0.090, "stc": 0.078, "tsm": 0.073, "tefe": 0.071,
-             "tsn": 0.069}
+             "tsn": 0.069, "tsm-online": 0.073}
 
 
 def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recipe: Recipe, threads: int | None) -> float:
