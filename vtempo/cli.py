@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from vtempo.commands import cam, classify, convert, download, models, profile, tempo, timeline
+from vtempo.commands import cam, classify, convert, download, models, profile, stream, tempo, timeline
 
 app = typer.Typer(
     name="vtempo",
@@ -13,7 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command_module in (models, profile, convert, download, classify, tempo, cam, timeline):
+for command_module in (models, profile, convert, download, classify, tempo, cam, timeline, stream):
     command_module.register(app)
 
 if __name__ == "__main__":

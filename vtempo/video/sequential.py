@@ -7,6 +7,7 @@ conversion), `retrieve()` returns that frame as RGB, so frames nobody needs cost
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from vtempo.video.readers import CannotOpen, VideoError, display_path, quiet_stderr, scaled_size
 
 STREAM_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+OPEN_TIMEOUT_MS, READ_TIMEOUT_MS = 10_000, 5_000
 
 
 def _valid_fps(value: float) -> float | None:
@@ -33,8 +35,9 @@ class SequentialVideo:
     `live` is true for cameras and URLs: their end means the source stopped, not the video ended.
     """
 
-    def __init__(self, source: str | int | os.PathLike, max_side: int | None = None):
+    def __init__(self, source: str | int | os.PathLike, max_side: int | None = None, quiet: bool = True):
         self.source = source
+        self.quiet = quiet  # silence the decoder's stderr around each grab (not from a thread: it swaps fd 2)
         self.max_side = max_side
         text = str(source)
         self.live = isinstance(source, int) or text.isdigit() or bool(STREAM_URL.match(text))
@@ -48,6 +51,9 @@ class SequentialVideo:
         with quiet_stderr():
             if isinstance(source, int) or text.isdigit():
                 self._capture = cv2.VideoCapture(int(text))
+            elif self.live:  # a URL: give up on a silent server instead of waiting for ever
+                self._capture = cv2.VideoCapture(text, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                                                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
             else:
                 self._capture = cv2.VideoCapture(text, cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
@@ -64,7 +70,7 @@ class SequentialVideo:
         """Advance one frame; False at the end of the video or when the source stops."""
         if self._capture is None:
             return False
-        with quiet_stderr():
+        with quiet_stderr() if self.quiet else contextlib.nullcontext():
             ok = self._capture.grab()
         if not ok:
             return False
