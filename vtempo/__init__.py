@@ -1,4 +1,6 @@
 """vtempo: video action recognition with temporal-module CNNs."""
+# OpenCV before torch: with torch's libraries loaded first, OpenCV's FFmpeg never opens a udp:// stream.
+import cv2  # noqa: F401,I001
 from vtempo.api import create_model, list_models
 from vtempo.weights.registry import get_entry, load_registry
 

@@ -52,7 +52,9 @@ class StreamLabel:
     media_time: float  # that frame's timestamp in the source
     top: list[Prediction]
     dropped: int  # frames dropped so far
-    lag: float = 0.0  # how far the label trails the source's own clock (grows if the run fell behind)
+    # How far the newest frame trailed the source's clock when the model took it: the wall-clock time
+    # since the first frame minus the video time since it. It grows only if the run falls behind.
+    lag: float = 0.0
 
     @property
     def latency(self) -> float:
@@ -201,6 +203,7 @@ def run_stream(
     topk = min(topk, len(rec.labels))
     stop = stop or threading.Event()
     first: SampledFrame | None = None
+    labelled: SampledFrame | None = None  # the newest frame of the last label
     next_label: float | None = None  # wall-clock (paced) or media time (a file read as fast as it goes)
 
     def normalised(crops: np.ndarray) -> torch.Tensor:
@@ -209,6 +212,7 @@ def run_stream(
         return normalise(crops, rec.preprocess.mean, rec.preprocess.std).to(rec.device)
 
     def label(newest: SampledFrame) -> None:
+        taken = time.time()
         with torch.inference_mode(), autocast(rec.device, rec.dtype):
             if online:
                 logits = torch.stack(list(logits_ring)).mean(0)
@@ -218,7 +222,7 @@ def run_stream(
         values, classes = probs.topk(topk)
         now = time.time()
         top = [Prediction(rec.labels[i], int(i), float(v)) for v, i in zip(values.tolist(), classes.tolist())]
-        lag = (now - first.captured) - (newest.media_time - first.media_time)
+        lag = (taken - first.captured) - (newest.media_time - first.media_time)
         result = StreamLabel(summary.labels, now, newest.captured, newest.media_time, top, capture.dropped, lag)
         summary.labels += 1
         summary.latencies.append(result.latency)
@@ -240,12 +244,13 @@ def run_stream(
                     if frame.media_time >= next_label:
                         label(frame)
                         next_label += every
-            if paced and ring and len(ring) == rec.frames:
+            if paced and len(ring) == rec.frames and ring[-1] is not labelled:  # only new frames are labelled
                 now = time.monotonic()
                 if next_label is None:
                     next_label = now
                 if now >= next_label:
-                    label(ring[-1])
+                    labelled = ring[-1]
+                    label(labelled)
                     next_label = max(next_label + every, now - every)  # a slow model skips ticks, not time
             if ended:
                 break

@@ -18,7 +18,7 @@ import numpy as np
 from vtempo.video.readers import CannotOpen, VideoError, display_path, quiet_stderr, scaled_size
 
 STREAM_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-OPEN_TIMEOUT_MS, READ_TIMEOUT_MS = 10_000, 5_000
+OPEN_TIMEOUT_MS, READ_TIMEOUT_MS = 30_000, 5_000  # a thin stream takes seconds to probe
 
 
 def _valid_fps(value: float) -> float | None:
