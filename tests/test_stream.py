@@ -99,7 +99,7 @@ def test_the_online_model_labels_like_the_clip_model_on_the_same_frames(ten_seco
     from vtempo.video.sequential import SequentialVideo
     from vtempo.video.transforms import make_views
 
-    with SequentialVideo(ten_seconds) as video:
+    with SequentialVideo(ten_seconds, rec.max_side) as video:  # decoded at the size the stream decodes
         frames = [video.read() for _ in range(7)]
     clip = np.stack([frames[i] for i in (0, 2, 4, 6)])
     with torch.inference_mode():
