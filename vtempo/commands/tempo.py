@@ -257,7 +257,7 @@ def robustness(
 def train_demo_zoo(
     out: Path = typer.Argument(..., help="Folder for the synthetic sets, the runs, the checkpoints and the report."),
     seed: int = typer.Option(0, "--seed", help="Seeds the training set, the runs and (seed+1) the test set."),
-    family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all eight)."),
+    family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all)."),
     install: bool = typer.Option(False, "--install", help="Also write the fp16 weights into vtempo/weights/bundled/ (maintainers)."),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:
