@@ -8,6 +8,9 @@ The names below are imported on first use, so `import vtempo` (and `vtempo --ver
 """
 from __future__ import annotations
 
+# OpenCV before torch: with torch's libraries loaded first, OpenCV's FFmpeg never opens a udp:// stream.
+import cv2  # noqa: F401,I001
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

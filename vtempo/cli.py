@@ -5,7 +5,20 @@ import sys
 
 import typer
 
-from vtempo.commands import cam, classify, convert, download, embed, export, merge, models, profile, tempo
+from vtempo.commands import (
+    cam,
+    classify,
+    convert,
+    download,
+    embed,
+    export,
+    merge,
+    models,
+    profile,
+    stream,
+    tempo,
+    timeline,
+)
 
 
 class _Typer(typer.Typer):
@@ -58,7 +71,7 @@ def main(
     """Video action recognition with temporal-module CNNs (TSN, TSM, TAM, TCM, STC, TEFE, TSI)."""
 
 
-for command_module in (models, profile, convert, download, classify, merge, tempo, cam, export, embed):
+for command_module in (models, profile, convert, download, classify, merge, timeline, stream, tempo, cam, export, embed):
     command_module.register(app)
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from vtempo.commands.common import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,6 +23,7 @@ from vtempo.commands.common import (
     device_option,
     dtype_option,
     err_console,
+    escape,
     frames_option,
     friendly_errors,
     model_option,

@@ -98,6 +98,7 @@ PARAMETER_FLAGS = {
     "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride", "stride": "--stride",
     "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
     "scales": "--scales", "out": "--out", "jobs": "--jobs", "train_stride": "--train-stride",
+    "shift": "--shift", "freeze_backbone": "--freeze-backbone",
 }
 _PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
 
@@ -157,7 +158,13 @@ def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto") 
 def progress_callback(title: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
     """A `progress(done, total, status="")` callback drawing a transient bar on stderr (started on the
     first call, so worker processes started before it never fork the bar's thread)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     state: dict = {}
 

@@ -7,15 +7,21 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-from vtempo.commands.common import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     console,
     err_console,
+    escape,
     friendly_errors,
 )
 from vtempo.errors import UsageError, VtempoError

@@ -7,7 +7,19 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from vtempo.commands.common import EXIT_OK, EXIT_SOME_FAILED, console, err_console, friendly_errors
+from vtempo.commands.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    console,
+    device_option,
+    dtype_option,
+    err_console,
+    frames_option,
+    friendly_errors,
+    model_option,
+    registry_option,
+    weights_option,
+)
 from vtempo.errors import UsageError
 
 
@@ -18,10 +30,11 @@ def register(app: typer.Typer) -> None:
 @friendly_errors
 def embed(
     paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
-    model: str = typer.Option(..., "--model", "-m", help="A registry model, a checkpoint written by train, or an exported .onnx/.ts file."),
+    model: str = model_option(),
     out: Path = typer.Option(Path("embeddings.npy"), "--out", "-o", metavar="FILE", help=".npy (float32 rows; index beside it) or .npz (embeddings and index)."),
     index: Optional[Path] = typer.Option(None, "--index", metavar="FILE", help="Index of the rows for a .npy: .jsonl (default: beside it) or .csv."),
-    weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Checkpoint for an architecture name."),
+    weights: Optional[Path] = weights_option(),
+    frames: Optional[int] = frames_option(),
     per_frame: bool = typer.Option(False, "--per-frame", help="One vector per sampled frame instead of one per video."),
     window: Optional[float] = typer.Option(None, "--window", metavar="SECONDS", help="One vector per window of this length."),
     hop: Optional[float] = typer.Option(None, "--hop", metavar="SECONDS", help="Step between windows (default: the window)."),
@@ -29,15 +42,15 @@ def embed(
     normalize: bool = typer.Option(False, "--normalize", help="Scale every vector to unit length."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips per model call."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (0: in this process)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
-    registry: Optional[Path] = typer.Option(None, "--registry", metavar="FILE", help="A user registry file extending checkpoints.yaml."),
+    registry: Optional[Path] = registry_option(),
 ) -> None:
     """Write the model's pooled features (what its classifier reads) for each video, window or frame."""
-    from vtempo.inference.recognizer import load
     from vtempo.inference.embed import EmbeddingWriter
     from vtempo.inference.embed import embed as run_embed
+    from vtempo.inference.recognizer import load
     from vtempo.runtime import default_workers
     from vtempo.video import display_path
     from vtempo.video.discovery import collect_videos
@@ -45,7 +58,7 @@ def embed(
     videos = collect_videos(paths, recursive)
     if not videos:
         raise UsageError(f"no videos found in {', '.join(map(str, paths))}")
-    rec = load(model, weights, registry=registry, device=device, dtype=dtype)
+    rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)
     writer = EmbeddingWriter(out, {"model": rec.name, "weights_sha256": rec.weights_sha256}, index)
     failed = 0
     try:

@@ -8,10 +8,9 @@ from typing import Optional
 import typer
 from rich import box
 from rich.console import Console
-from vtempo.commands.common import escape
 from rich.table import Table
 
-from vtempo.commands.common import console, friendly_errors
+from vtempo.commands.common import console, escape, friendly_errors
 
 
 def _number(value: float | None) -> str:

@@ -130,6 +130,7 @@ def train(
     cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory across epochs (small sets; loads in-process)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    shift: Optional[str] = typer.Option(None, "--shift", help="TSM only: online (uni-directional, runs frame by frame) or bidirectional."),
 ) -> None:
     """Train a model on a labelled video set (SGD or AdamW, checkpoints each epoch, DDP under torchrun)."""
     for flag, value, minimum in (("--frames", frames, 1), ("--stride", stride, 1), ("--size", size, 16),
@@ -145,7 +146,7 @@ def train(
         size=size, resize=resize, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, milestones=_ints(milestones, "--milestones"), warmup=warmup,
         dropout=dropout, clip_grad=clip_grad or None, flip=flip, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,
-        threads=threads, seed=seed, cache=cache, resume=resume, progress=progress,
+        threads=threads, seed=seed, cache=cache, resume=resume, progress=progress, shift=shift,
     )
     with progress_callback("training", progress) as show:
         result = run_training(config, say=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
@@ -272,7 +273,7 @@ def robustness(
 def train_demo_zoo(
     out: Path = typer.Argument(..., help="Folder for the synthetic sets, the runs, the checkpoints and the report."),
     seed: int = typer.Option(0, "--seed", help="Seeds the training set, the runs and (seed+1) the test set."),
-    family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all eight)."),
+    family: Optional[List[str]] = typer.Option(None, "--family", help="Only these families (default: all)."),
     install: bool = typer.Option(False, "--install", help="Also write the fp16 weights into vtempo/weights/bundled/ (maintainers)."),
     jobs: int = typer.Option(2, "--jobs", help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:

@@ -31,7 +31,13 @@ import torch
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.export.forms import ExportForm, LogitsAndFeatures, apply_export_forms
-from vtempo.export.loading import FORMAT, TORCHSCRIPT_METADATA, OnnxModel, load_exported, missing_extra
+from vtempo.export.loading import (
+    FORMAT,
+    TORCHSCRIPT_METADATA,
+    OnnxModel,
+    load_exported,
+    missing_extra,
+)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 TOLERANCE = 1e-4

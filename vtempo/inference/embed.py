@@ -27,7 +27,12 @@ import numpy as np
 import torch
 
 from vtempo.errors import UsageError
-from vtempo.inference.decoding import ViewPlan, _keep, _init_worker, _fixed_mmap_threshold
+from vtempo.inference.decoding import (
+    ViewPlan,
+    _fixed_mmap_threshold,
+    _init_worker,
+    _keep,
+)
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views

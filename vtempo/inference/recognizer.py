@@ -29,7 +29,14 @@ import torch.nn as nn
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.results import NOT_FINITE, Prediction, VideoResult
 from vtempo.video.transforms import Preprocess
-from vtempo.weights.registry import CROPS, ModelEntry, Protocol, labels_path, load_registry, read_labels
+from vtempo.weights.registry import (
+    CROPS,
+    ModelEntry,
+    Protocol,
+    labels_path,
+    load_registry,
+    read_labels,
+)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 EXPORTED_SUFFIXES = (".onnx", ".ts")  # files written by `vtempo export`
@@ -227,6 +234,16 @@ class Recognizer:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def dataset(self) -> str | None:
+        """The data set the weights were trained on, when the registry says (k400, sthv1, ...)."""
+        return self.entry.dataset if self.entry is not None else None
+
+    @property
+    def max_side(self) -> int:
+        """Decode frames no larger than this: twice the resize target keeps quality for any aspect."""
+        return 2 * max(max(self.preprocess.resize), self.preprocess.input_size)
 
     def views(self, views: str | None = None) -> tuple[int, str]:
         """(clips, crop) of the protocol, or of a `CLIPSxCROPS` override."""

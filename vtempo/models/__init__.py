@@ -38,7 +38,7 @@ def split_name(arch: str) -> tuple[str, str]:
 def build(arch: str, num_classes: int = 400, frames: int = 8, **options) -> VideoRecognizer:
     family, backbone = split_name(arch)
     model = FAMILIES[family](backbone, num_classes=num_classes, frames=frames, **options)
-    model.arch = arch
+    model.arch = getattr(model, "arch", arch)  # a builder may name a variant (tsm-r50, shift="online")
     return model
 
 

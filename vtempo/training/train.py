@@ -82,6 +82,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per process
     cache: bool = False  # keep every decoded video in memory (small sets); loads in-process (no workers)
     seed: int = 0
+    shift: str | None = None  # TSM only: "online" trains the uni-directional shift (tsm-r50 → tsm-online-r50)
     resume: bool = False
     progress: bool = True
 
@@ -329,11 +330,18 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     workers = 0 if config.cache else default_workers() if config.workers is None else config.workers
     out = Path(config.out)
 
-    model = create_model(config.model, num_classes=len(classes), frames=frames, dropout=config.dropout)
+    if config.shift is not None and not arch.startswith("tsm-"):
+        raise UsageError(f"shift={config.shift!r}: {arch} has no temporal shift (only TSM models, tsm-*, do)")
+    shift = {"shift": config.shift} if config.shift is not None else {}
+    try:
+        model = create_model(config.model, num_classes=len(classes), frames=frames, dropout=config.dropout, **shift)
+    except ValueError as error:
+        raise UsageError(f"shift={config.shift!r}: {error}") from None
+    arch = model.arch  # tsm-online-… when trained with the online shift
     loaded = initial_weights(model, starting_weights(config, entry)) if config.weights else None
     if config.freeze_backbone:
         if loaded is None:
-            raise UsageError("--freeze-backbone trains only the new head on a trained backbone: pass --weights")
+            raise UsageError("freeze_backbone=True trains only the new head on a trained backbone: pass weights=")
         freeze_backbone(model)
     model.to(ranks.device)
     channels_last(model)

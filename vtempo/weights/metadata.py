@@ -16,10 +16,10 @@ from vtempo.weights.registry import (
     MIN_INPUT_SIZE,
     RegistryError,
     bounded_int,
-    number_list,
     check_arch,
     check_protocol,
     check_resize,
+    number_list,
     shown,
 )
 
