@@ -1,5 +1,8 @@
-"""The README's first command: `vtempo classify examples/clips` with the bundled default demo model."""
+"""The README's first command (`vtempo classify examples/clips` with the bundled default demo model) and its Python example."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -49,3 +52,13 @@ def test_bundled_demos_fit_the_size_budget_and_leave_a_4x4_map():
         with torch.no_grad():
             model(clip)
         assert min(shapes[0][-2:]) >= 4, (name, shapes)  # the map Grad-CAM sees
+
+
+def test_readme_python_example_runs_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "VTEMPO_OFFLINE": "1", "VTEMPO_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[0] == "move_left" and len(lines) == 3 + len(list((ROOT / "examples" / "clips").glob("*.mp4")))
