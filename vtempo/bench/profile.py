@@ -33,6 +33,7 @@ from vtempo.runtime import (
     CHANNELS_LAST,
     autocast,
     check_dtype,
+    cpu_name,
     pick_device,
     set_threads,
     synchronize,
@@ -407,25 +408,12 @@ def environment(settings: Settings) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": settings.threads or torch.get_num_threads(),
         "channels_last": CHANNELS_LAST if settings.channels_last is None else settings.channels_last,
         "compile": settings.compile,
     }
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 __all__ = ["Cost", "DEFAULT_NAMES", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",
