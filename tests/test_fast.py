@@ -211,3 +211,48 @@ def test_bn_folding_finds_a_wrapped_conv_through_output_conv_alone():
         assert fold_batch_norms(net) == 1 and isinstance(net[1], nn.Identity)
         torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
     assert TemporalModule().output_conv() is None
+
+
+# --- compiled inference -------------------------------------------------------------------------------
+
+# Compiling takes minutes on a small CPU the first time (seconds once inductor's cache holds the graphs).
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_compiled_model_gives_the_eager_logits(family):
+    from vtempo.fast.compile import compile_model
+
+    backbone = "r10w8" if family in ("tsn", "tam") else "r14w16"  # both block types among the families
+    prepared = prepare(with_random_statistics(f"{family}-{backbone}"), torch.device("cpu"))
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = prepared(clip)
+        got = compile_model(prepared)(clip)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+@pytest.mark.slow
+def test_a_second_compilation_loads_the_graphs_from_the_vtempo_cache(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from vtempo.fast.compile import cache_folder, compile_model
+
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert cache_folder() == tmp_path / "inductor"
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.inference_mode():
+        for _ in range(2):
+            torch._dynamo.reset()  # as a new process would: nothing compiled in memory
+            counters.clear()
+            compile_model(prepare(with_random_statistics("tsn-r10w8"), torch.device("cpu")))(clip)
+            misses, hits = counters["inductor"]["fxgraph_cache_miss"], counters["inductor"]["fxgraph_cache_hit"]
+    assert misses == 0 and hits >= 1
+    assert any((tmp_path / "inductor").rglob("*"))
+
+
+def test_compile_pays_only_when_the_time_saved_exceeds_the_compile_time():
+    from vtempo.fast.compile import compile_pays
+
+    assert compile_pays(clips=1000, eager_seconds_per_clip=0.5, compile_seconds=60, speedup=1.25)  # saves 100 s
+    assert not compile_pays(clips=100, eager_seconds_per_clip=0.5, compile_seconds=60, speedup=1.25)  # saves 10 s
+    assert not compile_pays(clips=10**6, eager_seconds_per_clip=0.5, compile_seconds=1, speedup=1.0)
