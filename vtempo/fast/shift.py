@@ -66,7 +66,8 @@ class ShiftedPointwiseConv(TemporalModule):
     """Inference-only stand-in for a `TemporalShift` that wraps a 1×1 conv: the same function, computed
     the faster of `WAYS` for each input shape and dtype. It keeps the conv as `net`, so the state dict's
     keys stay those of the TSM model. With autograd on, off the CPU, for a contiguous (not channels-last)
-    input or while torch.compile traces (inductor fuses the copy itself) it runs the reference."""
+    input or while torch.compile or torch.export traces (inductor fuses the copy itself) it runs the
+    reference."""
 
     def __init__(self, shift: TemporalShift, chooser: Chooser | None = None) -> None:
         super().__init__()
@@ -79,6 +80,7 @@ class ShiftedPointwiseConv(TemporalModule):
             or x.device.type != "cpu"
             or not x.is_contiguous(memory_format=torch.channels_last)
             or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
             or autocast_dtype(x.device.type) not in (None, x.dtype)  # the conv would cast x: keep its dtype
         ):
             return "copy"
