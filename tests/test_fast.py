@@ -256,3 +256,32 @@ def test_compile_pays_only_when_the_time_saved_exceeds_the_compile_time():
     assert compile_pays(clips=1000, eager_seconds_per_clip=0.5, compile_seconds=60, speedup=1.25)  # saves 100 s
     assert not compile_pays(clips=100, eager_seconds_per_clip=0.5, compile_seconds=60, speedup=1.25)  # saves 10 s
     assert not compile_pays(clips=10**6, eager_seconds_per_clip=0.5, compile_seconds=1, speedup=1.0)
+
+
+# --- GPU paths, where they have a CPU meaning ---------------------------------------------------------
+
+
+def test_the_cuda_graph_wrapper_runs_the_model_itself_off_the_gpu():
+    from vtempo.fast.cudagraph import GraphedModel
+
+    model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    graphed = GraphedModel(model)
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(graphed(clip), model(clip)) and not graphed._graphs
+        assert graphed.features(clip).shape == (1, 4, model.fc.in_features)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_replayed_cuda_graph_gives_the_eager_logits():
+    from vtempo.fast.cudagraph import GraphedModel
+
+    device = torch.device("cuda")
+    model = prepare(with_random_statistics("tsm-r14w16"), device)
+    graphed = GraphedModel(model)
+    with torch.inference_mode():
+        for seed in range(2):  # the second clip replays the graph captured for the first
+            torch.manual_seed(seed)
+            clip = torch.randn(1, 4, 3, 32, 32, device=device)
+            torch.testing.assert_close(graphed(clip), model(clip), rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 1
