@@ -285,3 +285,59 @@ def test_a_replayed_cuda_graph_gives_the_eager_logits():
             clip = torch.randn(1, 4, 3, 32, 32, device=device)
             torch.testing.assert_close(graphed(clip), model(clip), rtol=1e-5, atol=1e-5)
     assert len(graphed._graphs) == 1
+
+
+def test_the_exportable_shift_is_the_reference_shift():
+    from vtempo.fast.shift import shift_by_concatenation
+
+    x = torch.randn(6, 16, 3, 5).contiguous(memory_format=torch.channels_last)
+    for frames in (2, 3, 6):
+        assert torch.equal(shift_by_concatenation(x, frames, 8), temporal_shift(x, frames))
+
+
+# --- int8 ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_int8_model_follows_the_fp32_logits_and_is_cached(family, tmp_path, monkeypatch):
+    pytest.importorskip("torchao")
+    from vtempo.fast import quantize as quantization
+
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    model = prepare(with_random_statistics(f"{family}-r14w16"), torch.device("cpu"))
+    torch.manual_seed(1)
+    calibration = [torch.randn(2, 4, 3, 64, 64) for _ in range(3)]
+    clip = torch.randn(2, 4, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(clip)
+    int8 = quantization.quantize(copy.deepcopy(model), calibration)
+    with torch.no_grad():
+        got = int8(clip)
+    # int8 activations per tensor: a few percent of the largest logit on random weights
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.15 * float(expected.abs().max()))
+    assert len(list((tmp_path / "int8").glob("*.pt2"))) == 1
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(quantization, "_calibrate", no_calibration)
+    again = quantization.quantize(copy.deepcopy(model), calibration)  # from the cache
+    with torch.no_grad():
+        torch.testing.assert_close(again(clip), got)
+
+
+@pytest.mark.slow
+def test_tsm_shift_runs_on_int8_codes_bit_for_bit():
+    pytest.importorskip("torchao")
+    from vtempo.fast import quantize as quantization
+
+    model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    clip = torch.randn(1, 4, 3, 64, 64)
+    converted = quantization.quantize(model, [clip], cache=False, lower_graph=False)
+    lower = quantization._pt2e()[3]
+    with torch.no_grad():
+        plain = lower(copy.deepcopy(converted), (clip,))
+        rewritten = lower(converted, (clip,))
+        assert quantization._shift_in_int8(rewritten) == 4  # one per shifted block
+        assert torch.equal(rewritten(clip), plain(clip))

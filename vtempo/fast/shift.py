@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vtempo.fast.choose import Chooser, shared_chooser
 from vtempo.models.base import TemporalModule
@@ -45,6 +46,42 @@ def shifted_gemm(x: torch.Tensor, conv: nn.Conv2d, frames: int, fold_div: int) -
         out[:, :-area].baddbmm_(rows[:, area:, :fold], weight[:, :fold])  # frame t sees frame t+1
         out[:, area:].baddbmm_(rows[:, :-area, fold : 2 * fold], weight[:, fold : 2 * fold])  # and t-1
     return out.view(nt, height, width, -1).permute(0, 3, 1, 2)
+
+
+def shift_by_concatenation(x: torch.Tensor, frames: int, fold_div: int) -> torch.Tensor:
+    """`temporal_shift` as out-of-place ops (slice, pad, concatenate): what an exported graph wants.
+    The reference writes slices of an empty tensor, which an exported (functional) graph turns into a
+    full copy per slice, and which the int8 quantizer cannot see through."""
+    nt, channels = x.shape[:2]
+    clip, fold = x.view(-1, frames, *x.shape[1:]), channels // fold_div
+    following = F.pad(clip[:, 1:, :fold], (0, 0, 0, 0, 0, 0, 0, 1))  # frame t sees t+1, zeros after the end
+    preceding = F.pad(clip[:, :-1, fold : 2 * fold], (0, 0, 0, 0, 0, 0, 1, 0))  # and t-1, zeros before
+    return torch.cat([following, preceding, clip[:, :, 2 * fold :]], 2).view(x.shape)
+
+
+class ExportableShift(TemporalModule):
+    """Inference-only stand-in for a `TemporalShift` (or `ShiftedPointwiseConv`) in graphs made by
+    torch.export: the shift by `shift_by_concatenation`, then the wrapped layer, kept as `net`."""
+
+    def __init__(self, shift: nn.Module) -> None:
+        super().__init__()
+        self.net, self.fold_div, self.frames = shift.net, shift.fold_div, shift.frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(shift_by_concatenation(x, self.frames, self.fold_div))
+
+    def output_conv(self) -> nn.Conv2d | None:
+        return self.net if isinstance(self.net, nn.Conv2d) else None
+
+
+def swap_shifts_for_export(model: nn.Module) -> int:
+    """Replace every TSM shift module by an `ExportableShift`, in place; returns how many."""
+    targets = [(name, module) for name, module in model.named_modules()
+               if type(module) in (TemporalShift, ShiftedPointwiseConv)]
+    for name, module in targets:
+        parent_name, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, ExportableShift(module))
+    return len(targets)
 
 
 Way = Callable[[torch.Tensor, nn.Conv2d, int, int], torch.Tensor]
