@@ -1,11 +1,11 @@
 """int8 against fp32 on the bundled demo models: top-1 and agreement on a freshly rendered synthetic
-test set, and clips/s. `python -m vtempo.bench.int8 [--clips 200] [--seed 7] [MODEL...]`."""
+test set (the int8 graph lowered but not compiled: compiling changes no logit beyond float rounding,
+and speed is measured at R-50 scale by `vtempo.bench.variants int8`). `python -m vtempo.bench.int8 [--clips 200] [--seed 7] [MODEL...]`."""
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import statistics
 import time
 
 import numpy as np
@@ -31,17 +31,6 @@ def synthetic_views(classifier, count: int, seed: int) -> tuple[torch.Tensor, to
     return torch.cat(inputs), torch.tensor(labels)
 
 
-def _rate(model, clip, rounds: int = 5) -> float:
-    times = []
-    with torch.inference_mode():
-        model(clip)
-        for _ in range(rounds):
-            started = time.perf_counter()
-            model(clip)
-            times.append(time.perf_counter() - started)
-    return len(clip) / statistics.median(times)
-
-
 def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> dict:
     from vtempo.fast.quantize import quantize
     from vtempo.inference.classify import Classifier
@@ -51,7 +40,8 @@ def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> d
     calib, _ = synthetic_views(classifier, calibration, seed + 1000)  # other clips than the test set's
     fp32 = classifier.model
     started = time.perf_counter()
-    int8 = quantize(copy.deepcopy(fp32), [calib[i : i + batch] for i in range(0, len(calib) - batch + 1, batch)])
+    int8 = quantize(copy.deepcopy(fp32), [calib[i : i + batch] for i in range(0, len(calib) - batch + 1, batch)],
+                    compile=False)
     with torch.inference_mode():
         batches = [views[i : i + batch] for i in range(0, len(views) - batch + 1, batch)]
         exact = torch.cat([fp32(b) for b in batches]).argmax(-1)
@@ -63,7 +53,6 @@ def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> d
         "model": name, "clips": len(exact),
         "top1_fp32": float((exact == truth).float().mean() * 100), "top1_int8": float((reduced == truth).float().mean() * 100),
         "agreement": float((exact == reduced).float().mean() * 100), "int8_setup_s": setup,
-        "fp32_clips_per_s": _rate(fp32, batches[0]), "int8_clips_per_s": _rate(int8, batches[0]),
     }
 
 

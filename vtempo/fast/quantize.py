@@ -2,10 +2,11 @@
 
 The flow is PyTorch's PT2E: export the prepared model's graph, let `X86InductorQuantizer` annotate it
 (convolutions, linears and the ops around them: int8 activations per tensor, int8 weights per output
-channel), run the calibration clips through it to observe activation ranges, convert, and lower it
-with torchao's x86 lowering (inductor's constant folding and freezing patterns, without compiling the
-rest): each quantize → conv → dequantize pattern becomes one oneDNN int8 convolution with its weight
-pre-packed. The quantizer and the PT2E functions live in torchao (`torchao.quantization.pt2e`) since
+channel), run the calibration clips through it to observe activation ranges, convert, lower it
+with torchao's x86 lowering (inductor's constant folding and freezing patterns): each quantize → conv
+→ dequantize pattern becomes one oneDNN int8 convolution with its weight pre-packed; then compile the
+lowered graph with inductor, which fuses the quantize steps left between the convs (TSM has one per
+shifted block) into the surrounding kernels. The quantizer and the PT2E functions live in torchao (`torchao.quantization.pt2e`) since
 torch dropped `torch.ao.quantization.quantizer`; torchao is an optional dependency needed only here.
 
 What stays fp32: every op the quantizer does not annotate, so all the temporal modules' own arithmetic
@@ -18,7 +19,7 @@ writes into slices, which an exported graph turns into copies the quantizer cann
 
 A quantized model is cached under `<vtempo home>/int8/`, keyed by the model's weights and the
 calibration clips, so a second run with the same model and clips skips the calibration (it still
-lowers the graph, seconds).
+lowers the graph, seconds, and compiles it, from inductor's cache when that holds it).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import VtempoError
-from vtempo.fast.compile import _drop_cast_cache
+from vtempo.fast.compile import _drop_cast_cache, _use_cache_folder
 from vtempo.fast.shift import swap_shifts_for_export
 from vtempo.models.tcm import TemporalDynamics
 
@@ -155,13 +156,14 @@ def cache_path(key: str) -> Path:
 
 
 def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cache: bool = True,
-             lower_graph: bool = True) -> nn.Module:
+             lower_graph: bool = True, compile: bool = True) -> nn.Module:
     """An int8 version of the prepared fp32 `model` (`vtempo.fast.prepare`, on the CPU), calibrated on
     `calibration_clips` (float (N, T, 3, S, S) tensors, preprocessed like the model's input, all of one
     shape: the quantized model runs that shape). `model` itself is changed (its cast cache dropped, its
-    shifts swapped); pass a copy to keep it. Returns the int8 model lowered to oneDNN's int8 kernels
-    (`lower_graph=False`: the converted graph of quantize/dequantize around fp32 ops, which simulates
-    int8 slowly; for inspection)."""
+    shifts swapped); pass a copy to keep it. Returns the int8 model lowered to oneDNN's int8 kernels and
+    compiled (lazily, at its first call; `compile=False`: the lowered graph, which runs the same kernels
+    but leaves the quantize ops between them as unfused elementwise passes, several times slower for
+    TSM; `lower_graph=False`: the converted graph, which only simulates int8, for inspection)."""
     clips = [clip.detach().cpu().float() for clip in calibration_clips]
     if not clips:
         raise VtempoError("int8 calibration needs at least one clip")
@@ -191,4 +193,8 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     with torch.no_grad():
         lowered = lower(converted, (clips[0],))
     _shift_in_int8(lowered)
-    return lowered
+    if not compile:
+        return lowered
+    _use_cache_folder()
+    # Not `compile_model`: freezing would fold the prepacked int8 weights again, which fails.
+    return torch.compile(lowered, dynamic=False)
