@@ -147,6 +147,13 @@ def test_the_chooser_measures_once_and_remembers_across_processes(tmp_path):
     assert Chooser(path, lambda c: {"x": 1.0, "y": 0.5}).choose("key", {"x": None, "y": None}) == "y"
 
 
+def test_the_reference_is_kept_unless_another_way_is_clearly_faster():
+    candidates = {"reference": None, "other": None}
+    assert Chooser(None, lambda c: {"reference": 1.0, "other": 0.97}).choose("k", candidates) == "reference"
+    assert Chooser(None, lambda c: {"reference": 1.0, "other": 0.90}).choose("k", candidates) == "other"
+    assert Chooser(None, lambda c: {"reference": 0.90, "other": 1.0}).choose("k", candidates) == "reference"
+
+
 def test_a_damaged_or_foreign_choice_file_is_ignored_and_an_unwritable_one_only_costs_time(tmp_path):
     path = tmp_path / "choices.json"
     for text in ("{not json", "[1, 2]", json.dumps({"key": 3})):

@@ -22,6 +22,9 @@ Measure = Callable[[Candidates], dict[str, float]]
 
 MAX_FILE_BYTES = 1 << 20  # a choice file larger than this is not ours: ignored
 MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 7, 41, 0.1
+# The first candidate is the reference; another replaces it only when measured this much faster, so
+# that timing noise (a busy machine) does not trade the reference for an equal or slower way for good.
+MARGIN = 0.05
 
 
 def time_alternating(candidates: Candidates) -> dict[str, float]:
@@ -44,7 +47,8 @@ def time_alternating(candidates: Candidates) -> dict[str, float]:
 
 
 class Chooser:
-    """Picks the fastest candidate per key; `path=None` keeps the choices in memory only."""
+    """Picks the fastest candidate per key, keeping the first (the reference) unless another is faster
+    by more than MARGIN; `path=None` keeps the choices in memory only."""
 
     def __init__(self, path: Path | None, measure: Measure = time_alternating) -> None:
         self.path, self.measure = path, measure
@@ -56,7 +60,9 @@ class Chooser:
         if chosen in candidates:
             return chosen
         times = self.measure(candidates)
-        chosen = min(times, key=times.__getitem__)
+        reference = next(iter(candidates))
+        fastest = min(times, key=times.__getitem__)
+        chosen = fastest if times[fastest] < (1 - MARGIN) * times[reference] else reference
         self.choices[key], self.timings[key] = chosen, times
         self._write()
         return chosen
