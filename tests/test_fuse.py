@@ -1,5 +1,6 @@
-"""What `runtime.prepare` does to a model for inference, each without changing its logits: eval-mode
-BatchNorm folded into the conv before it, and autocast's weight casts made once."""
+"""What `vtempo.fast.prepare` does to a model for inference, each without changing its logits: eval-mode
+BatchNorm folded into the conv before it, and autocast's weight casts made once. (TSM's shift without
+its copy: tests/test_fast.py.)"""
 from __future__ import annotations
 
 import copy
@@ -52,24 +53,19 @@ def test_prepare_folds_and_a_training_model_is_refused():
         fold_batch_norms(model.train())
 
 
-def unprepared_twin(prepared: nn.Module, arch: str) -> nn.Module:
-    """The prepared model's folded weights, in their memory layout, in a fresh model whose convs cast on
-    every call. The layout must match too: oneDNN picks its kernel (and so its order of summation) by
-    the weight's layout, so a contiguous twin differs from a channels-last model in the last bf16 bit
-    on some CPUs (AVX512-BF16 without AMX), whatever the casts."""
-    twin = build(arch, num_classes=5, frames=4)
-    fold_batch_norms(twin.eval())
-    for name, tensor in prepared.state_dict().items():
-        twin_tensor = twin.get_parameter(name) if name in dict(twin.named_parameters()) else twin.get_buffer(name)
-        twin_tensor.data = tensor.detach().clone(memory_format=torch.preserve_format)
-    return twin
+def twin_without_cast_cache(model: nn.Module) -> nn.Module:
+    """The model prepared like `prepare` does but for the cast cache: its convs cast on every call. Same
+    folded weights in the same memory layout, and the same choices of the other fast paths: oneDNN picks
+    its kernel (and so its order of summation) by the weight's layout, so a contiguous twin would differ
+    from a channels-last model in the last bf16 bit on some CPUs, whatever the casts."""
+    return prepare(copy.deepcopy(model), torch.device("cpu"), skip=("casts",))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bf16_casts_made_once_give_the_logits_of_autocast(family):
     model = with_random_statistics(f"{family}-r14w16")
     prepared = prepare(copy.deepcopy(model), torch.device("cpu"))
-    twin = unprepared_twin(prepared, f"{family}-r14w16")
+    twin = twin_without_cast_cache(model)
     clip = torch.randn(2, 4, 3, 64, 64)
     with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
         expected = twin(clip)

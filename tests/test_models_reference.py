@@ -16,7 +16,7 @@ from vtempo.bench.flops import count_macs
 from vtempo.models import build
 from vtempo.models.correlation import spatial_correlation
 from vtempo.models.tcm import eca_kernel_size, soft_argmax_flow
-from vtempo.models.tsm import TemporalShift, shifted_pointwise_conv, temporal_shift
+from vtempo.models.tsm import TemporalShift, temporal_shift
 
 
 def meta_model(arch: str, num_classes: int, frames: int = 8) -> nn.Module:
@@ -158,34 +158,6 @@ def test_temporal_shift_moves_an_eighth_each_way_with_zeros_at_the_ends():
     torch.testing.assert_close(out[:, 1:, fold : 2 * fold], clip[:, :-1, fold : 2 * fold])
     assert (out[:, 0, fold : 2 * fold] == 0).all()
     torch.testing.assert_close(out[:, :, 2 * fold :], clip[:, :, 2 * fold :])
-
-
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("clips, frames", [(1, 8), (3, 4)])
-def test_shifted_pointwise_conv_equals_the_conv_of_the_shifted_copy(bias, clips, frames):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(32, 24, 1, bias=bias).to(memory_format=torch.channels_last)
-    x = torch.randn(clips * frames, 32, 5, 7).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        expected = conv(temporal_shift(x, frames))
-        out = shifted_pointwise_conv(x, conv, frames)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_tsm_inference_path_gives_the_logits_of_the_training_path():
-    from vtempo.fast import prepare
-
-    model = prepare(tiny("tsm-r14w16", frames=4), torch.device("cpu"))  # bottlenecks: 1×1 conv1
-    x = torch.randn(2, 4, 3, 32, 32)
-    calls = []
-    model.backbone.layer1[0].conv1.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
-    with torch.enable_grad():
-        plain = model(x).detach()  # autograd on: the shifted copy and the conv
-    with torch.inference_mode():
-        fast = model(x)
-    assert calls == [True, False]
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
 
 
 # --- TCM's correlation ---------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
 """Device, dtype, memory-format and thread choices shared by every command that runs a model.
 
 Defaults: fp32 for exactness, with bf16 one flag away (`--dtype bf16`: autocast, weights stay fp32);
-channels-last weights, because oneDNN (CPU) and cuDNN (GPU) run convolutions in NHWC without reorders:
-on this project's 2-core AVX512-BF16 test machine, ResNet-50 (1 frame, 224², 1 thread, interleaved)
-took the same time in fp32 either way and 14 % less in bf16 with channels-last; torch's own thread
-count (one per physical core). `vtempo profile` measures all of these; see the README's Performance.
+channels-last weights, because oneDNN (CPU) and cuDNN (GPU) run convolutions in NHWC without reorders
+(`vtempo profile --no-channels-last` compares; docs/performance.md); torch's own thread count (one per
+physical core).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 
 import torch
 
@@ -91,3 +92,16 @@ def default_workers(files: int | None = None) -> int:
     than there are files to decode."""
     workers = max(1, min(8, (os.cpu_count() or 2) // 2))
     return workers if files is None else max(0, min(workers, files))
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

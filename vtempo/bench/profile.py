@@ -28,11 +28,13 @@ import torch
 from vtempo.bench.flops import count_macs
 from vtempo.errors import UsageError
 from vtempo.fast import prepare
+from vtempo.fast.compile import compile_model
 from vtempo.inference.recognizer import create_model, resolve
 from vtempo.runtime import (
     CHANNELS_LAST,
     autocast,
     check_dtype,
+    cpu_name,
     pick_device,
     set_threads,
     synchronize,
@@ -241,17 +243,6 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _compile_context(settings: Settings, device: torch.device):
-    """On CPU, inductor's freezing folds BN into the convs and pre-packs weights: the CPU inference setup."""
-    import contextlib
-
-    if not settings.compile or device.type != "cpu":
-        return contextlib.nullcontext()
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
-
-
 def profile_models(
     names: Iterable[str],
     settings: Settings = Settings(),
@@ -296,7 +287,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             profile.errors.append(f"MACs: {type(error).__name__}: {error}")
         model = prepare(model, device, settings.channels_last)
         if settings.compile:
-            model = torch.compile(model)
+            model = compile_model(model, device)
         clip = torch.randn(settings.batch, frames, 3, size, size, device=device)
         runners[name] = _Runner(model, clip, device)
 
@@ -314,46 +305,45 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             failed.add(name)
             return None
 
-    with _compile_context(settings, device):
+    for name, dtype in plan:
+        say(f"warming up {name} {dtype}")
+        for _ in range(settings.warmup):
+            if name in failed:
+                break
+            elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+            if elapsed is not None:
+                warmups[name, dtype].append(elapsed)
+    for round_index in range(settings.iters):
+        say(f"timing round {round_index + 1}/{settings.iters}")
         for name, dtype in plan:
-            say(f"warming up {name} {dtype}")
-            for _ in range(settings.warmup):
-                if name in failed:
-                    break
+            if name not in failed:
                 elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
                 if elapsed is not None:
-                    warmups[name, dtype].append(elapsed)
-        for round_index in range(settings.iters):
-            say(f"timing round {round_index + 1}/{settings.iters}")
-            for name, dtype in plan:
-                if name not in failed:
-                    elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
-                    if elapsed is not None:
-                        samples[name, dtype].append(elapsed)
-        for name, dtype in plan:
-            if name in failed:
-                continue
-            say(f"peak memory {name} {dtype}")
-            peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runners[name](dtype), device))
-            times = samples[name, dtype]
-            median = statistics.median(times)
-            clips_per_s = settings.batch / (median / 1000)
-            by_name[name].timings[dtype] = Timing(
-                dtype=dtype,
-                first_ms=(warmups[name, dtype] or times)[0],
-                warmup_ms=sum(warmups[name, dtype]),
-                median_ms=median,
-                p90_ms=_percentile(times, 0.9),
-                clips_per_s=clips_per_s,
-                frames_per_s=clips_per_s * by_name[name].frames,
-                peak_mib=peak,
-                times_ms=times,
-            )
-            if dtype != "fp32" and "fp32" in settings.dtypes:
-                runner = runners[name]
-                agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runner.model, runner.clip, dtype))
-                if agreement is not None:
-                    by_name[name].agreement[dtype] = agreement
+                    samples[name, dtype].append(elapsed)
+    for name, dtype in plan:
+        if name in failed:
+            continue
+        say(f"peak memory {name} {dtype}")
+        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runners[name](dtype), device))
+        times = samples[name, dtype]
+        median = statistics.median(times)
+        clips_per_s = settings.batch / (median / 1000)
+        by_name[name].timings[dtype] = Timing(
+            dtype=dtype,
+            first_ms=(warmups[name, dtype] or times)[0],
+            warmup_ms=sum(warmups[name, dtype]),
+            median_ms=median,
+            p90_ms=_percentile(times, 0.9),
+            clips_per_s=clips_per_s,
+            frames_per_s=clips_per_s * by_name[name].frames,
+            peak_mib=peak,
+            times_ms=times,
+        )
+        if dtype != "fp32" and "fp32" in settings.dtypes:
+            runner = runners[name]
+            agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runner.model, runner.clip, dtype))
+            if agreement is not None:
+                by_name[name].agreement[dtype] = agreement
     return profiles
 
 
@@ -407,25 +397,12 @@ def environment(settings: Settings) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": settings.threads or torch.get_num_threads(),
         "channels_last": CHANNELS_LAST if settings.channels_last is None else settings.channels_last,
         "compile": settings.compile,
     }
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 __all__ = ["Cost", "DEFAULT_NAMES", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",

@@ -1,31 +1,52 @@
-"""Inference-only fast paths, swapped into a model by `prepare`. Each computes what the model's own
-(paper-form) modules compute, up to rounding; none can be trained."""
+"""Inference-only fast paths, swapped into a model by `prepare`.
+
+The models (`vtempo.models`) hold the papers' reference computations. Each fast path here is a function
+`(model, device) -> count` that replaces or changes modules, in place, by inference-only equivalents
+that compute the same function up to rounding, and returns how many it changed; none can be trained.
+They find what they replace by the models' one interface for it, `TemporalModule.output_conv()` (the
+conv whose output a wrapper returns unchanged), and by the modules' own types; a model needs no flag or
+branch for them. `FAST_PATHS` lists them in the order `prepare` applies them.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from vtempo.fast.casts import cache_autocast_casts
 from vtempo.fast.fold import fold_batch_norms
+from vtempo.fast.shift import swap_shifted_pointwise_convs
 from vtempo.runtime import CHANNELS_LAST
 
+FastPath = Callable[[torch.nn.Module, torch.device], int]
 
-def prepare(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None) -> torch.nn.Module:
-    """Ready a model for inference, in place: eval mode on the device, every BatchNorm that follows a
-    conv folded into it (`models.fuse`; the model can no longer be trained), weights in fp32 (reduced
-    precision comes from autocast, with each weight's cast made once: `cache_autocast_casts`).
+FAST_PATHS: dict[str, FastPath] = {
+    "fold": fold_batch_norms,  # BatchNorm after a conv merged into it (the model's BNs are gone)
+    "shift": swap_shifted_pointwise_convs,  # TSM's shift + 1×1 conv without the copy where that is faster
+    "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
+}
 
-    channels_last=None takes the default (`CHANNELS_LAST`). Inputs need no conversion: the first
-    convolution's channels-last weights make every later activation channels-last.
+
+def prepare(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None,
+            skip: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Ready a model for inference, in place: eval mode on the device, weights in fp32 in the memory
+    layout (channels-last unless `channels_last=False`; default `runtime.CHANNELS_LAST`), then every
+    fast path of `FAST_PATHS` but those named in `skip`. Reduced precision comes from autocast.
+
+    Inputs need no conversion: the first convolution's channels-last weights make every later
+    activation channels-last. The counts of what each fast path changed are in `model.fast_paths`.
     """
-
+    unknown = set(skip) - set(FAST_PATHS)
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {', '.join(sorted(unknown))}: choose from {', '.join(FAST_PATHS)}")
     channels_last = CHANNELS_LAST if channels_last is None else channels_last
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).eval()
-    fold_batch_norms(model)
     # Only 4-D tensors (Conv2d weights) take this layout; `model.to(memory_format=)` would fail on the
     # 5-D weights of a Conv3d.
     for tensor in (*model.parameters(), *model.buffers()):
         if tensor.dim() == 4:
             tensor.data = tensor.data.contiguous(memory_format=layout)
-    cache_autocast_casts(model)
+    applied = {name: path(model, device) for name, path in FAST_PATHS.items() if name not in skip}
+    model.fast_paths = {**getattr(model, "fast_paths", {}), **applied}
     return model

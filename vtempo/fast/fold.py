@@ -1,14 +1,14 @@
 """Folding eval-mode BatchNorm into the convolution before it, for inference.
 
 An eval-mode BN is a per-channel affine map, y = γ·(x − μ)/√(σ² + ε) + β, so after a convolution it
-can be merged into the convolution's weights and bias, and the BN pass over the feature map (a fifth
-of a ResNet-50's time in bf16 on a CPU) disappears. `fold_batch_norms(model)` does this wherever a
+can be merged into the convolution's weights and bias, and the BN pass over the feature map (a full
+read and write of it) disappears. `fold_batch_norms(model)` does this wherever a
 BatchNorm2d is fed directly by a Conv2d: the BN of each torchvision block's convs (also when a temporal
-module wraps the conv but returns the conv's output unchanged: TSM's shift, TANet's TAM, the modules
-that `surgery` inserts before a block's output conv), the downsample shortcut, the stem, and any
+module wraps the conv but returns the conv's output unchanged and says so through `output_conv()`:
+TSM's shift, TANet's TAM; the modules that `surgery` inserts before a block's output conv), the downsample shortcut, the stem, and any
 Sequential holding conv → BN (TCM's, TSI's). Where something else feeds the BN (STC's concatenation,
 TEFE's FE product) the BN stays. The folded model computes the same function up to rounding; it
-cannot be trained any more (its BNs are gone), so only inference paths fold (`runtime.prepare`).
+cannot be trained any more (its BNs are gone), so only inference paths fold (`vtempo.fast.prepare`).
 """
 from __future__ import annotations
 
@@ -16,21 +16,16 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from vtempo.models.tam import TemporalAdaptiveConv
-from vtempo.models.tsm import TemporalShift
-
 
 def _output_conv(module: nn.Module) -> nn.Conv2d | None:
-    """The Conv2d whose output `module` returns unchanged, if there is one."""
+    """The Conv2d whose output `module` returns unchanged, if there is one: the module itself, the last
+    of a Sequential, or what a wrapper names through `output_conv()` (`models.base.TemporalModule`)."""
     if isinstance(module, nn.Conv2d):
         return module
     if isinstance(module, nn.Sequential) and len(module):
         return _output_conv(module[-1])
-    if isinstance(module, TemporalShift):
-        return _output_conv(module.net)
-    if isinstance(module, TemporalAdaptiveConv):
-        return _output_conv(module.conv)
-    return None
+    output_conv = getattr(module, "output_conv", None)
+    return _output_conv(output_conv()) if callable(output_conv) and output_conv() is not None else None
 
 
 def _pairs(model: nn.Module):
@@ -62,8 +57,9 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
 
 
-def fold_batch_norms(model: nn.Module) -> int:
-    """Fold every BatchNorm2d fed directly by a Conv2d into it (model in eval mode); returns how many."""
+def fold_batch_norms(model: nn.Module, device: torch.device | None = None) -> int:
+    """Fold every BatchNorm2d fed directly by a Conv2d into it (model in eval mode); returns how many.
+    (`device` is unused: the signature of every fast path, `vtempo.fast.FastPath`.)"""
     if model.training:
         raise ValueError("fold BatchNorm only in eval mode: training needs the batch statistics")
     folded = 0

@@ -24,6 +24,12 @@ class TemporalModule(nn.Module):
     frames: int = 1
     fixed_frames: int | None = None
 
+    def output_conv(self) -> nn.Conv2d | None:
+        """The Conv2d whose output this module returns unchanged, if there is one (a module that wraps a
+        conv and changes only its input). Inference fast paths use it: BN folding folds the BN that
+        follows this module into that conv."""
+        return None
+
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """(N·T, ...) → (N, T, ...)."""
         return x.view(-1, self.frames, *x.shape[1:])
@@ -31,7 +37,7 @@ class TemporalModule(nn.Module):
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over the last two (H, W) dimensions. A sum divided by H·W: on CPU a bf16 `mean` first makes
-    an fp32 copy of the whole tensor, 5× the time of the sum."""
+    an fp32 copy of the whole tensor, which the sum does not."""
     return x.sum((-2, -1)) / (x.shape[-2] * x.shape[-1])
 
 
@@ -43,14 +49,16 @@ class VideoRecognizer(nn.Module):
         self.fc = nn.Linear(feature_dim(backbone), num_classes)
         nn.init.normal_(self.fc.weight, 0, 0.001)
         nn.init.zeros_(self.fc.bias)
-        self._temporal = tuple(m for m in self.modules() if isinstance(m, TemporalModule))
 
     @property
     def num_classes(self) -> int:
         return self.fc.out_features
 
     def set_frames(self, frames: int) -> None:
-        for module in self._temporal:
+        # Looked up on every call: inference fast paths (`vtempo.fast`) swap temporal modules in and out.
+        for module in self.modules():
+            if not isinstance(module, TemporalModule):
+                continue
             if module.fixed_frames is not None and module.fixed_frames != frames:
                 raise ValueError(
                     f"{type(module).__name__} was built for {module.fixed_frames} frames and got {frames}; "

@@ -52,7 +52,7 @@ def spatial_width(block: nn.Module) -> int:
 def like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """`out` in `x`'s memory format: a module that reshapes through (N, C, T, H, W) must hand a
     channels-last input back as channels-last, or every following conv falls off oneDNN's fast path
-    (a mixed-layout 1×1 conv ran 3-5× slower on CPU)."""
+    (a mixed-layout 1×1 conv runs several times slower on CPU)."""
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return out.contiguous(memory_format=torch.channels_last)
     return out.contiguous()

@@ -71,7 +71,7 @@ def adaptive_temporal_conv(clip: torch.Tensor, kernel: torch.Tensor, gate: torch
     frame, tap), so the clip is read three times and written once, in its own (channels-last) layout; a
     grouped conv over (N·C, T, H·W) needed two more reshaping copies. TAM and TEFE's TE both use it.
     """
-    # (3, N, T source, C, 1, 1): each tap's weights contiguous, or the elementwise kernels run 7× slower
+    # (3, N, T source, C, 1, 1): each tap's weights contiguous, or the elementwise kernels run several times slower
     taps = (kernel.permute(2, 0, 1).unsqueeze(2) * gate.transpose(1, 2)).to(clip.dtype).contiguous()[..., None, None]
     out = clip * taps[1]
     out[:, 1:].addcmul_(clip[:, :-1], taps[0, :, :-1])
@@ -89,6 +89,9 @@ class TemporalAdaptiveConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.tam(x))
+
+    def output_conv(self) -> nn.Conv2d | None:
+        return self.conv
 
 
 def add_temporal_adaptive_modules(net: ResNet, frames: int) -> ResNet:

@@ -80,8 +80,7 @@ def soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
     logits = gaussians.index_select(0, best.flatten()).view_as(flat) * flat
     # The largest logit is the argmax's, 100·confidence. Logits more than 80 below it are raised to that
     # floor: their weights, e^-87 to e^-103 otherwise, would be subnormal floats, which x86 multiplies
-    # ~100× slower (this product took 29 ms of a TCM forward with them), and e^-80 ≈ 2e-35 changes no
-    # fp32 sum.
+    # about a hundred times slower, and e^-80 ≈ 2e-35 changes no fp32 sum.
     logits = torch.maximum(logits, (confidence * TEMPERATURE - SUBNORMAL_FLOOR)[..., None])
     weights = torch.softmax(logits, -1)
     radius = (p - 1) // 2

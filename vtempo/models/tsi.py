@@ -37,9 +37,9 @@ position, so the two orders are equal); counted in the paper's order the total i
 that skips matmuls (thop does) would give 33. Uncounted here: the saliency product, the differences,
 the gates and the CI blend (0.03 G elementwise ops) and the attention's softmax (0.225 G elements).
 Time is another matter: that softmax over 3136×3136 scores per frame pair, which no choice of kernel
-made cheaper (F.scaled_dot_product_attention's fused CPU kernel beat bmm + softmax, chunked or not,
-by 2× or more), costs ~220 ms of a ~780 ms forward on 2 CPU cores and keeps TSI at 1.6-1.7× TSN's
-time per clip for 1.07× its MACs; the paper's own Table 8 shows 1.85× (44 vs 81.5 clips/s on a GPU).
+made cheaper (F.scaled_dot_product_attention's fused CPU kernel beat bmm + softmax, chunked or not),
+is a large share of a CPU forward and makes TSI slower than its MACs suggest (measured figures:
+docs/performance.md); the paper's own Table 8 shows 1.85× TSN's time (44 vs 81.5 clips/s on a GPU).
 """
 from __future__ import annotations
 

@@ -1,0 +1,353 @@
+"""The inference fast paths of `vtempo.fast`: each computes the model's function (fp32 logits within
+1e-5 relative of the reference model's), and the choice between TSM's ways of shifting goes to the
+faster one, measured once and remembered."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vtempo.fast import FAST_PATHS, prepare
+from vtempo.fast.choose import Chooser, time_alternating
+from vtempo.fast.fold import fold_batch_norms
+from vtempo.fast.shift import WAYS, ShiftedPointwiseConv, swap_shifted_pointwise_convs
+from vtempo.models import FAMILIES, build
+from vtempo.models.base import TemporalModule
+from vtempo.models.tsm import TemporalShift, temporal_shift
+from vtempo.runtime import autocast
+
+
+def with_random_statistics(arch: str, frames: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    model = build(arch, num_classes=5, frames=frames)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):  # BN at init is the identity: make it bite
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(module.weight, 1.0, 0.3)
+            nn.init.normal_(module.bias, 0.0, 0.3)
+    return model.eval()
+
+
+def favouring(way: str) -> Chooser:
+    """A chooser, remembering nothing on disk, whose measurements say `way` is the fastest."""
+    return Chooser(None, measure=lambda candidates: {name: 0.0 if name == way else 1.0 for name in candidates})
+
+
+def assert_close_logits(got: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+# --- TSM's ways of shifting ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("clips, frames", [(1, 8), (3, 4)])
+def test_every_way_is_the_conv_of_the_shifted_copy(way, bias, clips, frames):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 24, 1, bias=bias).to(memory_format=torch.channels_last)
+    x = torch.randn(clips * frames, 32, 5, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = conv(temporal_shift(x, frames))
+        out = WAYS[way](x, conv, frames, 8)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_every_way_in_bf16_is_the_conv_of_the_shifted_copy_up_to_bf16_rounding(way):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 32, 1).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 64, 6, 6).contiguous(memory_format=torch.channels_last).bfloat16()
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        expected = conv(temporal_shift(x.float(), 8).bfloat16())
+        out = WAYS[way](x, conv, 8, 8)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
+    model = with_random_statistics("tsm-r14w16")  # bottlenecks: every conv1 is 1×1
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(clip)
+    chooser = favouring(way)
+    prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift",))
+    assert swap_shifted_pointwise_convs(prepared, torch.device("cpu"), chooser) == 4
+    ran = []
+    for module in prepared.modules():
+        if isinstance(module, ShiftedPointwiseConv):
+            module.register_forward_hook(lambda m, inputs, _: ran.append(m.way(inputs[0])))
+    with torch.inference_mode():
+        got = prepared(clip)
+    assert ran == [way] * 4 and set(chooser.choices.values()) == {way}
+    assert_close_logits(got, expected)
+
+
+def test_with_autograd_on_the_shift_runs_the_reference():
+    model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("shift",))
+    swap_shifted_pointwise_convs(model, torch.device("cpu"), favouring("gemm"))
+    shift = model.backbone.layer1[0].conv1
+    x = torch.randn(8, shift.net.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
+    shift.frames = 4
+    with torch.enable_grad():
+        assert shift.way(x) == "copy"
+    with torch.inference_mode():
+        assert shift.way(x) == "gemm"
+        assert shift.way(x.contiguous()) == "copy"  # the strided GEMMs need channels-last rows
+
+
+def test_only_shifts_around_pointwise_convs_are_swapped_and_the_state_dict_keeps_its_keys():
+    basic = prepare(with_random_statistics("tsm-r10w8"), torch.device("cpu"))  # BasicBlock: 3×3 conv1
+    assert basic.fast_paths["shift"] == 0 and any(type(m) is TemporalShift for m in basic.modules())
+    model = with_random_statistics("tsm-r14w16")
+    keys = set(prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift",)).state_dict())
+    prepared = prepare(model, torch.device("cpu"))
+    assert prepared.fast_paths["shift"] == 4 and not any(type(m) is TemporalShift for m in prepared.modules())
+    assert set(prepared.state_dict()) == keys
+
+
+def test_swapped_shifts_learn_the_clip_length_from_the_input():
+    model = with_random_statistics("tsm-r14w16", frames=4)
+    reference = copy.deepcopy(model)
+    prepared = prepare(model, torch.device("cpu"))
+    for frames in (4, 6):
+        clip = torch.randn(1, frames, 3, 32, 32)
+        with torch.inference_mode():
+            assert_close_logits(prepared(clip), reference(clip))
+
+
+# --- the chooser --------------------------------------------------------------------------------------
+
+
+def test_the_chooser_measures_once_and_remembers_across_processes(tmp_path):
+    path = tmp_path / "cache" / "choices.json"
+    asked = []
+
+    def measure(candidates):
+        asked.append(sorted(candidates))
+        return {"a": 3.0, "b": 1.0, "c": 2.0}
+
+    candidates = {name: (lambda: None) for name in "abc"}
+    chooser = Chooser(path, measure)
+    assert chooser.choose("key", candidates) == "b" and chooser.choose("key", candidates) == "b"
+    assert asked == [["a", "b", "c"]] and json.loads(path.read_text()) == {"key": "b"}
+
+    def refuse(candidates):
+        raise AssertionError("measured again")
+
+    later = Chooser(path, refuse)  # another process on the same machine
+    assert later.choose("key", candidates) == "b"
+    # a remembered choice that is no candidate any more is measured again
+    assert Chooser(path, lambda c: {"x": 1.0, "y": 0.5}).choose("key", {"x": None, "y": None}) == "y"
+
+
+def test_the_reference_is_kept_unless_another_way_is_clearly_faster():
+    candidates = {"reference": None, "other": None}
+    assert Chooser(None, lambda c: {"reference": 1.0, "other": 0.97}).choose("k", candidates) == "reference"
+    assert Chooser(None, lambda c: {"reference": 1.0, "other": 0.90}).choose("k", candidates) == "other"
+    assert Chooser(None, lambda c: {"reference": 0.90, "other": 1.0}).choose("k", candidates) == "reference"
+
+
+def test_a_damaged_or_foreign_choice_file_is_ignored_and_an_unwritable_one_only_costs_time(tmp_path):
+    path = tmp_path / "choices.json"
+    for text in ("{not json", "[1, 2]", json.dumps({"key": 3})):
+        path.write_text(text)
+        assert Chooser(path, lambda c: {"a": 1.0, "b": 0.0}).choose("key", {"a": None, "b": None}) == "b"
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    chooser = Chooser(blocked / "choices.json", lambda c: {"a": 0.0, "b": 1.0})  # its folder is a file
+    assert chooser.choose("key", {"a": None, "b": None}) == "a"
+
+
+def test_time_alternating_takes_the_median_of_alternating_calls():
+    order = []
+    times = time_alternating({"fast": lambda: order.append("fast"), "slow": lambda: order.append("slow")})
+    assert set(times) == {"fast", "slow"} and all(t >= 0 for t in times.values())
+    assert order[:4] == ["fast", "slow", "fast", "slow"] and order.count("fast") == order.count("slow") >= 8
+
+
+# --- the registry and the model interface they use ----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [f if f == "tsm" else pytest.param(f, marks=pytest.mark.slow) for f in sorted(FAMILIES)])
+def test_every_fast_path_alone_and_all_together_keep_the_fp32_logits(family):
+    model = with_random_statistics(f"{family}-r14w16")
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(clip)
+    for kept in [*([name] for name in FAST_PATHS), list(FAST_PATHS)]:
+        prepared = prepare(copy.deepcopy(model), torch.device("cpu"),
+                           skip=tuple(name for name in FAST_PATHS if name not in kept))
+        with torch.inference_mode():
+            assert_close_logits(prepared(clip), expected)
+
+
+def test_prepare_names_an_unknown_fast_path():
+    with pytest.raises(ValueError, match="unknown fast path.*nonsense"):
+        prepare(with_random_statistics("tsn-r10w8"), torch.device("cpu"), skip=("nonsense",))
+
+
+class _Gate(TemporalModule):
+    """A wrapper that changes only its conv's input: it says so through `output_conv`."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(x * 0.5)
+
+    def output_conv(self):
+        return self.conv
+
+
+def test_bn_folding_finds_a_wrapped_conv_through_output_conv_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(_Gate(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4)).eval()
+    net[1].running_mean.normal_()
+    net[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = net(x)
+        assert fold_batch_norms(net) == 1 and isinstance(net[1], nn.Identity)
+        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+    assert TemporalModule().output_conv() is None
+
+
+# --- compiled inference -------------------------------------------------------------------------------
+
+# Compiling takes minutes on a small CPU the first time (seconds once inductor's cache holds the graphs).
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_compiled_model_gives_the_eager_logits(family):
+    from vtempo.fast.compile import compile_model
+
+    backbone = "r10w8" if family in ("tsn", "tam") else "r14w16"  # both block types among the families
+    prepared = prepare(with_random_statistics(f"{family}-{backbone}"), torch.device("cpu"))
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = prepared(clip)
+        got = compile_model(prepared)(clip)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+@pytest.mark.slow
+def test_a_second_compilation_loads_the_graphs_from_the_vtempo_cache(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from vtempo.fast.compile import cache_folder, compile_model
+
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert cache_folder() == tmp_path / "inductor"
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.inference_mode():
+        for _ in range(2):
+            torch._dynamo.reset()  # as a new process would: nothing compiled in memory
+            counters.clear()
+            compile_model(prepare(with_random_statistics("tsn-r10w8"), torch.device("cpu")))(clip)
+            misses, hits = counters["inductor"]["fxgraph_cache_miss"], counters["inductor"]["fxgraph_cache_hit"]
+    assert misses == 0 and hits >= 1
+    assert any((tmp_path / "inductor").rglob("*"))
+
+
+def test_compile_pays_only_when_the_time_saved_exceeds_the_compile_time():
+    from vtempo.fast.compile import compile_pays
+
+    assert compile_pays(clips=1000, eager_seconds_per_clip=0.5, compile_seconds=60, speedup=1.25)  # saves 100 s
+    assert not compile_pays(clips=100, eager_seconds_per_clip=0.5, compile_seconds=60, speedup=1.25)  # saves 10 s
+    assert not compile_pays(clips=10**6, eager_seconds_per_clip=0.5, compile_seconds=1, speedup=1.0)
+
+
+# --- GPU paths, where they have a CPU meaning ---------------------------------------------------------
+
+
+def test_the_cuda_graph_wrapper_runs_the_model_itself_off_the_gpu():
+    from vtempo.fast.cudagraph import GraphedModel
+
+    model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    graphed = GraphedModel(model)
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(graphed(clip), model(clip)) and not graphed._graphs
+        assert graphed.features(clip).shape == (1, 4, model.fc.in_features)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_replayed_cuda_graph_gives_the_eager_logits():
+    from vtempo.fast.cudagraph import GraphedModel
+
+    device = torch.device("cuda")
+    model = prepare(with_random_statistics("tsm-r14w16"), device)
+    graphed = GraphedModel(model)
+    with torch.inference_mode():
+        for seed in range(2):  # the second clip replays the graph captured for the first
+            torch.manual_seed(seed)
+            clip = torch.randn(1, 4, 3, 32, 32, device=device)
+            torch.testing.assert_close(graphed(clip), model(clip), rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 1
+
+
+def test_the_exportable_shift_is_the_reference_shift():
+    from vtempo.fast.shift import shift_by_concatenation
+
+    x = torch.randn(6, 16, 3, 5).contiguous(memory_format=torch.channels_last)
+    for frames in (2, 3, 6):
+        assert torch.equal(shift_by_concatenation(x, frames, 8), temporal_shift(x, frames))
+
+
+# --- int8 ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_int8_model_follows_the_fp32_logits_and_is_cached(family, tmp_path, monkeypatch):
+    pytest.importorskip("torchao")
+    from vtempo.fast import quantize as quantization
+
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    model = prepare(with_random_statistics(f"{family}-r14w16"), torch.device("cpu"))
+    torch.manual_seed(1)
+    calibration = [torch.randn(2, 4, 3, 64, 64) for _ in range(3)]
+    clip = torch.randn(2, 4, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(clip)
+    int8 = quantization.quantize(copy.deepcopy(model), calibration, compile=False)  # compiled: below
+    with torch.no_grad():
+        got = int8(clip)
+    # int8 activations per tensor: a few percent of the largest logit on random weights
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.15 * float(expected.abs().max()))
+    assert len(list((tmp_path / "int8").glob("*.pt2"))) == 1
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(quantization, "_calibrate", no_calibration)
+    again = quantization.quantize(copy.deepcopy(model), calibration, compile=False)  # from the cache
+    with torch.no_grad():
+        torch.testing.assert_close(again(clip), got)
+
+
+@pytest.mark.slow
+def test_tsm_shift_runs_on_int8_codes_bit_for_bit():
+    pytest.importorskip("torchao")
+    from vtempo.fast import quantize as quantization
+
+    model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    clip = torch.randn(1, 4, 3, 64, 64)
+    converted = quantization.quantize(model, [clip], cache=False, lower_graph=False)
+    lower = quantization._pt2e()[3]
+    with torch.no_grad():
+        plain = lower(copy.deepcopy(converted), (clip,))
+        rewritten = lower(converted, (clip,))
+        assert quantization._shift_in_int8(rewritten) >= 4  # each shifted block (and plain views)
+        expected = plain(clip)
+        assert torch.equal(rewritten(clip), expected)
+        compiled = torch.compile(rewritten)(clip)  # what `quantize` returns by default
+    torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -1,0 +1,65 @@
+"""Compiled inference: `compile_model(model)` runs a prepared model through torch.compile (inductor).
+
+On CPU with freezing: inductor treats the weights as constants, folds what depends only on them (BN
+folding if it were still there, autocast's weight casts, oneDNN's weight packing) and fuses the
+elementwise work of the temporal modules (TSM's shifted copy among it) into few C++ kernels. The
+compiled graphs go to inductor's FX graph cache under vtempo's cache folder (`<vtempo home>/inductor`,
+unless TORCHINDUCTOR_CACHE_DIR is set), so a later process only retraces the model (seconds) instead of
+compiling it again (a minute or more for an R-50 on 2 cores). Measured compile times, cached start-up
+times and speeds per family: docs/performance.md.
+
+Compilation happens at the first call for each input shape and dtype, so `compile_pays` tells a caller
+whether a run is long enough to repay it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vtempo.fast.casts import _CastOnce
+
+
+def cache_folder() -> Path:
+    """Where inductor keeps its compiled graphs and kernels: $TORCHINDUCTOR_CACHE_DIR, else
+    `<vtempo home>/inductor`."""
+    from vtempo.weights.registry import home
+
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or home() / "inductor")
+
+
+def _use_cache_folder() -> None:
+    folder = cache_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # inductor reads it when it first needs the folder
+
+
+def _drop_cast_cache(model: nn.Module) -> None:
+    """The cast cache (`vtempo.fast.casts`) keeps Python state that compilation cannot trace; freezing
+    makes the same casts once, as constants."""
+    for module in model.modules():
+        if isinstance(vars(module).get("forward"), _CastOnce):
+            del module.forward
+
+
+def compile_model(model: nn.Module, device: torch.device | None = None, *, dynamic: bool | None = False) -> nn.Module:
+    """The prepared `model` (`vtempo.fast.prepare`), compiled for inference on `device` (default: where
+    its parameters are). Returns the compiled module; call it under `torch.inference_mode()` (and
+    `runtime.autocast` for bf16) like the model. Compilation is lazy: the first call of each input shape
+    and dtype compiles (or loads from the cache). `dynamic=False` compiles each shape for itself, which
+    gives the fastest kernels for the fixed clip shape inference uses."""
+    device = device or next(model.parameters()).device
+    _use_cache_folder()
+    _drop_cast_cache(model)
+    options = {"freezing": True} if device.type == "cpu" else {}
+    return torch.compile(model, dynamic=dynamic, options=options)
+
+
+def compile_pays(clips: int, eager_seconds_per_clip: float, compile_seconds: float, speedup: float) -> bool:
+    """Whether compiling saves time over `clips` clips: the time saved per clip, eager × (1 − 1/speedup),
+    times the clips, exceeds the compile time (small when the cache already holds the model)."""
+    if speedup <= 1:
+        return False
+    return clips * eager_seconds_per_clip * (1 - 1 / speedup) > compile_seconds
