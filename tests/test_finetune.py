@@ -82,6 +82,9 @@ def _source_path() -> Path:
 def test_usage_errors_before_any_training(data, tmp_path):
     with pytest.raises(UsageError, match="no published weights"):
         train(config(data, tmp_path / "a", model="tsm-r14w16", weights="default"))
-    with pytest.raises(UsageError, match="--freeze-backbone"):
+    with pytest.raises(UsageError, match="freeze_backbone=True"):
         train(config(data, tmp_path / "b", freeze_backbone=True))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    result = CliRunner().invoke(app, ["train", str(data["train"]), "--model", "tsm-demo", "--freeze-backbone",
+                                      "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "--freeze-backbone trains only the new head" in result.output
