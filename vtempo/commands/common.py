@@ -105,7 +105,8 @@ _PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
 
 def as_flags(message: str) -> str:
     """`frames=0: must be ...` → `--frames 0: must be ...`; `resume=True` → `--resume`."""
-    message = message.replace("resume=True", "--resume")
+    message = re.sub(r"(?<![\w./-])(resume|overwrite|freeze_backbone)=True\b",
+                     lambda match: "--" + match.group(1).replace("_", "-"), message)
     return _PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)] + " ", message)
 
 

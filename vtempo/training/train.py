@@ -341,7 +341,7 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     loaded = initial_weights(model, starting_weights(config, entry)) if config.weights else None
     if config.freeze_backbone:
         if loaded is None:
-            raise UsageError("freeze_backbone=True trains only the new head on a trained backbone: pass weights=")
+            raise UsageError("freeze_backbone=True trains only the new head on a trained backbone: pass weights=FILE")
         freeze_backbone(model)
     model.to(ranks.device)
     channels_last(model)
