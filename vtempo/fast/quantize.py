@@ -42,7 +42,7 @@ def _pt2e():
         from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as error:
-        raise VtempoError(f"--dtype int8 needs the torchao package (pip install torchao): {error}") from None
+        raise VtempoError(f"int8 needs the torchao package: pip install 'vtempo[int8]' ({error})") from None
     return x86, prepare_pt2e, convert_pt2e, lower_pt2e_quantized_to_x86
 
 
