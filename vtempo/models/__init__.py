@@ -5,48 +5,17 @@ the backbone one of `backbone.resnet`'s names (r18, r50, r101, or narrow variant
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from vtempo.models.backbone import _NAME as _BACKBONE_NAME
-from vtempo.models.backbone import DEPTHS, resnet
-from vtempo.models.base import TemporalModule, VideoRecognizer
-
-Builder = Callable[..., VideoRecognizer]
-FAMILIES: dict[str, Builder] = {}
-PUBLISHED_BACKBONES = ("r18", "r50", "r101")
-
-
-def register(family: str) -> Callable[[Builder], Builder]:
-    def add(builder: Builder) -> Builder:
-        FAMILIES[family] = builder
-        return builder
-
-    return add
-
-
-def split_name(arch: str) -> tuple[str, str]:
-    family, _, backbone = arch.rpartition("-")
-    if family not in FAMILIES:
-        known = ", ".join(sorted(FAMILIES))
-        raise ValueError(f"unknown architecture {arch!r}: the family must be one of {known} (e.g. tsm-r50)")
-    match = _BACKBONE_NAME.match(backbone)
-    if not match or int(match.group(1)) not in DEPTHS:
-        resnet(backbone)  # raises the error naming the valid backbones (building one per check is slow)
-    return family, backbone
-
-
-def build(arch: str, num_classes: int = 400, frames: int = 8, **options) -> VideoRecognizer:
-    family, backbone = split_name(arch)
-    model = FAMILIES[family](backbone, num_classes=num_classes, frames=frames, **options)
-    model.arch = getattr(model, "arch", arch)  # a builder may name a variant (tsm-r50, shift="online")
-    return model
-
-
-def architecture_names() -> list[str]:
-    return [f"{family}-{backbone}" for family in FAMILIES for backbone in PUBLISHED_BACKBONES]
-
-
 # Each import registers one family.
-from vtempo.models import stc, tam, tcm, tefe, tsi, tsm, tsn  # noqa: E402,F401
+from vtempo.models import stc, tam, tcm, tefe, tsi, tsm, tsn  # noqa: E402,F401,I001
+from vtempo.models.base import TemporalModule, VideoRecognizer
+from vtempo.models.families import (
+           FAMILIES,
+           PUBLISHED_BACKBONES,
+           architecture_names,
+           build,
+           register,
+           split_name,
+)
 
-__all__ = ["FAMILIES", "TemporalModule", "VideoRecognizer", "architecture_names", "build", "register", "split_name"]
+__all__ = ["FAMILIES", "PUBLISHED_BACKBONES", "TemporalModule", "VideoRecognizer", "architecture_names", "build",
+           "register", "split_name"]

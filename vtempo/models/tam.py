@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import ResNet
 
-from vtempo.models import register
 from vtempo.models.backbone import blocks, resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.families import register
 from vtempo.models.surgery import like
 
 KERNEL_SIZE = 3

@@ -43,10 +43,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import ResNet
 
-from vtempo.models import register
 from vtempo.models.backbone import resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
 from vtempo.models.correlation import spatial_correlation
+from vtempo.models.families import register
 from vtempo.models.tsm import add_temporal_shift
 from vtempo.runtime import full_precision
 

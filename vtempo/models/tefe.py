@@ -40,9 +40,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vtempo.models import register
 from vtempo.models.backbone import blocks, resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.families import register
 from vtempo.models.surgery import (
     insert_before_output_conv,
     like,

@@ -47,9 +47,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtempo.models import register
 from vtempo.models.backbone import blocks, resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
+from vtempo.models.families import register
 from vtempo.models.surgery import insert_before_output_conv, like, spatial_width
 
 REDUCTION = 16

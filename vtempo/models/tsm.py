@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import ResNet
 
-from vtempo.models import register
 from vtempo.models.backbone import blocks, resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer
+from vtempo.models.families import register
 
 FOLD_DIV = 8
 

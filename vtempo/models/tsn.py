@@ -5,9 +5,9 @@ no temporal module, so it cannot tell an action from its reverse: the baseline f
 """
 from __future__ import annotations
 
-from vtempo.models import register
 from vtempo.models.backbone import resnet
 from vtempo.models.base import VideoRecognizer
+from vtempo.models.families import register
 
 
 @register("tsn")
