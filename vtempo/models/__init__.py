@@ -5,17 +5,9 @@ the backbone one of `backbone.resnet`'s names (r18, r50, r101, or narrow variant
 """
 from __future__ import annotations
 
-# Each import registers one family.
-from vtempo.models import stc, tam, tcm, tefe, tsi, tsm, tsn  # noqa: E402,F401,I001
+from vtempo.models import stc, tam, tcm, tefe, tsi, tsm, tsn  # noqa: F401  (each registers its family)
 from vtempo.models.base import TemporalModule, VideoRecognizer
-from vtempo.models.families import (
-           FAMILIES,
-           PUBLISHED_BACKBONES,
-           architecture_names,
-           build,
-           register,
-           split_name,
-)
+from vtempo.models.families import FAMILIES, PUBLISHED_BACKBONES, architecture_names, build, register, split_name
 
 __all__ = ["FAMILIES", "PUBLISHED_BACKBONES", "TemporalModule", "VideoRecognizer", "architecture_names", "build",
            "register", "split_name"]
