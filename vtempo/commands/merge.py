@@ -33,6 +33,25 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--output {display_path(output)} is one of the parts")
         check_output(output, resume=False, overwrite=overwrite)
         expected = collect_videos(inputs, recursive) if inputs else None
-        count = merge_parts(parts, output, expected)
+        key, final = _record_layout(parts[0])
+        count = merge_parts(parts, output, expected, key, final)
         err_console.print(f"{count} results from {len(parts)} parts in {display_path(output)}", highlight=False,
                           soft_wrap=True)
+
+
+def _record_layout(part: Path):
+    """(the field naming the input, which record is an input's last) for the parts' kind of run: a
+    `vtempo timeline` part names its videos in "video" and ends each with a summary or error record;
+    other runs write one record per input, named in "path"."""
+    import json
+
+    from vtempo.inference.timeline import TimelineWriter
+
+    try:
+        with open(part, "rb") as handle:
+            first = json.loads(handle.readline() or b"null")
+    except (OSError, ValueError):
+        return "path", None  # merge_parts reports what is wrong with the file
+    if isinstance(first, dict) and "video" in first and "kind" in first:
+        return "video", TimelineWriter.is_final
+    return "path", None

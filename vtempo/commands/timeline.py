@@ -52,12 +52,18 @@ def register(app: typer.Typer) -> None:
         device: str = device_option(),
         dtype: str = dtype_option(),
         registry: Optional[Path] = registry_option(),
+        resume: bool = typer.Option(False, "--resume", help="Go on with an existing .jsonl output: skip the videos it has in full."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Shard K of N of the videos (from 0; balanced by size) into OUT.part-K-of-N.jsonl; auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard."),
     ) -> None:
         """Slide the model's clip over each video: labels over time, then action segments."""
         import numpy as np
 
+        from vtempo import distributed
         from vtempo.inference.recognizer import load
+        from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
         from vtempo.inference.timeline import TimelineWriter, annotate_video, timeline
+        from vtempo.video import display_path
         from vtempo.video.readers import VideoError
 
         if topk < 1 or batch_size < 1:
@@ -68,12 +74,25 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--plot {plot}: the name must end in .png")
         if annotate is not None and annotate.suffix.lower() != ".mp4":
             raise UsageError(f"--annotate {annotate}: the name must end in .mp4")
+        ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
+        if ranks.distributed:
+            device = str(ranks.device)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
-        writer = TimelineWriter(output) if output is not None else None
+        setup = {**rec.provenance(), "window": window, "hop": hop, "threshold": threshold,
+                 "min_duration": min_duration, "topk": topk}
+        # this process's share of the videos, less those a run before finished (--resume)
+        run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks,
+                        provenance=setup, key="video", final=TimelineWriter.is_final)
+        position = 0  # of the video being written, in run.todo
+
+        def emit(record):
+            run.write(position, record)
+
+        writer = (TimelineWriter(output, emit) if run.writes else TimelineWriter(output)) if output is not None else None
         many, failed = len(videos) > 1, 0
         try:
-            for video in videos:
-                name = str(video)
+            for position, video in enumerate(run.todo_paths):
+                name = display_path(video)
                 windows: list = []  # (centre, top label, prob) for --annotate
                 scores: list = []  # per-window probabilities for --plot
 
@@ -115,12 +134,21 @@ def register(app: typer.Typer) -> None:
                     f"({result.window_frames / result.fps:.2f} s, hop {result.hop_frames / result.fps:.2f} s), "
                     f"{len(result.segments)} segments · {rec.name}", highlight=False, soft_wrap=True)
         except KeyboardInterrupt:
-            where = f"; what was done is in {output}" if output is not None else ""
+            where = f"; what was done is in {run.target}" + (" (--resume goes on)" if run.writes else "") if output is not None else ""
             err_console.print(f"interrupted{where}", highlight=False)
+            if writer is not None:
+                writer.close()
+            run.close()
             raise typer.Exit(130) from None
         finally:
             if writer is not None:
                 writer.close()
+        done, failed, before = (round(n) for n in distributed.all_sum([len(run.todo) - failed, failed, run.done_before], ranks))
+        run.finish()  # under torchrun: every rank done, rank 0 merges the parts
+        if ranks.main and (before or run.shard is not None):
+            where = f" · results in {output if run.shard is None or ranks.distributed else run.target}" if output else ""
+            err_console.print(f"{done} done, {failed} failed" + (f", {before} done before" if before else "")
+                              + f", of {len(videos)}{where}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 

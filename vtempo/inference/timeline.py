@@ -380,17 +380,35 @@ def window_dict(video: str, window: Window) -> dict:
 
 class TimelineWriter:
     """Windows and segments to .jsonl (a line each), .csv (a row each) or .json (a list of videos, each
-    with its windows and segments), every one written and flushed as it comes."""
+    with its windows and segments), every one written and flushed as it comes.
+
+    In JSON Lines a video's records are its windows, its segments, then one `"kind": "summary"` record
+    (or a single `"kind": "error"` record when it cannot be read): a video is complete once that last
+    record is there (`is_final`), which is what `--resume` and the merge of shards go by. `emit`, when
+    given, takes the JSON Lines records instead of a file (a sharded or resumed run writes them)."""
 
     FORMATS = (".jsonl", ".json", ".csv")
 
-    def __init__(self, path: str | os.PathLike):
+    @staticmethod
+    def is_final(record: dict) -> bool:
+        """Whether a JSON Lines record is its video's last."""
+        return record.get("kind") in ("summary", "error")
+
+    def __init__(self, path: str | os.PathLike, emit: Callable[[dict], None] | None = None):
         from vtempo.video import display_path
 
         self.path = Path(path)
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
             raise UsageError(f"--output {display_path(self.path)}: the name must end in .jsonl, .json or .csv")
+        if emit is not None and self.kind != ".jsonl":
+            raise UsageError(f"--output {display_path(self.path)}: only a .jsonl output is written record by record")
+        self._emit = emit
+        self._videos = 0
+        self._windows = 0
+        if emit is not None:
+            self._handle = None
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path, "w", encoding="utf-8", newline="")
@@ -410,6 +428,14 @@ class TimelineWriter:
         self._handle.write(text)
         self._handle.flush()
 
+    def _record(self, record: dict) -> None:
+        import json
+
+        if self._emit is not None:
+            self._emit(record)
+        else:
+            self._line(json.dumps(record, ensure_ascii=False) + "\n")
+
     def start_video(self, video: str) -> None:
         import json
 
@@ -423,7 +449,7 @@ class TimelineWriter:
 
         data = window_dict(video, window)
         if self.kind == ".jsonl":
-            self._line(json.dumps(data, ensure_ascii=False) + "\n")
+            self._record(data)
         elif self.kind == ".csv":
             top = ";".join(f"{p.label}:{p.prob:.4f}" for p in window.top)
             self._csv.writerow([video, "window", data["start"], data["end"], window.top[0].label,
@@ -439,7 +465,11 @@ class TimelineWriter:
 
         rows = [{"video": result.video, "kind": "segment", **s.to_dict()} for s in result.segments]
         if self.kind == ".jsonl":
-            self._line("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            for r in rows:
+                self._record(r)
+            self._record({"video": result.video, "kind": "summary", "fps": result.fps, "frames": result.frames,
+                          "window_frames": result.window_frames, "hop_frames": result.hop_frames,
+                          "windows": self._windows, "segments": len(result.segments)})
         elif self.kind == ".csv":
             for r in rows:
                 self._csv.writerow([r["video"], "segment", r["start"], r["end"], r["label"], f"{r['score']:.4f}", ""])
@@ -453,7 +483,7 @@ class TimelineWriter:
         import json
 
         if self.kind == ".jsonl":
-            self._line(json.dumps({"video": video, "kind": "error", "error": reason}, ensure_ascii=False) + "\n")
+            self._record({"video": video, "kind": "error", "error": reason})
         elif self.kind == ".csv":
             self._csv.writerow([video, "error", "", "", reason, "", ""])
             self._handle.flush()
@@ -461,7 +491,7 @@ class TimelineWriter:
             self._line("], " + json.dumps({"error": reason}, ensure_ascii=False)[1:])
 
     def close(self) -> None:
-        if self._handle.closed:
+        if self._handle is None or self._handle.closed:
             return
         if self.kind == ".json":
             self._handle.write("\n]\n")

@@ -1,0 +1,77 @@
+"""Long-run features of `vtempo timeline` and `vtempo embed`: shards that merge back into a one-process
+run's output, and resuming after a crash."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vtempo.cli import app
+
+CLIPS = Path(__file__).resolve().parent.parent / "examples" / "clips"
+
+
+def run_cli(args: list[str]):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    names = ["grow.mp4", "move_left.mp4", "rotate_cw.mp4"]
+    return [Path(shutil.copy(CLIPS / name, folder / name)) for name in names]
+
+
+TIMELINE = ["--model", "tsn-demo", "--device", "cpu", "--window", "1", "--hop", "1"]
+
+
+def without_provenance(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "provenance"} for row in rows]
+
+
+@pytest.mark.slow
+def test_timeline_shards_merge_into_the_one_process_output(clips, tmp_path):
+    whole = tmp_path / "whole.jsonl"
+    result = run_cli(["timeline", *clips, *TIMELINE, "--output", whole])
+    assert result.exit_code == 0, result.output
+    sharded = tmp_path / "sharded.jsonl"
+    for k in range(2):
+        result = run_cli(["timeline", *clips, *TIMELINE, "--output", sharded, "--shard", f"{k}/2"])
+        assert result.exit_code == 0, result.output
+    parts = [tmp_path / f"sharded.part-{k}-of-2.jsonl" for k in range(2)]
+    assert all(part.exists() for part in parts) and not sharded.exists()
+    inputs = [arg for clip in clips for arg in ("--inputs", clip)]
+    result = run_cli(["merge", *parts, "--output", sharded, *inputs])
+    assert result.exit_code == 0, result.output
+    expected = records(whole)
+    assert [r["kind"] for r in expected].count("summary") == len(clips)
+    assert without_provenance(records(sharded)) == without_provenance(expected)
+
+
+@pytest.mark.slow
+def test_timeline_resume_after_a_cut_line_gives_every_video_once(clips, tmp_path):
+    out = tmp_path / "t.jsonl"
+    result = run_cli(["timeline", *clips, *TIMELINE, "--output", out])
+    assert result.exit_code == 0, result.output
+    expected = records(out)
+    again = run_cli(["timeline", *clips, *TIMELINE, "--output", out])
+    assert again.exit_code != 0 and "--resume" in again.output and "--overwrite" in again.output
+    # a crash in the second video: its first window written, its second cut midway
+    lines = out.read_bytes().splitlines(keepends=True)
+    first_end = next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "summary")
+    out.write_bytes(b"".join(lines[:first_end + 2]) + lines[first_end + 2][:20])
+    result = run_cli(["timeline", *clips, *TIMELINE, "--output", out, "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = records(out)
+    assert without_provenance(resumed) == without_provenance(expected)
+    summaries = [r["video"] for r in resumed if r["kind"] == "summary"]
+    assert sorted(summaries) == sorted(str(c) for c in clips) and len(set(summaries)) == len(clips)
+    result = run_cli(["timeline", *clips, *TIMELINE, "--output", out, "--overwrite"])
+    assert result.exit_code == 0 and without_provenance(records(out)) == without_provenance(expected)
