@@ -75,3 +75,44 @@ def test_timeline_resume_after_a_cut_line_gives_every_video_once(clips, tmp_path
     assert sorted(summaries) == sorted(str(c) for c in clips) and len(set(summaries)) == len(clips)
     result = run_cli(["timeline", *clips, *TIMELINE, "--output", out, "--overwrite"])
     assert result.exit_code == 0 and without_provenance(records(out)) == without_provenance(expected)
+
+
+EMBED = ["--model", "tsn-demo", "--device", "cpu", "--workers", "0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], ["--window", "1", "--hop", "0.5"]], ids=["video", "window"])
+def test_embed_shards_merge_into_the_one_process_output(clips, tmp_path, mode):
+    import numpy as np
+
+    whole = tmp_path / "whole.npy"
+    result = run_cli(["embed", *clips, *EMBED, *mode, "--out", whole])
+    assert result.exit_code == 0, result.output
+    again = run_cli(["embed", *clips, *EMBED, *mode, "--out", whole])
+    assert again.exit_code != 0 and "--resume" in again.output and "--overwrite" in again.output
+    sharded = tmp_path / "sharded.npy"
+    for k in range(2):
+        result = run_cli(["embed", *clips, *EMBED, *mode, "--out", sharded, "--shard", f"{k}/2"])
+        assert result.exit_code == 0, result.output
+    parts = [tmp_path / f"sharded.part-{k}-of-2.npy" for k in range(2)]
+    assert all(part.exists() and part.with_suffix(".jsonl").exists() for part in parts)
+    inputs = [arg for clip in clips for arg in ("--inputs", clip)]
+    result = run_cli(["merge", *reversed(parts), "--output", sharded, *inputs])
+    assert result.exit_code == 0, result.output
+    expected, merged = np.load(whole), np.load(sharded)
+    assert merged.shape == expected.shape and len(merged) >= len(clips)
+    assert np.abs(merged - expected).max() <= 1e-5
+    assert records(sharded.with_suffix(".jsonl")) == records(whole.with_suffix(".jsonl"))
+
+
+def test_embed_merge_refuses_an_input_in_two_parts(clips, tmp_path):
+    out = tmp_path / "e.npy"
+    for k in range(2):
+        result = run_cli(["embed", *clips, *EMBED, "--out", out, "--shard", f"{k}/2"])
+        assert result.exit_code == 0, result.output
+    part = tmp_path / "e.part-0-of-2.npy"
+    copy = tmp_path / "copy.part-0-of-2.npy"
+    shutil.copy(part, copy)
+    shutil.copy(part.with_suffix(".jsonl"), copy.with_suffix(".jsonl"))
+    result = run_cli(["merge", part, copy, tmp_path / "e.part-1-of-2.npy", "--output", out])
+    assert result.exit_code != 0 and "appears twice" in result.output and not out.exists()

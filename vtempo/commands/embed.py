@@ -20,7 +20,7 @@ from vtempo.commands.common import (
     registry_option,
     weights_option,
 )
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, VtempoError
 
 
 def register(app: typer.Typer) -> None:
@@ -46,11 +46,15 @@ def embed(
     dtype: str = dtype_option(),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
     registry: Optional[Path] = registry_option(),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Embed shard K of N of the videos (from 0; balanced by size) into OUT.part-K-of-N.npy and .jsonl; `vtempo merge` joins them. auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard and rank 0 merges."),
 ) -> None:
     """Write the model's pooled features (what its classifier reads) for each video, window or frame."""
-    from vtempo.inference.embed import EmbeddingWriter
+    from vtempo import distributed
+    from vtempo.inference.embed import EmbeddingWriter, embedding_part, merge_embedding_parts
     from vtempo.inference.embed import embed as run_embed
     from vtempo.inference.recognizer import load
+    from vtempo.inference.sharding import RANKS_TIMEOUT, Shard, check_output, parse_shard, shard_positions
     from vtempo.runtime import default_workers
     from vtempo.video import display_path
     from vtempo.video.discovery import collect_videos
@@ -58,21 +62,64 @@ def embed(
     videos = collect_videos(paths, recursive)
     if not videos:
         raise UsageError(f"no videos found in {', '.join(map(str, paths))}")
+    ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
+    if ranks.distributed:
+        if shard not in (None, "auto"):
+            raise UsageError("--shard with torchrun: each rank already takes its share; leave --shard out")
+        device = str(ranks.device)
+    chosen = Shard(ranks.rank, ranks.world) if ranks.distributed else parse_shard(shard) if shard else None
+    positions = list(range(len(videos)))
+    target = out
+    if chosen is not None:
+        if out.suffix.lower() != ".npy" or (index is not None and index != out.with_suffix(".jsonl")):
+            raise UsageError("a sharded run (--shard or torchrun) needs --out FILE.npy with its index FILE.jsonl "
+                             "beside it: each shard writes a part of both")
+        target = embedding_part(out, chosen.index, chosen.count)
+        positions = shard_positions(videos, chosen.index, chosen.count)
+        if ranks.distributed:
+            for existing in (out, out.with_suffix(".jsonl")):
+                check_output(existing, resume=False, overwrite=overwrite)
+    for existing in (target, target.with_suffix(".jsonl") if chosen is not None else index or (
+            out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)):
+        if existing is not None:
+            check_output(existing, resume=False, overwrite=overwrite)
+    distributed.barrier(ranks)  # every rank looks at the files before any rank writes its part
     rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)
-    writer = EmbeddingWriter(out, {"model": rec.name, "weights_sha256": rec.weights_sha256}, index)
+    writer = EmbeddingWriter(target, {"model": rec.name, "weights_sha256": rec.weights_sha256},
+                             None if chosen is not None else index)
+    mine = [videos[i] for i in positions]
     failed = 0
     try:
-        for video in run_embed(rec, videos, per_frame=per_frame, window=window, hop=hop, views=views,
-                               batch_size=batch_size, workers=default_workers(len(videos)) if workers is None else workers,
-                               normalize=normalize):
+        embedded = run_embed(rec, mine, per_frame=per_frame, window=window, hop=hop, views=views,
+                             batch_size=batch_size, workers=default_workers(len(mine)) if workers is None else workers,
+                             normalize=normalize) if mine else iter(())
+        for position, video in zip(positions, embedded):
             if not video.ok:
                 failed += 1
                 err_console.print(f"[bold red]failed:[/] {escape(display_path(video.path))}: {escape(video.error)}",
                                   highlight=False, soft_wrap=True)
-            writer.write(video)
+            writer.write(video, position if chosen is not None else None)
     finally:
         written = writer.close()
     where = f" and {writer.index_path}" if writer.index_path else ""
-    console.print(f"{writer.rows} vector(s) of {writer.dim or 0} from {len(videos) - failed} video(s), {failed} failed · "
+    console.print(f"{writer.rows} vector(s) of {writer.dim or 0} from {len(mine) - failed} video(s), {failed} failed · "
                   f"{rec.name} · {written}{where}", highlight=False, soft_wrap=True)
+    if ranks.distributed:
+        distributed.barrier(ranks)
+        failure = ""
+        if ranks.main:
+            parts = [embedding_part(out, k, ranks.world) for k in range(ranks.world)]
+            try:
+                rows = merge_embedding_parts(parts, out, videos)
+                for part in parts:
+                    part.unlink(missing_ok=True)
+                    part.with_suffix(".jsonl").unlink(missing_ok=True)
+                console.print(f"{rows} vector(s) from {ranks.world} ranks in {out} and {out.with_suffix('.jsonl')}",
+                              highlight=False, soft_wrap=True)
+            except VtempoError as error:
+                failure = str(error)
+        failure = distributed.all_gather_objects(failure, ranks)[0]  # every rank leaves together
+        if failure:
+            raise VtempoError(failure)
+        failed = round(distributed.all_sum([failed], ranks)[0])
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)

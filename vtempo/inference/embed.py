@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.decoding import (
     ViewPlan,
     _fixed_mmap_threshold,
@@ -201,14 +201,17 @@ class EmbeddingWriter:
                                                             "model", "weights_sha256"])
                 self.csv.writeheader()
 
-    def write(self, video: EmbeddedVideo) -> None:
+    def write(self, video: EmbeddedVideo, input: int | None = None) -> None:
+        """Append a video's rows; `input`, the video's position among all inputs, goes into the index rows
+        of a shard's part (`merge_embedding_parts` restores input order by it)."""
         if not video.ok or not len(video.rows):
             return
         if self.dim is None:
             self.dim = video.vectors.shape[1]
         self.raw.write(np.ascontiguousarray(video.vectors, dtype="<f4").tobytes())
+        position = {} if input is None else {"input": input}
         for extra in video.rows:
-            record = {"row": self.rows, "path": display_path(video.path), **extra, **self.describe}
+            record = {"row": self.rows, "path": display_path(video.path), **position, **extra, **self.describe}
             self.rows += 1
             if self.csv is not None:
                 self.csv.writerow(record)
@@ -240,3 +243,115 @@ class EmbeddingWriter:
         with self.raw_path.open("rb") as raw:
             while chunk := raw.read(1 << 22):
                 out.write(chunk)
+
+
+# ------------------------------------------------------------------------------------------- shards
+
+
+def embedding_part(out: str | os.PathLike, index: int, count: int) -> Path:
+    """Where shard `index` of `count` writes its rows: `STEM.part-K-of-N.npy` beside `out` (its index
+    is the .jsonl of the same name)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.part-{index}-of-{count}.npy")
+
+
+def _part_index(part: Path) -> list[dict[str, Any]]:
+    index = part.with_suffix(".jsonl")
+    records = []
+    try:
+        with index.open("rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{display_path(index)}: line {number}"
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise VtempoError(f"{where} is not JSON") from None
+                if not isinstance(record, dict) or not isinstance(record.get("input"), int) or not isinstance(record.get("path"), str):
+                    raise VtempoError(f"{where} has no \"input\" index and \"path\": not a part written by a sharded run")
+                records.append(record)
+    except OSError as error:
+        raise VtempoError(f"{display_path(index)}: cannot read ({error.strerror or error}); "
+                          f"a part's index is the .jsonl beside its .npy") from None
+    return records
+
+
+def merge_embedding_parts(
+    parts: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    expected_inputs: Sequence[str | os.PathLike] | None = None,
+) -> int:
+    """Join the .npy parts of a sharded `embed` run (each with its .jsonl index beside it) into `out`
+    (.npy) and its index `OUT.jsonl`, rows in input order and renumbered, as one process writes them;
+    returns the number of rows. An input in two parts, a part whose index and rows disagree, parts of
+    different models, or (with `expected_inputs`) a path that is not the input at its position is an
+    error naming the file, and nothing is written. Rows are copied one input at a time from the memory-
+    mapped parts. Inputs that failed or gave no rows have no index rows, so a missing input cannot be
+    told from a failed one."""
+    parts = [Path(part) for part in parts]
+    if not parts:
+        raise UsageError("no part files to merge")
+    out = Path(out)
+    expected = None if expected_inputs is None else [display_path(path) for path in expected_inputs]
+    arrays, indexes = [], []
+    for part in parts:
+        try:
+            array = np.load(part, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise VtempoError(f"{display_path(part)}: not a .npy of rows ({error})") from None
+        records = _part_index(part)
+        if array.ndim != 2 or len(array) != len(records):
+            raise VtempoError(f"{display_path(part)}: {array.shape[0] if array.ndim else 0} rows but "
+                              f"{len(records)} in its index {display_path(part.with_suffix('.jsonl'))}")
+        arrays.append(array)
+        indexes.append(records)
+    dims = {a.shape[1] for a, records in zip(arrays, indexes) if len(records)}
+    if len(dims) > 1:
+        raise VtempoError(f"the parts hold vectors of different lengths: {sorted(dims)}")
+    setups = {(r.get("model"), r.get("weights_sha256")) for records in indexes for r in records}
+    if len(setups) > 1:
+        raise VtempoError("the parts come from different models: " + ", ".join(sorted(str(m) for m, _ in setups)))
+    # (input, part, first row, rows) of each input, in input order
+    spans: list[tuple[int, int, int, int]] = []
+    for k, records in enumerate(indexes):
+        for j, record in enumerate(records):
+            if spans and spans[-1][1] == k and spans[-1][0] == record["input"] and spans[-1][2] + spans[-1][3] == j:
+                spans[-1] = (*spans[-1][:3], spans[-1][3] + 1)
+            else:
+                spans.append((record["input"], k, j, 1))
+    spans.sort()
+    for previous, span in zip(spans, spans[1:]):
+        if previous[0] == span[0]:
+            path = indexes[span[1]][span[2]]["path"]
+            raise VtempoError(f"{path} appears twice (input {span[0]}): in {display_path(parts[previous[1]])} "
+                              f"and {display_path(parts[span[1]])}")
+    if expected is not None:
+        for input, k, j, _ in spans:
+            path = indexes[k][j]["path"]
+            if input >= len(expected) or expected[input] != path:
+                raise VtempoError(f"{display_path(parts[k].with_suffix('.jsonl'))}: input {input} is {path}, expected "
+                                  + (expected[input] if input < len(expected) else f"at most {len(expected)} inputs")
+                                  + " (were the inputs changed?)")
+    rows = sum(span[3] for span in spans)
+    dim = dims.pop() if dims else 0
+    index = out.with_suffix(".jsonl")
+    temporary, temporary_index = out.with_name(f".{out.name}.merging"), index.with_name(f".{index.name}.merging")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with temporary.open("wb") as handle, temporary_index.open("w", encoding="utf-8") as index_handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+            row = 0
+            for _, k, j, count in spans:
+                handle.write(np.ascontiguousarray(arrays[k][j : j + count], dtype="<f4").tobytes())
+                for record in indexes[k][j : j + count]:
+                    merged = {key: value for key, value in record.items() if key != "input"}
+                    index_handle.write(json.dumps({**merged, "row": row}) + "\n")
+                    row += 1
+        os.replace(temporary, out)
+        os.replace(temporary_index, index)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        temporary_index.unlink(missing_ok=True)
+        raise
+    return rows
