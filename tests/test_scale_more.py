@@ -116,3 +116,35 @@ def test_embed_merge_refuses_an_input_in_two_parts(clips, tmp_path):
     shutil.copy(part.with_suffix(".jsonl"), copy.with_suffix(".jsonl"))
     result = run_cli(["merge", part, copy, tmp_path / "e.part-1-of-2.npy", "--output", out])
     assert result.exit_code != 0 and "appears twice" in result.output and not out.exists()
+
+
+@pytest.mark.slow
+def test_embed_resume_after_a_crash_gives_every_video_once(clips, tmp_path):
+    import numpy as np
+
+    from vtempo.inference.embed import EmbeddingWriter
+
+    whole = tmp_path / "whole.npy"
+    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", whole])
+    assert result.exit_code == 0, result.output
+    expected, expected_index = np.load(whole), records(whole.with_suffix(".jsonl"))
+    # a run cut in the second video: its rows written, its index lines only partly
+    out = tmp_path / "e.npy"
+    index = out.with_suffix(".jsonl")
+    first = sum(r["path"] == str(clips[0]) for r in expected_index)
+    second = sum(r["path"] == str(clips[1]) for r in expected_index)
+    assert first and second > 1
+    raw = out.with_name(out.name + ".part")
+    raw.write_bytes(expected.shape[1].to_bytes(EmbeddingWriter.DIM_BYTES, "little")
+                    + expected[: first + second].astype("<f4").tobytes())
+    lines = whole.with_suffix(".jsonl").read_bytes().splitlines(keepends=True)
+    index.write_bytes(b"".join(lines[: first + 1]) + lines[first + 1][:15])
+    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", out, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "done before" in result.output and not raw.exists()
+    assert records(index) == expected_index
+    assert np.abs(np.load(out) - expected).max() <= 1e-5
+    # resuming a finished output does nothing more
+    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", out, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert records(index) == expected_index and np.load(out).shape == expected.shape

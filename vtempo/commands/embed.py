@@ -46,6 +46,7 @@ def embed(
     dtype: str = dtype_option(),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
     registry: Optional[Path] = registry_option(),
+    resume: bool = typer.Option(False, "--resume", help="Go on with an existing .npy output and its .jsonl index: skip the videos it has (failed ones are tried again)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Embed shard K of N of the videos (from 0; balanced by size) into OUT.part-K-of-N.npy and .jsonl; `vtempo merge` joins them. auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard and rank 0 merges."),
 ) -> None:
@@ -76,17 +77,24 @@ def embed(
                              "beside it: each shard writes a part of both")
         target = embedding_part(out, chosen.index, chosen.count)
         positions = shard_positions(videos, chosen.index, chosen.count)
-        if ranks.distributed:
+        if ranks.distributed and resume and out.exists():
+            raise UsageError(f"{display_path(out)} holds a finished run (its parts were merged): "
+                             f"write to another --out, or pass --overwrite")
+        if ranks.distributed and not resume:
             for existing in (out, out.with_suffix(".jsonl")):
                 check_output(existing, resume=False, overwrite=overwrite)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
     for existing in (target, target.with_suffix(".jsonl") if chosen is not None else index or (
             out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)):
-        if existing is not None:
+        if existing is not None and not resume:
             check_output(existing, resume=False, overwrite=overwrite)
     distributed.barrier(ranks)  # every rank looks at the files before any rank writes its part
     rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)
     writer = EmbeddingWriter(target, {"model": rec.name, "weights_sha256": rec.weights_sha256},
-                             None if chosen is not None else index)
+                             None if chosen is not None else index, resume=resume)
+    before = sum(display_path(videos[i]) in writer.finished for i in positions)
+    positions = [i for i in positions if display_path(videos[i]) not in writer.finished]
     mine = [videos[i] for i in positions]
     failed = 0
     try:
@@ -103,7 +111,8 @@ def embed(
         written = writer.close()
     where = f" and {writer.index_path}" if writer.index_path else ""
     console.print(f"{writer.rows} vector(s) of {writer.dim or 0} from {len(mine) - failed} video(s), {failed} failed · "
-                  f"{rec.name} · {written}{where}", highlight=False, soft_wrap=True)
+                  f"{rec.name} · {written}{where}" + (f" ({before} video(s) done before)" if before else ""),
+                  highlight=False, soft_wrap=True)
     if ranks.distributed:
         distributed.barrier(ranks)
         failure = ""

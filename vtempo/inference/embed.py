@@ -179,7 +179,10 @@ class EmbeddingWriter:
 
     FORMATS = (".npy", ".npz")
 
-    def __init__(self, out: str | os.PathLike, describe: dict[str, Any], index: str | os.PathLike | None = None):
+    DIM_BYTES = 8  # the raw rows file begins with the vector length, so a resumed run can read it back
+
+    def __init__(self, out: str | os.PathLike, describe: dict[str, Any], index: str | os.PathLike | None = None,
+                 resume: bool = False):
         self.out = Path(out)
         if self.out.suffix.lower() not in self.FORMATS:
             raise UsageError(f"--out {out}: the name must end in .npy or .npz")
@@ -189,11 +192,15 @@ class EmbeddingWriter:
         self.describe = describe  # model, weights_sha256: on every index row
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.raw_path = self.out.with_name(self.out.name + ".part")
-        self.raw = self.raw_path.open("wb")
         self.rows, self.dim = 0, None
         self.index_records: list[str] = []  # .npz only: the index goes into the archive at the end
         self.index_file = None
         self.csv = None
+        self.finished: set[str] = set()  # with `resume`: the inputs whose rows are already there
+        if resume:
+            self._resume()
+            return
+        self.raw = self.raw_path.open("wb")
         if self.index_path is not None:
             self.index_file = self.index_path.open("w", encoding="utf-8", newline="")
             if self.index_path.suffix.lower() == ".csv":
@@ -208,7 +215,9 @@ class EmbeddingWriter:
             return
         if self.dim is None:
             self.dim = video.vectors.shape[1]
+            self.raw.write(self.dim.to_bytes(self.DIM_BYTES, "little"))
         self.raw.write(np.ascontiguousarray(video.vectors, dtype="<f4").tobytes())
+        self.raw.flush()  # the rows before their index lines: a crash leaves no index line without its row
         position = {} if input is None else {"input": input}
         for extra in video.rows:
             record = {"row": self.rows, "path": display_path(video.path), **position, **extra, **self.describe}
@@ -219,6 +228,69 @@ class EmbeddingWriter:
                 self.index_file.write(json.dumps(record) + "\n")
             else:
                 self.index_records.append(json.dumps(record))
+        if self.index_file is not None:
+            self.index_file.flush()
+
+    def _resume(self) -> None:
+        """Go on from what a run before left: the rows of a cut run (OUT.npy.part) or of a finished one
+        (OUT.npy), and the index lines that have their rows. The last video in the index of a cut run may
+        lack rows that a crash kept from its index, so it is dropped and done again."""
+        if self.index_path is None or self.index_path.suffix.lower() != ".jsonl":
+            raise UsageError(f"--resume needs --out FILE.npy with a .jsonl index, got {display_path(self.out)}"
+                             + (f" and {display_path(self.index_path)}" if self.index_path else ""))
+        cut = True
+        if not self.raw_path.exists() and self.out.exists():
+            cut = False
+            array = np.load(self.out, mmap_mode="r", allow_pickle=False)
+            with self.raw_path.open("wb") as raw:
+                if len(array):
+                    raw.write(int(array.shape[1]).to_bytes(self.DIM_BYTES, "little"))
+                for start in range(0, len(array), 4096):
+                    raw.write(np.ascontiguousarray(array[start : start + 4096], dtype="<f4").tobytes())
+            del array
+        records, offsets = [], [0]  # offsets[i]: where index line i starts
+        if self.index_path.exists():
+            with self.index_path.open("rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.endswith(b"\n"):
+                        break  # cut by a crash
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        break
+                    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+                        raise VtempoError(f"{display_path(self.index_path)}: line {number} is not an index row")
+                    for key, value in self.describe.items():
+                        if record.get(key) != value:
+                            raise UsageError(f"{display_path(self.index_path)} holds rows of another model ({key} "
+                                             f"{record.get(key)} there, {value} here): write to another --out, "
+                                             f"or pass --overwrite")
+                    records.append(record)
+                    offsets.append(offsets[-1] + len(line))
+        if cut and records:
+            last = records[-1]["path"]
+            while records and records[-1]["path"] == last:
+                records.pop()
+        raw_size = self.raw_path.stat().st_size if self.raw_path.exists() else 0
+        with (self.raw_path.open("r+b") if raw_size else self.raw_path.open("wb")) as raw:
+            self.dim = int.from_bytes(raw.read(self.DIM_BYTES), "little") if raw_size >= self.DIM_BYTES else None
+        if records and not self.dim:
+            raise VtempoError(f"{display_path(self.raw_path)} holds no rows for {display_path(self.index_path)}: "
+                              f"pass --overwrite to start again")
+        keep = self.DIM_BYTES + 4 * len(records) * self.dim if records and self.dim else 0
+        if raw_size < keep:
+            raise VtempoError(f"{display_path(self.raw_path)} holds fewer rows than {display_path(self.index_path)}: "
+                              f"not the rows of that index; pass --overwrite to start again")
+        self.raw = self.raw_path.open("r+b")
+        self.raw.truncate(keep)
+        self.raw.seek(keep)
+        if not keep:
+            self.dim = None
+        self.index_file = self.index_path.open("r+", encoding="utf-8", newline="")
+        self.index_file.truncate(offsets[len(records)])
+        self.index_file.seek(offsets[len(records)])
+        self.rows = len(records)
+        self.finished = {record["path"] for record in records}
 
     def close(self) -> Path:
         """Write the .npy (or .npz) from the rows on disk, a chunk at a time; returns its path."""
@@ -241,6 +313,7 @@ class EmbeddingWriter:
     def _copy_npy(self, out, shape: tuple[int, int]) -> None:
         np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
         with self.raw_path.open("rb") as raw:
+            raw.seek(self.DIM_BYTES if self.rows else 0)
             while chunk := raw.read(1 << 22):
                 out.write(chunk)
 
