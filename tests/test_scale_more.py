@@ -148,3 +148,86 @@ def test_embed_resume_after_a_crash_gives_every_video_once(clips, tmp_path):
     result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", out, "--resume"])
     assert result.exit_code == 0, result.output
     assert records(index) == expected_index and np.load(out).shape == expected.shape
+
+
+class CountingFrames:
+    """A video of `total` frames made on demand, frame i a grey of its own; counts what it gave."""
+
+    def __init__(self, total: int, side: int = 16):
+        self.total, self.side, self.index = total, side, -1
+
+    def grab(self) -> bool:
+        if self.index + 1 >= self.total:
+            return False
+        self.index += 1
+        return True
+
+    def retrieve(self):
+        import numpy as np
+
+        return np.full((self.side, self.side, 3), (self.index * 7) % 251, np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["tsn-r10w8", "tsm-r10w8"])
+def test_window_embeddings_are_the_models_features_on_the_windows_frames_with_one_window_held(arch):
+    import numpy as np
+    import torch
+
+    from vtempo.fast import prepare
+    from vtempo.inference.recognizer import Recognizer
+    from vtempo.inference.timeline import WindowStats, score_windows
+    from vtempo.models import build
+    from vtempo.video.sampling import clip_indices
+    from vtempo.video.transforms import Preprocess, make_views
+    from vtempo.weights.registry import Protocol
+
+    torch.manual_seed(0)
+    net = prepare(build(arch, num_classes=3, frames=4), torch.device("cpu"))
+    rec = Recognizer(model=net, name="test", arch=arch, labels=["a", "b", "c"], frames=4,
+                     protocol=Protocol("stride", stride=2), preprocess=Preprocess((16,), 16))
+    stats = WindowStats()
+    windows = list(score_windows(CountingFrames(90), rec, window_frames=8, hop_frames=4, fps=10.0, batch_size=3,
+                                 stats=stats, pooled=True))
+    assert stats.frames == 90 and stats.held_peak == 8  # never more than one window's frames
+    assert len(windows) == (90 - 8) // 4 + 1 + 1
+    for window in (windows[0], windows[5], windows[-1]):
+        offsets = clip_indices(rec.protocol, window.length, 4, clips=1)[0]
+        clip = np.stack([np.full((16, 16, 3), ((window.first + o) * 7) % 251, np.uint8) for o in offsets])
+        with torch.inference_mode():
+            views = make_views(clip, rec.preprocess, 1)
+            expected = net.features(views)[0].mean(0)
+            probs = net(views).softmax(-1)[0]
+        assert (window.features - expected).abs().max() <= 1e-5
+        assert (window.probs - probs).abs().max() <= 1e-4  # the scores are unchanged by pooling
+
+
+@pytest.mark.slow
+def test_embed_window_rows_are_the_models_features_on_each_windows_frames():
+    import numpy as np
+    import torch
+
+    import vtempo
+    from vtempo.inference.embed import embed
+    from vtempo.inference.timeline import frames_per_window
+    from vtempo.video.sampling import clip_indices
+    from vtempo.video.sequential import SequentialVideo
+    from vtempo.video.transforms import make_views
+
+    rec = vtempo.load("tsm-demo", device="cpu")
+    path = CLIPS / "grow.mp4"
+    (video,) = embed(rec, [path], window=1.0, hop=0.5)
+    with SequentialVideo(path, rec.max_side) as source:
+        fps, frames = source.fps, []
+        while source.grab():
+            frames.append(source.retrieve())
+    window_frames, hop_frames = frames_per_window(rec, fps, 1.0, 0.5)
+    starts = range(0, len(frames) - window_frames + 1, hop_frames)
+    assert video.ok and len(video.rows) == len(starts) > 1
+    offsets = clip_indices(rec.protocol, window_frames, rec.frames, clips=1)[0]
+    for row, start, vector in zip(video.rows, starts, video.vectors):
+        assert row["start"] == round(start / fps, 3)
+        clip = np.stack([frames[start + o] for o in offsets])
+        with torch.inference_mode():
+            expected = rec.model.features(make_views(clip, rec.preprocess, 1))[0].mean(0).numpy()
+        assert np.abs(vector - expected).max() <= 1e-5

@@ -6,8 +6,9 @@
 
 A video's vector is `model.features(views)` (V views × T frames × C channels) averaged over the views
 and the frames: exactly what the model's head scores. Per frame, the average runs over the crops only
-(one row per sampled frame of each clip); per window, each window of the video is one clip of T frames
-spread evenly over it, averaged over its frames and crops. Decoding runs in worker processes as in
+(one row per sampled frame of each clip); per window, the video is read once front to back with the
+timeline's sliding windows (memory bounded by one window), each window one clip of T frames spread
+over it (centre crop), averaged over its frames; windows are embedded in this process (no workers). Decoding runs in worker processes as in
 `classify`; a file that fails gives an `EmbeddedVideo` with `error` set and no rows.
 
 `EmbeddingWriter` streams the rows to a float32 .npy (with a .jsonl or .csv index beside it) or an
@@ -45,8 +46,6 @@ class EmbedPlan:
 
     views: ViewPlan
     per_frame: bool = False
-    window: float | None = None  # seconds
-    hop: float | None = None
 
 
 @dataclass
@@ -61,34 +60,14 @@ class EmbeddedVideo:
         return self.error is None
 
 
-def _windows(num_frames: int, fps: float, window: float, hop: float, frames: int) -> list[tuple[list[int], float, float]]:
-    """(frame indices, start s, end s) of each window: T frames at the centres of T equal parts of it."""
-    duration = num_frames / fps
-    starts = [0.0] if duration <= window else [i * hop for i in range(int((duration - window) / hop + 1e-9) + 1)]
-    out = []
-    for start in starts:
-        end = min(start + window, duration)
-        part = (end - start) / frames
-        indices = [min(int((start + part * (i + 0.5)) * fps), num_frames - 1) for i in range(frames)]
-        out.append((indices, round(start, 3), round(end, 3)))
-    return out
-
-
 def decode_clips(path: Path, plan: EmbedPlan) -> dict[str, Any]:
     """A video's clips as views (K·crops, T, 3, S, S) and what each clip is (frames or window times)."""
     item: dict[str, Any] = {"views": None, "error": None, "clips": []}
     views = plan.views
     try:
         with open_video(path, views.backend, views.max_side) as reader:
-            if plan.window is not None:
-                if not reader.fps:
-                    raise VideoError(path, "no frame rate in the file: windows in seconds cannot be placed")
-                windows = _windows(reader.num_frames, reader.fps, plan.window, plan.hop or plan.window, views.frames)
-                clips = [indices for indices, _, _ in windows]
-                item["clips"] = [{"start": start, "end": end, "frames": indices} for indices, start, end in windows]
-            else:
-                clips = clip_indices(views.protocol, reader.num_frames, views.frames, views.clips)
-                item["clips"] = [{"frames": indices} for indices in clips]
+            clips = clip_indices(views.protocol, reader.num_frames, views.frames, views.clips)
+            item["clips"] = [{"frames": indices} for indices in clips]
             item["fps"] = reader.fps
             decoded = reader.get([index for clip in clips for index in clip])
         decoded = decoded.reshape(len(clips), views.frames, *decoded.shape[1:])
@@ -135,12 +114,14 @@ def embed(
         raise UsageError("--hop needs --window")
     if per_frame and window is not None:
         raise UsageError("choose one of --per-frame and --window")
-    clips, crop = parse_views(views) if views else (rec.protocol.clips, rec.protocol.crop)
-    if window is not None:
-        clips = 1
-    plan = EmbedPlan(ViewPlan(rec.frames, rec.protocol, clips, crop, rec.preprocess), per_frame, window, hop)
-    crops = CROPS[crop]
     paths = [Path(v) for v in videos]
+    if window is not None:
+        for path in paths:
+            yield _embed_windows(rec, path, window, hop or window, batch_size, normalize)
+        return
+    clips, crop = parse_views(views) if views else (rec.protocol.clips, rec.protocol.crop)
+    plan = EmbedPlan(ViewPlan(rec.frames, rec.protocol, clips, crop, rec.preprocess), per_frame)
+    crops = CROPS[crop]
     _fixed_mmap_threshold()
     loader = torch.utils.data.DataLoader(
         _Clips(paths, plan), batch_size=None, num_workers=workers, collate_fn=_keep,
@@ -162,15 +143,41 @@ def embed(
             vectors = features.flatten(0, 1)
             rows = [{"clip": k, "frame": f, **({"time": round(f / fps, 3)} if fps else {})}
                     for k, clip in enumerate(item["clips"]) for f in clip["frames"]]
-        elif window is not None:
-            vectors = features.mean(1)
-            rows = [{"start": clip["start"], "end": clip["end"]} for clip in item["clips"]]
         else:
             vectors = features.mean((0, 1), keepdim=True).squeeze(1)
             rows = [{}]
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         yield EmbeddedVideo(path, vectors.numpy().astype(np.float32, copy=False), rows)
+
+
+def _embed_windows(rec, path: Path, window: float, hop: float, batch_size: int, normalize: bool) -> EmbeddedVideo:
+    """One row per window, the video read once front to back: the timeline's sliding windows
+    (`score_windows`), so only the frames of the earliest unfinished window are held, however long the
+    video. Each window is one clip of the model's T frames spread over it, centre crop."""
+    from vtempo.inference.timeline import frames_per_window, score_windows
+    from vtempo.video.sequential import SequentialVideo
+
+    vectors, rows = [], []
+    try:
+        with SequentialVideo(path, rec.max_side) as source:
+            if not source.fps:
+                raise VideoError(path, "no frame rate in the file: windows in seconds cannot be placed")
+            window_frames, hop_frames = frames_per_window(rec, source.fps, window, hop)
+            for scored in score_windows(source, rec, window_frames, hop_frames, source.fps, topk=1,
+                                        batch_size=batch_size, pooled=True):
+                if scored.length < window_frames and scored.number:
+                    continue  # the tail the full windows leave out: a window only when it is the whole video
+                vectors.append(scored.features)
+                rows.append({"start": round(scored.start, 3), "end": round(scored.end, 3)})
+    except VideoError as error:
+        return EmbeddedVideo(path, error=error.reason)
+    except Exception as error:  # noqa: BLE001 - one odd file must never end a batch
+        return EmbeddedVideo(path, error=f"unexpected {type(error).__name__}: {str(error).strip()[:200]}")
+    stacked = torch.stack(vectors)
+    if normalize:
+        stacked = torch.nn.functional.normalize(stacked, dim=-1)
+    return EmbeddedVideo(path, stacked.numpy().astype(np.float32, copy=False), rows)
 
 
 class EmbeddingWriter:

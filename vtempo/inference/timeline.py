@@ -103,6 +103,7 @@ class Window:
     end: float
     probs: torch.Tensor
     top: list[Prediction]
+    features: torch.Tensor | None = None  # (C,): the window's pooled features, with `pooled=True`
 
     @property
     def centre(self) -> float:
@@ -144,8 +145,11 @@ def score_windows(
     topk: int = 5,
     batch_size: int = 8,
     stats: WindowStats | None = None,
+    pooled: bool = False,
 ) -> Iterator[Window]:
-    """Every window's scores, in order, while the video is read front to back (see the module doc)."""
+    """Every window's scores, in order, while the video is read front to back (see the module doc).
+    `pooled`: each window also carries `features`, `model.features` of its clip averaged over the frames
+    (what the head scores: the logits are then the head applied to each frame's features, averaged)."""
     from vtempo.runtime import autocast
 
     if window_frames < 1 or not 1 <= hop_frames <= window_frames:
@@ -156,6 +160,7 @@ def score_windows(
     crop = _Crops(rec.preprocess)
     held: dict[int, np.ndarray] = {}  # frame index → crop, for every frame of the earliest open window on
     frame_logits: dict[int, torch.Tensor] = {}  # per-frame models: index → logits, computed once
+    frame_features: dict[int, torch.Tensor] = {}  # and, with `pooled`, index → features
     pending: list[tuple[int, int, np.ndarray]] = []  # complete windows' clips (copies) waiting for a batch
     topk = min(topk, len(rec.labels))
     number = 0
@@ -163,14 +168,15 @@ def score_windows(
     def normalised(crops: np.ndarray) -> torch.Tensor:
         return normalise(crops, rec.preprocess.mean, rec.preprocess.std)
 
-    def make_windows(spans: list[tuple[int, int]], logits: torch.Tensor) -> list[Window]:
+    def make_windows(spans: list[tuple[int, int]], logits: torch.Tensor, features: torch.Tensor | None = None) -> list[Window]:
         nonlocal number
         probs = logits.softmax(-1)
         values, classes = probs.topk(topk, -1)
         windows = []
-        for (first, length), p, v, c in zip(spans, probs, values.tolist(), classes.tolist()):
+        for n, ((first, length), p, v, c) in enumerate(zip(spans, probs, values.tolist(), classes.tolist())):
             top = [Prediction(rec.labels[i], int(i), float(s)) for s, i in zip(v, c)]
-            windows.append(Window(number, first, length, first / fps, (first + length) / fps, p, top))
+            windows.append(Window(number, first, length, first / fps, (first + length) / fps, p, top,
+                                  None if features is None else features[n]))
             number += 1
         stats.windows += len(spans)
         return windows
@@ -178,9 +184,14 @@ def score_windows(
     def run_clips() -> list[Window]:
         with torch.inference_mode(), autocast(rec.device, rec.dtype):
             x = torch.stack([normalised(clip) for _, _, clip in pending]).to(rec.device)
-            logits = rec.model(x).float().cpu()
+            if pooled:
+                per_frame = rec.model.features(x)
+                logits = rec.model.fc(per_frame).mean(1).float().cpu()
+                features = per_frame.float().mean(1).cpu()
+            else:
+                logits, features = rec.model(x).float().cpu(), None
         stats.network_frames += x.shape[0] * x.shape[1]
-        windows = make_windows([(first, length) for first, length, _ in pending], logits)
+        windows = make_windows([(first, length) for first, length, _ in pending], logits, features)
         pending.clear()
         return windows
 
@@ -189,10 +200,14 @@ def score_windows(
         if missing:
             with torch.inference_mode(), autocast(rec.device, rec.dtype):
                 x = normalised(np.stack([held[i] for i in missing])).to(rec.device)[None]
-                frame_logits.update(zip(missing, rec.model.fc(rec.model.features(x))[0].float().cpu()))
+                per_frame = rec.model.features(x)
+                frame_logits.update(zip(missing, rec.model.fc(per_frame)[0].float().cpu()))
+                if pooled:
+                    frame_features.update(zip(missing, per_frame[0].float().cpu()))
             stats.network_frames += len(missing)
         logits = torch.stack([frame_logits[i] for i in indices]).mean(0, keepdim=True)
-        return make_windows([(first, length)], logits)
+        features = torch.stack([frame_features[i] for i in indices]).mean(0, keepdim=True) if pooled else None
+        return make_windows([(first, length)], logits, features)
 
     def complete(first: int, length: int, indices: list[int]) -> list[Window]:
         if shared:
@@ -215,6 +230,7 @@ def score_windows(
             for old in [i for i in held if i < next_first]:  # no later window needs them
                 del held[old]
                 frame_logits.pop(old, None)
+                frame_features.pop(old, None)
     total = index + 1
     if total > covered:  # the tail the full windows left out, or a video shorter than one window
         first = min(next_first, total - 1)
