@@ -231,3 +231,32 @@ def test_embed_window_rows_are_the_models_features_on_each_windows_frames():
         with torch.inference_mode():
             expected = rec.model.features(make_views(clip, rec.preprocess, 1))[0].mean(0).numpy()
         assert np.abs(vector - expected).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_give_the_one_process_timeline_and_embeddings(clips, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    env.pop("WORLD_SIZE", None)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vtempo"]
+    commands = {
+        "timeline": (["timeline", *map(str, clips), *TIMELINE, "--output"], "t.jsonl"),
+        "embed": (["embed", *map(str, clips), *EMBED, "--window", "1", "--out"], "e.npy"),
+    }
+    for name, (command, file) in commands.items():
+        whole, ranked = tmp_path / f"whole-{file}", tmp_path / file
+        assert run_cli([*command, whole]).exit_code == 0
+        done = subprocess.run([*torchrun, *command, str(ranked)], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not list(tmp_path.glob("*.part-*")), name  # merged, then deleted
+        if name == "timeline":
+            assert without_provenance(records(ranked)) == without_provenance(records(whole))
+        else:
+            assert np.abs(np.load(ranked) - np.load(whole)).max() <= 1e-5
+            assert records(ranked.with_suffix(".jsonl")) == records(whole.with_suffix(".jsonl"))

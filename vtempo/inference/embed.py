@@ -114,6 +114,8 @@ def embed(
         raise UsageError("--hop needs --window")
     if per_frame and window is not None:
         raise UsageError("choose one of --per-frame and --window")
+    if views is not None and window is not None:
+        raise UsageError("--views does not apply to --window: each window is one clip, centre crop")
     paths = [Path(v) for v in videos]
     if window is not None:
         for path in paths:
