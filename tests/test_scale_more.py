@@ -105,6 +105,7 @@ def test_embed_shards_merge_into_the_one_process_output(clips, tmp_path, mode):
     assert records(sharded.with_suffix(".jsonl")) == records(whole.with_suffix(".jsonl"))
 
 
+@pytest.mark.slow
 def test_embed_merge_refuses_an_input_in_two_parts(clips, tmp_path):
     out = tmp_path / "e.npy"
     for k in range(2):
