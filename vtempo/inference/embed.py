@@ -295,6 +295,7 @@ class EmbeddingWriter:
         self.raw.seek(keep)
         if not keep:
             self.dim = None
+        self.index_path.touch()
         self.index_file = self.index_path.open("r+", encoding="utf-8", newline="")
         self.index_file.truncate(offsets[len(records)])
         self.index_file.seek(offsets[len(records)])
