@@ -374,6 +374,7 @@ def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path)
     assert peak_200 <= 1.10 * peak_20, (peak_20, peak_200)
 
 
+@pytest.mark.slow  # starts decode worker processes
 def test_decode_workers_run_below_the_model_priority():
     code = "import os; from vtempo.inference.decoding import _init_worker; _init_worker(0); print(os.nice(0))"
     worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

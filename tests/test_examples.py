@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from vtempo.cli import app
@@ -54,6 +55,7 @@ def test_bundled_demos_fit_the_size_budget_and_leave_a_4x4_map():
         assert min(shapes[0][-2:]) >= 4, (name, shapes)  # the map Grad-CAM sees
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_readme_python_example_runs_as_written(tmp_path):
     readme = (ROOT / "README.md").read_text()
     example = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]

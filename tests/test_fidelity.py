@@ -59,6 +59,7 @@ def test_reference_data_covers_every_official_model():
     assert CASES == ["tam-r50", "tcm-r50", "tsm-r50", "tsn-r50"]
 
 
+@pytest.mark.slow  # ResNet-50 models, twice each
 @pytest.mark.parametrize("case", CASES)
 def test_logits_equal_reference_implementation(case):
     reference = torch.load(DATA / f"{case}.pt", weights_only=True)

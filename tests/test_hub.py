@@ -598,6 +598,7 @@ def reference_folder(tmp_path_factory):
     _generated.clear()
 
 
+@pytest.mark.slow  # ~100 MB ResNet-50 checkpoints served and loaded
 @pytest.mark.parametrize("layout", sorted(LAYOUTS) + ["vtempo"])
 def test_checkpoint_in_each_layout_is_served_verified_and_loaded(site, tmp_path, reference_folder, layout):
     if layout == "vtempo":  # vtempo's own format, from a narrow network
@@ -627,6 +628,7 @@ def test_checkpoint_in_each_layout_is_served_verified_and_loaded(site, tmp_path,
     assert torch.all(model.backbone.layer4[2].bn3.running_var == values[last_bn])
 
 
+@pytest.mark.slow  # a ResNet-50 checkpoint
 def test_manual_download_then_from_file_import_shows_cached(site, tmp_path, reference_folder):
     entry = registry.get_entry("tam-r50-sthv1")  # the official TAM: a Google Drive folder
     assert hub.cache_state(entry) == "manual download"

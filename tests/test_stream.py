@@ -53,6 +53,7 @@ def _lag_kept(labels, every: float) -> None:
     assert late - early <= every, [round(label.lag, 3) for label in labels]
 
 
+@pytest.mark.slow  # runs in real time
 def test_a_realtime_file_keeps_its_lag_and_ends_cleanly(ten_seconds):
     labels = []
     started = time.monotonic()
@@ -75,6 +76,7 @@ class SlowModel(torch.nn.Module):
         return self.net(x)
 
 
+@pytest.mark.slow  # runs in real time
 def test_a_slow_model_drops_frames_and_never_falls_behind(ten_seconds):
     rec = _rec(stride=1)  # 12 sampled frames a second
     rec.model = SlowModel(rec.model, 1.0)
@@ -128,7 +130,8 @@ def _serve(clip: Path, seconds: float) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
-@pytest.mark.parametrize("seconds", [12, pytest.param(60, marks=pytest.mark.slow)])
+@pytest.mark.slow  # runs in real time
+@pytest.mark.parametrize("seconds", [12, 60])
 def test_a_stream_served_over_loopback_keeps_its_lag_and_its_end_is_exit_1(ten_seconds, tmp_path, seconds):
     server, url = _serve(ten_seconds, seconds)
     try:
@@ -159,6 +162,7 @@ def test_cli_file_ends_with_exit_0_and_a_summary(ten_seconds, tmp_path):
     assert summary["reason"] == "end of file" and summary["labels"] > 0
 
 
+@pytest.mark.slow  # runs in real time
 def test_cli_a_source_that_cannot_be_opened_is_one_line(tmp_path):
     runner = CliRunner()
     for source in (str(tmp_path / "missing.mp4"), "rtsp://127.0.0.1:9/none"):
