@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         registry: Optional[Path] = registry_option(),
         frames: Optional[int] = frames_option(),
         device: str = device_option(),
-        dtype: str = dtype_option(),
+        dtype: str = dtype_option(int8=True),
         calibrate: Optional[Path] = calibrate_option(),
         compile: str = compile_option(),
         labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 
-        check_model_options(frames, dtype, device, calibrate, compile)
+        check_model_options(frames, dtype, device, calibrate, compile, int8=True)
         at_least("--topk", topk, 1)
         at_least("--batch-size", batch_size, 1)
         at_least("--workers", workers, 0)

@@ -137,8 +137,9 @@ def device_option():
     return typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
 
 
-def dtype_option():
-    return typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast), or int8 (CPU, quantized on the clips of --calibrate).")
+def dtype_option(int8: bool = False):
+    help_text = "fp32, bf16 or fp16 (autocast)" + (", or int8 (x86 CPU, quantized on --calibrate's clips)." if int8 else ".")
+    return typer.Option("fp32", "--dtype", help=help_text)
 
 
 def calibrate_option():
@@ -161,13 +162,16 @@ def at_least(flag: str, value, minimum: int) -> None:
 
 
 def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", calibrate=None,
-                        compile: str = "off") -> None:
-    """What can be checked about the shared model options before anything is loaded."""
+                        compile: str = "off", *, int8: bool = False) -> None:
+    """What can be checked about the shared model options before anything is loaded (`int8`: the
+    command has --calibrate and runs int8 models)."""
     from vtempo.runtime import check_dtype, pick_device
 
     at_least("--frames", frames, 1)
     check_dtype(dtype)
     pick_device(device)
+    if dtype == "int8" and not int8:
+        raise UsageError("--dtype int8: this command runs fp32, bf16 or fp16 models (classify runs int8)")
     if dtype == "int8" and calibrate is None:
         raise UsageError("--dtype int8 needs --calibrate DIR: a folder of a few videos like the ones to classify")
     if calibrate is not None and dtype != "int8":

@@ -82,11 +82,10 @@ class AutoCompile(nn.Module):
         self.model, self.clips = model, clips
         self.compiled: bool | None = None
         self.reason = "not run yet"
-        self._run = model
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
-            return self._run(clips)
+            return vars(self)["compiled_model"](clips) if self.compiled else self.model(clips)
         import time
 
         start = time.perf_counter()
@@ -97,6 +96,6 @@ class AutoCompile(nn.Module):
         verdict = "repay" if self.compiled else "would not repay"
         self.reason = (f"{left} clip(s) left at {per_clip:.3g} s each (eager) {verdict} ~{ASSUMED_COMPILE_SECONDS:.0f} s "
                        f"of compiling at an assumed {ASSUMED_SPEEDUP}x")
-        if self.compiled:
-            self._run = compile_model(self.model)
+        if self.compiled:  # kept outside the module's children: it holds the same weights
+            vars(self)["compiled_model"] = compile_model(self.model)
         return logits
