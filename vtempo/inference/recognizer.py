@@ -279,6 +279,10 @@ class Recognizer:
             raise UsageError(f"compile={mode!r}: choose off, on or auto")
         if mode == "off" or self.dtype == "int8" or self.compiled:
             return self
+        if self.checkpoint is not None and self.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
+            if mode == "auto":
+                return self
+            raise UsageError(f"{self.checkpoint}: an exported model runs as it was exported; drop compile=")
         self.model = compile_model(self.model, self.device) if mode == "on" else AutoCompile(self.model, clips or 0)
         self.compiled = mode
         return self
@@ -402,6 +406,7 @@ def load(
     the model's protocol says; `compile=True` compiles it (`Recognizer.compile`).
     """
     if dtype == "int8":
+        device = "cpu" if str(device) == "auto" else device  # oneDNN's int8 kernels: x86 CPUs
         _check_int8(calibrate, device)
         recognizer = load(model, weights, registry=registry, device=device, frames=frames, labels=labels)
         return _quantized(recognizer, calibrate)
