@@ -269,7 +269,7 @@ class Recognizer:
                 "views": f"{clips}x{CROPS[crop]}", "dtype": self.dtype, "vtempo": __version__}
         return {**record, "calibration": self.calibration} if self.calibration else record
 
-    def compile(self, mode: str = "on", clips: int | None = None) -> "Recognizer":
+    def compile(self, mode: str = "on", clips: int | None = None) -> Recognizer:
         """Compile the model (torch.compile, `vtempo.fast.compile`), in place: `on` always, `auto` only
         when the first batch's eager time says `clips` clips repay it (`compile_note` tells, after the
         first batch). An int8 model is compiled already; `off` leaves the model as it is."""
