@@ -17,14 +17,16 @@ import torch
 from vtempo.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# int8 is a quantized model (vtempo.fast.quantize), not autocast: it runs with autocast off, like fp32
+QUANTIZED = ("int8",)
 AUTOCAST_DEVICES = ("cpu", "cuda")  # elsewhere (the meta device that MAC counting uses) autocast is absent
 CHANNELS_LAST = True
 
 
 def check_dtype(name: str) -> str:
     """The dtype name itself, or a one-line UsageError naming the choices."""
-    if name not in DTYPES:
-        raise UsageError(f"unknown --dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    if name not in DTYPES and name not in QUANTIZED:
+        raise UsageError(f"unknown --dtype {name!r}: choose one of {', '.join((*DTYPES, *QUANTIZED))}")
     return name
 
 
@@ -58,8 +60,8 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: str = "fp32"):
-    """Mixed precision for bf16/fp16; a no-op for fp32."""
-    if check_dtype(dtype) == "fp32":
+    """Mixed precision for bf16/fp16; a no-op for fp32 and for int8 (the quantized model's own kernels)."""
+    if check_dtype(dtype) == "fp32" or dtype in QUANTIZED:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 

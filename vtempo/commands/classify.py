@@ -18,7 +18,9 @@ from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     at_least,
+    calibrate_option,
     check_model_options,
+    compile_option,
     console,
     device_option,
     dtype_option,
@@ -76,7 +78,9 @@ def register(app: typer.Typer) -> None:
         registry: Optional[Path] = registry_option(),
         frames: Optional[int] = frames_option(),
         device: str = device_option(),
-        dtype: str = dtype_option(),
+        dtype: str = dtype_option(int8=True),
+        calibrate: Optional[Path] = calibrate_option(),
+        compile: str = compile_option(),
         labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
         views: Optional[str] = typer.Option(None, "--views", metavar="CLIPSxCROPS", help="Override the test views, e.g. 1x1, 2x3, 10x3."),
         topk: int = typer.Option(5, "--topk", help="Labels to report per video."),
@@ -96,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 
-        check_model_options(frames, dtype, device)
+        check_model_options(frames, dtype, device, calibrate, compile, int8=True)
         at_least("--topk", topk, 1)
         at_least("--batch-size", batch_size, 1)
         at_least("--workers", workers, 0)
@@ -114,7 +118,8 @@ def register(app: typer.Typer) -> None:
             workers = max(1, default_workers() // distributed.local_world()) if workers is None else workers
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
-        recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
+        recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels,
+                          calibrate=calibrate)
         topk = min(topk, len(recognizer.labels))
         provenance = recognizer.provenance(views)
         # this process's share of the videos, less those a run before finished (--resume)
@@ -122,6 +127,7 @@ def register(app: typer.Typer) -> None:
         writer = ResultWriter(output, topk, provenance) if output is not None and not run.writes else None
         done, failed = [], 0
         # the decode workers start here, before the progress bar's thread
+        recognizer.compile(compile, clips=len(run.todo) * recognizer.plan(views).views)
         results = (recognizer.classify_files(run.todo_paths, views=views, topk=topk, batch_size=batch_size, workers=workers)
                    if run.todo else iter(()))
         try:
@@ -161,7 +167,7 @@ def register(app: typer.Typer) -> None:
             + (f", {before} done before" if before else "")
             + f", of {len(videos)} · {recognizer.name}, "
             f"{plan.frames} frames, {plan.views} view(s) ({plan.clips} clip(s) × {plan.crop} crop), "
-            f"{protocol.sampling} sampling, {protocol.average} averaged"
+            f"{protocol.sampling} sampling, {protocol.average} averaged · {recognizer.dtype}, {recognizer.compile_note}"
         )
         if output is not None:
             summary += f" · results in {output if run.shard is None or ranks.distributed else run.target}"

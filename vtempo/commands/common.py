@@ -98,7 +98,8 @@ PARAMETER_FLAGS = {
     "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride", "stride": "--stride",
     "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
     "scales": "--scales", "out": "--out", "jobs": "--jobs", "train_stride": "--train-stride",
-    "shift": "--shift", "freeze_backbone": "--freeze-backbone",
+    "shift": "--shift", "freeze_backbone": "--freeze-backbone", "calibrate": "--calibrate",
+    "compile": "--compile",
 }
 _PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
 
@@ -136,8 +137,22 @@ def device_option():
     return typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
 
 
-def dtype_option():
-    return typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast).")
+def dtype_option(int8: bool = False):
+    help_text = "fp32, bf16 or fp16 (autocast)" + (", or int8 (x86 CPU, quantized on --calibrate's clips)." if int8 else ".")
+    return typer.Option("fp32", "--dtype", help=help_text)
+
+
+def calibrate_option():
+    return typer.Option(None, "--calibrate", metavar="DIR",
+                        help="Videos to calibrate --dtype int8 on (a few clips like the ones to classify).")
+
+
+COMPILE_MODES = ("off", "on", "auto")
+
+
+def compile_option():
+    return typer.Option("off", "--compile", metavar="off|on|auto",
+                        help="torch.compile the model; auto: when the run is long enough to repay compiling.")
 
 
 def at_least(flag: str, value, minimum: int) -> None:
@@ -146,13 +161,23 @@ def at_least(flag: str, value, minimum: int) -> None:
         raise UsageError(f"{flag} must be at least {minimum}, got {value}")
 
 
-def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto") -> None:
-    """What can be checked about the shared model options before anything is loaded."""
+def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", calibrate=None,
+                        compile: str = "off", *, int8: bool = False) -> None:
+    """What can be checked about the shared model options before anything is loaded (`int8`: the
+    command has --calibrate and runs int8 models)."""
     from vtempo.runtime import check_dtype, pick_device
 
     at_least("--frames", frames, 1)
     check_dtype(dtype)
     pick_device(device)
+    if dtype == "int8" and not int8:
+        raise UsageError("--dtype int8: this command runs fp32, bf16 or fp16 models (classify runs int8)")
+    if dtype == "int8" and calibrate is None:
+        raise UsageError("--dtype int8 needs --calibrate DIR: a folder of a few videos like the ones to classify")
+    if calibrate is not None and dtype != "int8":
+        raise UsageError("--calibrate goes with --dtype int8")
+    if compile not in COMPILE_MODES:
+        raise UsageError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
 
 
 @contextlib.contextmanager

@@ -63,3 +63,39 @@ def compile_pays(clips: int, eager_seconds_per_clip: float, compile_seconds: flo
     if speedup <= 1:
         return False
     return clips * eager_seconds_per_clip * (1 - 1 / speedup) > compile_seconds
+
+
+# What `AutoCompile` assumes, conservatively: a cold compilation of an R-50 took 41-104 s on a 2-core
+# CPU and a cached one about 10 s; compiled code ran at 0.89-0.96x eager on that CPU and 1.2x or more
+# elsewhere (docs/performance.md), so a run must be long enough to repay a minute at a 1.1x gain.
+ASSUMED_COMPILE_SECONDS = 60.0
+ASSUMED_SPEEDUP = 1.1
+
+
+class AutoCompile(nn.Module):
+    """The prepared `model`, run eagerly on its first call, which is timed; then compiled when
+    `compile_pays` says the `clips` still to come repay it (`ASSUMED_COMPILE_SECONDS`,
+    `ASSUMED_SPEEDUP`). `compiled` (None until the first call) and `reason` say what it chose and why."""
+
+    def __init__(self, model: nn.Module, clips: int):
+        super().__init__()
+        self.model, self.clips = model, clips
+        self.compiled: bool | None = None
+        self.reason = "not run yet"
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            return vars(self)["compiled_model"](clips) if self.compiled else self.model(clips)
+        import time
+
+        start = time.perf_counter()
+        logits = self.model(clips)
+        per_clip = (time.perf_counter() - start) / max(1, len(clips))
+        left = max(0, self.clips - len(clips))
+        self.compiled = compile_pays(left, per_clip, ASSUMED_COMPILE_SECONDS, ASSUMED_SPEEDUP)
+        verdict = "repay" if self.compiled else "would not repay"
+        self.reason = (f"{left} clip(s) left at {per_clip:.3g} s each (eager) {verdict} ~{ASSUMED_COMPILE_SECONDS:.0f} s "
+                       f"of compiling at an assumed {ASSUMED_SPEEDUP}x")
+        if self.compiled:  # kept outside the module's children: it holds the same weights
+            vars(self)["compiled_model"] = compile_model(self.model)
+        return logits

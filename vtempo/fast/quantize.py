@@ -198,3 +198,27 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     _use_cache_folder()
     # Not `compile_model`: freezing would fold the prepacked int8 weights again, which fails.
     return torch.compile(lowered, dynamic=False)
+
+
+class FixedBatch(nn.Module):
+    """A model exported for batches of exactly `batch` clips (a quantized one), called with any number:
+    smaller batches are padded with zeros, larger ones split; only the real clips' logits come back."""
+
+    def __init__(self, model: nn.Module, batch: int):
+        super().__init__()
+        self.model, self.batch = model, batch
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for start in range(0, len(clips), self.batch):
+            part = clips[start : start + self.batch]
+            real = len(part)
+            if real < self.batch:
+                part = torch.cat([part, part.new_zeros((self.batch - real, *part.shape[1:]))])
+            outputs.append(self.model(part.contiguous())[:real])
+        return torch.cat(outputs)
+
+    def features(self, clips: torch.Tensor) -> torch.Tensor:
+        from vtempo.errors import UsageError
+
+        raise UsageError("an int8 model gives logits only; use dtype='fp32' (or bf16) for features")

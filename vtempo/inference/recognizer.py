@@ -41,7 +41,9 @@ from vtempo.weights.registry import (
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 EXPORTED_SUFFIXES = (".onnx", ".ts")  # files written by `vtempo export`
 CROP_NAMES = {count: name for name, count in CROPS.items()}
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16", "int8")
+CALIBRATION_VIDEOS = 8  # videos decoded to calibrate int8: their views make the calibration clips
+CALIBRATION_BATCH = 8  # clips per call of an int8 model (it is exported for one batch size)
 
 
 # ------------------------------------------------------------------------------------------ names
@@ -230,6 +232,8 @@ class Recognizer:
     weights_sha256: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: str = "fp32"
+    calibration: str | None = None  # int8: the digest of the calibration clips
+    compiled: str | None = None  # how the model was compiled: None (eager), "on", "auto"
 
     @property
     def num_classes(self) -> int:
@@ -261,8 +265,36 @@ class Recognizer:
         from vtempo import __version__
 
         clips, crop = self.views(views)
-        return {"model": self.name, "arch": self.arch, "weights_sha256": self.weights_sha256, "frames": self.frames,
+        record = {"model": self.name, "arch": self.arch, "weights_sha256": self.weights_sha256, "frames": self.frames,
                 "views": f"{clips}x{CROPS[crop]}", "dtype": self.dtype, "vtempo": __version__}
+        return {**record, "calibration": self.calibration} if self.calibration else record
+
+    def compile(self, mode: str = "on", clips: int | None = None) -> Recognizer:
+        """Compile the model (torch.compile, `vtempo.fast.compile`), in place: `on` always, `auto` only
+        when the first batch's eager time says `clips` clips repay it (`compile_note` tells, after the
+        first batch). An int8 model is compiled already; `off` leaves the model as it is."""
+        from vtempo.fast.compile import AutoCompile, compile_model
+
+        if mode not in ("off", "on", "auto"):
+            raise UsageError(f"compile={mode!r}: choose off, on or auto")
+        if mode == "off" or self.dtype == "int8" or self.compiled:
+            return self
+        if self.checkpoint is not None and self.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
+            if mode == "auto":
+                return self
+            raise UsageError(f"{self.checkpoint}: an exported model runs as it was exported; drop compile=")
+        self.model = compile_model(self.model, self.device) if mode == "on" else AutoCompile(self.model, clips or 0)
+        self.compiled = mode
+        return self
+
+    @property
+    def compile_note(self) -> str:
+        """Whether the model runs compiled, and why."""
+        if self.dtype == "int8":
+            return "compiled by the quantizer"
+        if self.compiled == "auto":
+            return f"{'compiled' if self.model.compiled else 'not compiled'} (auto: {self.model.reason})"
+        return "compiled (--compile on)" if self.compiled else "not compiled"
 
     def classify(self, video: str | os.PathLike | np.ndarray | torch.Tensor, topk: int = 5) -> list[Prediction]:
         """Ranked labels for one video: a file, a folder of frames, or uint8 frames T×H×W×3 (RGB)."""
@@ -360,6 +392,8 @@ def load(
     dtype: str = "fp32",
     frames: int | None = None,
     labels: str | os.PathLike | Sequence[str] | None = None,
+    calibrate: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    compile: bool = False,
 ) -> Recognizer:
     """A model ready for inference, tested the way it was trained.
 
@@ -367,8 +401,20 @@ def load(
     with `weights=FILE`, a checkpoint file written by `vtempo train` (it records its architecture,
     classes, clip length, preprocessing and sampling), or a built nn.Module (its `entry`, if any, gives
     the protocol; used as it is, in place). `frames` overrides the clip length where the model allows
-    it; `labels` (a file, one name a line, or a list) the class names.
+    it; `labels` (a file, one name a line, or a list) the class names. `dtype="int8"` quantizes the
+    model (x86 CPU, torchao) on a few clips of the videos in `calibrate` (a folder or paths), decoded as
+    the model's protocol says; `compile=True` compiles it (`Recognizer.compile`).
     """
+    if dtype == "int8":
+        device = "cpu" if str(device) == "auto" else device  # oneDNN's int8 kernels: x86 CPUs
+        _check_int8(calibrate, device)
+        recognizer = load(model, weights, registry=registry, device=device, frames=frames, labels=labels)
+        return _quantized(recognizer, calibrate)
+    if calibrate is not None:
+        raise UsageError("calibrate= goes with dtype='int8'")
+    if compile:
+        return load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames,
+                    labels=labels).compile("on")
     if dtype not in DTYPES:
         raise UsageError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
     at_least("frames", frames, 1)
@@ -414,6 +460,54 @@ def load(
         device=torch_device,
         dtype=dtype,
     )
+
+
+def _check_int8(calibrate, device) -> None:
+    """What int8 needs before anything is loaded: calibration videos, the CPU, torchao."""
+    from vtempo.fast.quantize import _pt2e
+
+    if calibrate is None:
+        raise UsageError("dtype='int8' needs calibrate=DIR: a folder of a few videos like the ones to classify")
+    if _device(device).type != "cpu":
+        raise UsageError("dtype='int8' runs on the CPU only: pass device='cpu'")
+    try:
+        _pt2e()
+    except VtempoError as error:
+        raise UsageError(str(error).split(" (")[0]) from None
+
+
+def _quantized(recognizer: Recognizer, calibrate) -> Recognizer:
+    """`recognizer` with its model quantized to int8 on clips of the first `CALIBRATION_VIDEOS` videos
+    of `calibrate` that decode, with the model's own sampling, views and preprocessing."""
+    import hashlib
+
+    from vtempo.fast.quantize import FixedBatch, quantize
+    from vtempo.inference.decoding import decode_views
+    from vtempo.video.discovery import collect_videos
+
+    if recognizer.checkpoint is not None and recognizer.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
+        raise UsageError(f"{recognizer.checkpoint}: an exported model runs in fp32; drop dtype='int8'")
+    sources = [calibrate] if isinstance(calibrate, (str, os.PathLike)) else list(calibrate)
+    plan = recognizer.plan()
+    views = []
+    for path in collect_videos(sources, recursive=True):
+        item = decode_views(path, plan)
+        if item["views"] is not None:
+            views.append(item["views"])
+        if len(views) == CALIBRATION_VIDEOS:
+            break
+    if not views:
+        named = ", ".join(map(os.fspath, sources))
+        raise UsageError(f"calibrate={named!r}: no video there decodes; int8 needs a few to calibrate on")
+    clips = torch.cat(views)
+    short = -len(clips) % CALIBRATION_BATCH  # whole batches: repeat clips to fill the last one
+    clips = torch.cat([clips, clips[torch.arange(short) % len(clips)]])
+    batches = list(clips.split(CALIBRATION_BATCH))
+    digest = hashlib.sha256()
+    for batch in batches:
+        digest.update(batch.contiguous().numpy().tobytes())
+    model = FixedBatch(quantize(recognizer.model, batches), CALIBRATION_BATCH)
+    return dataclasses.replace(recognizer, model=model, dtype="int8", calibration=digest.hexdigest()[:16])
 
 
 def _load_exported(path: Path, device: torch.device, dtype: str, frames: int | None, labels) -> Recognizer:
