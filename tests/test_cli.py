@@ -169,3 +169,10 @@ def test_robustness_without_data_or_models_sweeps_the_demo_zoo(tmp_path, monkeyp
                      "--no-progress"])
     assert again.exit_code == 0, again.output
     assert (rendered / "synth.json").stat().st_mtime_ns == stamp  # rendered once, then reused
+
+
+@pytest.mark.parametrize("command", [["timeline", str(CLIPS / "grow.mp4")], ["stream", str(CLIPS / "grow.mp4")],
+                                     ["embed", str(CLIPS / "grow.mp4"), "--model", "tsn-demo", "--out", "x.npy"]])
+def test_commands_without_calibration_refuse_int8_in_one_line(command, tmp_path):
+    result = run_cli([*command, "--dtype", "int8"])
+    assert result.exit_code == 2 and "classify runs int8" in result.output and "Traceback" not in result.output

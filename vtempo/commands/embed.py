@@ -10,6 +10,7 @@ from rich.markup import escape
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    check_model_options,
     console,
     device_option,
     dtype_option,
@@ -52,10 +53,20 @@ def embed(
 ) -> None:
     """Write the model's pooled features (what its classifier reads) for each video, window or frame."""
     from vtempo import distributed
-    from vtempo.inference.embed import EmbeddingWriter, embedding_part, merge_embedding_parts
+    from vtempo.inference.embed import (
+        EmbeddingWriter,
+        embedding_part,
+        merge_embedding_parts,
+    )
     from vtempo.inference.embed import embed as run_embed
     from vtempo.inference.recognizer import load
-    from vtempo.inference.sharding import RANKS_TIMEOUT, Shard, check_output, parse_shard, shard_positions
+    from vtempo.inference.sharding import (
+        RANKS_TIMEOUT,
+        Shard,
+        check_output,
+        parse_shard,
+        shard_positions,
+    )
     from vtempo.runtime import default_workers
     from vtempo.video import display_path
     from vtempo.video.discovery import collect_videos
@@ -90,6 +101,7 @@ def embed(
         if existing is not None and not resume:
             check_output(existing, resume=False, overwrite=overwrite)
     distributed.barrier(ranks)  # every rank looks at the files before any rank writes its part
+    check_model_options(frames, dtype, device)
     rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)
     writer = EmbeddingWriter(target, {"model": rec.name, "weights_sha256": rec.weights_sha256},
                              None if chosen is not None else index, resume=resume)

@@ -14,6 +14,7 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    check_model_options,
     device_option,
     dtype_option,
     err_console,
@@ -64,6 +65,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--topk must be at least 1")
         if output is not None and output.suffix.lower() != ".jsonl":
             raise UsageError(f"--output {output}: the name must end in .jsonl")
+        check_model_options(frames, dtype, device)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
         handle = None
         if output is not None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    check_model_options,
     console,
     device_option,
     dtype_option,
@@ -77,6 +78,7 @@ def register(app: typer.Typer) -> None:
         ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
         if ranks.distributed:
             device = str(ranks.device)
+        check_model_options(frames, dtype, device)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
         setup = {**rec.provenance(), "window": window, "hop": hop, "threshold": threshold,
                  "min_duration": min_duration, "topk": topk}

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from vtempo.models import stc, tam, tcm, tefe, tsi, tsm, tsn  # noqa: F401  (each registers its family)
 from vtempo.models.base import TemporalModule, VideoRecognizer
-from vtempo.models.families import FAMILIES, PUBLISHED_BACKBONES, architecture_names, build, register, split_name
+from vtempo.models.families import (
+           FAMILIES,
+           PUBLISHED_BACKBONES,
+           architecture_names,
+           build,
+           register,
+           split_name,
+)
 
 __all__ = ["FAMILIES", "PUBLISHED_BACKBONES", "TemporalModule", "VideoRecognizer", "architecture_names", "build",
            "register", "split_name"]
