@@ -6,13 +6,9 @@ equal formulation here, swapped into a model's modules by `apply_export_forms` (
 its fast paths). None approximates: tests/test_export.py checks every one against the module it
 replaces.
 
-- TSM's shift: its forward takes a strided-GEMM fast path under some conditions; here it always runs
-  the reference shift followed by the wrapped layer.
 - TCM's correlation (`vtempo.models.correlation`) reads the rows around each row of the map through an
   `as_strided` view, which ONNX cannot express. Here those rows are gathered by slicing a padded copy
   (`banded_correlation`), then multiplied and picked exactly as before.
-- TSI's SME finds the number of clips with `len(...)`, which a trace records as a constant (the batch
-  size of the example input); here it is computed from the frame count.
 - STC's temporal conv and TEFE's FE module ask for a channels-last-3d layout, which the ONNX exporter
   refuses; here they run the same convolutions on the default layout (STC: its own Conv3d, of which
   the model's 2D form is a faster equivalent).
@@ -25,12 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtempo.models.base import VideoRecognizer, spatial_mean
+from vtempo.models.base import VideoRecognizer
 from vtempo.models.stc import SpatioTemporalCollaboration
 from vtempo.models.tcm import TemporalDynamics, l2_normalize, soft_argmax_flow
 from vtempo.models.tefe import FeatureEnhancement
-from vtempo.models.tsi import SalientMotionExcitation
-from vtempo.models.tsm import TemporalShift, temporal_shift
 
 
 class ExportForm(nn.Module):
@@ -74,10 +68,6 @@ class LogitsAndFeatures(nn.Module):
 # ------------------------------------------------------------------------------------------ swap-ins
 
 
-def _shift_forward(self: TemporalShift, x: torch.Tensor) -> torch.Tensor:
-    return self.net(temporal_shift(x, self.frames, self.fold_div))
-
-
 def banded_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
     """`vtempo.models.correlation.spatial_correlation` without `as_strided`: (B, C, H, W) × (B, C, H, W)
     → (B, 2R+1, 2R+1, H, W), out[b, dy+R, dx+R, h, w] = Σ_c f1[b, c, h, w]·f2[b, c, h+dy, w+dx], zero
@@ -113,21 +103,6 @@ def _dynamics_forward(self: TemporalDynamics, x: torch.Tensor) -> torch.Tensor:
     return motion.permute(0, 2, 1, 3, 4, 5).reshape(-1, 6, h, w)
 
 
-def _sme_forward(self: SalientMotionExcitation, x: torch.Tensor) -> torch.Tensor:
-    reduced = self.split(self.reduce(x))  # (N, T, C/r, H, W)
-    current = reduced[:, :-1].flatten(0, 1)
-    aligned = self.align(current, reduced[:, 1:].flatten(0, 1))
-    difference = self.pyramid[0](aligned)
-    motion = difference - current
-    for conv in self.pyramid[1:]:
-        difference = conv(difference + aligned)
-        motion = motion + difference - current
-    motion = motion.view(-1, self.frames - 1, *motion.shape[1:])
-    motion = F.pad(motion, (0, 0, 0, 0, 0, 0, 0, 1)).flatten(0, 1)  # the last frame gets zero motion
-    attention = torch.sigmoid(self.expand(spatial_mean(motion)[..., None, None]))  # eval-mode order, as the model
-    return x + x * attention
-
-
 def _stc_temporal_conv(self: SpatioTemporalCollaboration, clip: torch.Tensor) -> torch.Tensor:
     return self.temporal(clip)
 
@@ -138,9 +113,7 @@ def _fe_forward(self: FeatureEnhancement, x: torch.Tensor) -> torch.Tensor:
 
 
 SWAP_INS = {
-    TemporalShift: ("forward", _shift_forward),
     TemporalDynamics: ("forward", _dynamics_forward),
-    SalientMotionExcitation: ("forward", _sme_forward),
     SpatioTemporalCollaboration: ("temporal_conv", _stc_temporal_conv),
     FeatureEnhancement: ("forward", _fe_forward),
 }

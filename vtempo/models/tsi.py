@@ -89,7 +89,7 @@ class SalientMotionExcitation(TemporalModule):
             difference = conv(difference + aligned)
             motion = motion + difference - current
         # Motion of (t, t+1) belongs to frame t; the last frame gets zero motion.
-        motion = motion.view(len(reduced), self.frames - 1, *motion.shape[1:])
+        motion = motion.view(-1, self.frames - 1, *motion.shape[1:])  # -1, not len(): a trace keeps it general
         motion = F.pad(motion, (0, 0, 0, 0, 0, 0, 0, 1))
         motion = motion.flatten(0, 1)
         if self.training:
