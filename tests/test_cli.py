@@ -176,3 +176,21 @@ def test_robustness_without_data_or_models_sweeps_the_demo_zoo(tmp_path, monkeyp
 def test_commands_without_calibration_refuse_int8_in_one_line(command, tmp_path):
     result = run_cli([*command, "--dtype", "int8"])
     assert result.exit_code == 2 and "classify runs int8" in result.output and "Traceback" not in result.output
+
+
+def test_the_command_line_leaves_its_process_group_before_exiting(tmp_path):
+    """Under torchrun a process that exits inside its process group can abort while the interpreter
+    shuts down, turning a finished run into a failed one."""
+    import torch.distributed as dist
+
+    from vtempo.cli import app
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as exit:
+            app(["models"], prog_name="vtempo")
+        assert exit.value.code == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

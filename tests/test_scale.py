@@ -610,3 +610,24 @@ def test_a_rank_killed_mid_run_resumes_with_every_file_once(forty_videos, one_pr
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{40 - written} classified, 0 failed, {written} done before, of 40" in done.stderr  # nothing redone
     assert_same_results(list(iter_records(out)), one_process)
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_leaves_no_process_group_threads_behind(tmp_path):
+    """Modules imported after the group exists (torchvision's, through torch._dynamo) must not keep it
+    alive past `stop`: gloo's threads would outlive it and can abort the interpreter as it exits."""
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os\n"
+        "from vtempo import distributed\n"
+        "ranks = distributed.start('cpu')\n"
+        "import torchvision.models  # noqa: E402,F401\n"
+        "distributed.all_gather_objects(ranks.rank, ranks)\n"
+        "distributed.stop()\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]\n"
+        f"open(r'{tmp_path}' + f'/rank{{ranks.rank}}.txt', 'w').write(str(sum('gloo' in n for n in names)))\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(tmp_path / f"rank{k}.txt").read_text() for k in (0, 1)] == ["0", "0"]

@@ -43,7 +43,17 @@ class _Typer(typer.Typer):
             raise SystemExit(fail(error.format_message() + hint, error.exit_code).exit_code) from None
         except _click.exceptions.Abort:
             sys.exit(1)
+        finally:
+            _leave_process_group()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun a command ends inside its process group: leave it while the interpreter is whole."""
+    if "torch.distributed" in sys.modules:
+        from vtempo import distributed
+
+        distributed.stop()
 
 
 app = _Typer(

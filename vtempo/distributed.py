@@ -51,6 +51,11 @@ def start(device: str = "auto", timeout: timedelta | None = None) -> Ranks:
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when it is first
+        # imported (torchvision imports it through torch._dynamo). Imported after the group exists, it
+        # keeps the group alive past `stop`, and gloo's threads then abort the exiting interpreter.
+        import torch.distributed.nn.functional  # noqa: F401
+
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         dist.init_process_group(backend, **({"timeout": timeout} if timeout is not None else {}))
     return Ranks(dist.get_rank(), dist.get_world_size(), chosen)
@@ -90,6 +95,8 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def stop(ranks: Ranks) -> None:
-    if ranks.distributed and dist.is_initialized():
+def stop() -> None:
+    """Leave the process group, if this process joined one. A process that exits without this can abort
+    while the interpreter shuts down (gloo's threads outlive it), failing a run that had finished."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -183,7 +183,7 @@ def evaluate(data: str | os.PathLike, model: str | os.PathLike | Recognizer, wei
                           len(truth), top1, top5, per_class, confusion.tolist(), failed,
                           recognizer.provenance(views))
     finally:
-        distributed.stop(ranks)
+        distributed.stop()
 
 
 def save_evaluation(evaluation: Evaluation, out: str | os.PathLike) -> tuple[Path, Path]:

@@ -253,7 +253,7 @@ def run(data: str | os.PathLike | None, model_specs: Sequence[str] = (), weights
 
         return sweep(data, loaded, strides, frames, train_stride, labels, batch_size, workers, ranks, advance)
     finally:
-        distributed.stop(ranks)
+        distributed.stop()
 
 
 def save(result: RobustnessResult, out: str | os.PathLike) -> dict[str, Path]:

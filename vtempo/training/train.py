@@ -313,7 +313,7 @@ def train(config: TrainConfig, say: Callable[[str], None] | None = None,
     try:
         return _train(config, ranks, say, progress, save_checkpoint, predict, topk_accuracy)
     finally:
-        distributed.stop(ranks)
+        distributed.stop()
 
 
 def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accuracy) -> TrainResult:
