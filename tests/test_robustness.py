@@ -41,7 +41,7 @@ def test_strides_share_one_start_and_repeat_the_last_frame():
 
 
 def test_each_stride_gets_exactly_its_frames_from_one_decode(tmp_path, monkeypatch):
-    path = videogen.write_opencv(tmp_path / "v.mp4", 20)
+    videogen.write_opencv(tmp_path / "v.mp4", 20)
     calls = []
     original = readers.VideoReader.get
     monkeypatch.setattr(readers.VideoReader, "get", lambda self, idx: calls.append(list(idx)) or original(self, idx))

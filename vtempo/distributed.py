@@ -54,7 +54,7 @@ def start(device: str = "auto", timeout: timedelta | None = None) -> Ranks:
         # torch.distributed.nn.functional binds `group=group.WORLD` as default arguments when it is first
         # imported (torchvision imports it through torch._dynamo). Imported after the group exists, it
         # keeps the group alive past `stop`, and gloo's threads then abort the exiting interpreter.
-        import torch.distributed.nn.functional  # noqa: F401
+        import torch.distributed.nn.functional as _  # noqa: F401
 
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         dist.init_process_group(backend, **({"timeout": timeout} if timeout is not None else {}))
