@@ -188,6 +188,48 @@ def test_every_fast_path_alone_and_all_together_keep_the_fp32_logits(family):
             assert_close_logits(prepared(clip), expected)
 
 
+def packed_model(way: str) -> tuple[nn.Module, list]:
+    from vtempo.fast.pack import _PackedConv, pack_conv_weights, packing_available
+
+    if not packing_available():
+        pytest.skip("this torch has no oneDNN convolution to pack weights for")
+    model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("pack",))
+    assert pack_conv_weights(model, torch.device("cpu"), favouring(way)) > 10
+    return model, [m.forward for m in model.modules() if isinstance(vars(m).get("forward"), _PackedConv)]
+
+
+def test_packed_convolutions_run_packed_follow_new_weights_and_keep_a_few_shapes():
+    prepared, packed = packed_model("packed")
+    twin = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("pack",))
+    with torch.inference_mode():
+        for clips in (1, 2, 3, 4, 5, 1):
+            clip = torch.randn(clips, 4, 3, 32, 32)
+            assert_close_logits(prepared(clip), twin(clip))
+    # the last SHAPES input shapes, newest last (the shift's fast path may call its convs' weights itself)
+    assert sum(len(p.packs) == p.SHAPES and list(p.packs)[-1][0] == 4 for p in packed) >= 12
+
+    torch.manual_seed(1)
+    for parameter in twin.parameters():
+        parameter.data.normal_(0, 0.05)
+    prepared.load_state_dict(twin.state_dict())  # in place: the packed weights are stale now
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.inference_mode():
+        assert_close_logits(prepared(clip), twin(clip))
+    assert sum(len(p.packs) == 1 for p in packed) >= 12  # packed again from the new weights
+
+    prepared(clip).sum().backward()  # autograd on: the module's own forward, on the parameters
+    assert prepared.backbone.conv1.weight.grad is not None
+
+
+def test_where_packing_is_measured_slower_the_plain_convolution_runs():
+    prepared, packed = packed_model("plain")
+    twin = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("pack",))
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        assert_close_logits(prepared(clip), twin(clip))
+    assert not any(p.packs for p in packed) and sum(bool(p.chosen) for p in packed) >= 12
+
+
 def test_prepare_names_an_unknown_fast_path():
     with pytest.raises(ValueError, match="unknown fast path.*nonsense"):
         prepare(with_random_statistics("tsn-r10w8"), torch.device("cpu"), skip=("nonsense",))

@@ -75,7 +75,7 @@ def test_bf16_casts_made_once_give_the_logits_of_autocast(family):
 
 def test_cast_cache_follows_new_weights_and_stays_out_of_autograd():
     device = torch.device("cpu")
-    prepared = prepare(with_random_statistics("tsm-r14w16"), device)
+    prepared = prepare(with_random_statistics("tsm-r14w16"), device, skip=("pack",))
     conv = prepared.backbone.conv1
     clip = torch.randn(1, 4, 3, 64, 64)
     with torch.inference_mode(), autocast(device, "bf16"):
@@ -84,7 +84,7 @@ def test_cast_cache_follows_new_weights_and_stays_out_of_autograd():
     assert cast.dtype == torch.bfloat16 and torch.equal(cast, conv.weight.to(torch.bfloat16))
 
     torch.manual_seed(1)
-    other = prepare(with_random_statistics("tsm-r14w16"), device)
+    other = prepare(with_random_statistics("tsm-r14w16"), device, skip=("pack",))
     for parameter in other.parameters():
         parameter.data.normal_(0, 0.05)
     prepared.load_state_dict(other.state_dict())  # in place: the cached casts are stale now
@@ -103,4 +103,7 @@ def test_a_model_made_under_inference_mode_runs_in_bf16_without_the_cache():
         prepared = prepare(with_random_statistics("tcm-r14w16"), device)
         with autocast(device, "bf16"):
             logits = prepared(torch.randn(1, 4, 3, 64, 64))
-    assert logits.dtype == torch.bfloat16 and not prepared.backbone.conv1.forward.casts
+        fp32 = prepared(torch.randn(1, 4, 3, 64, 64))  # and in fp32 without packed weights
+    conv = prepared.backbone.conv1.forward
+    assert logits.dtype == torch.bfloat16 and not getattr(conv, "previous", conv).casts
+    assert fp32.dtype == torch.float32 and not getattr(conv, "packs", {})

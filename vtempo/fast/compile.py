@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.fast.casts import _CastOnce
+from vtempo.fast.pack import unpack_conv_weights
 
 
 def cache_folder() -> Path:
@@ -37,8 +38,9 @@ def _use_cache_folder() -> None:
 
 
 def _drop_cast_cache(model: nn.Module) -> None:
-    """The cast cache (`vtempo.fast.casts`) keeps Python state that compilation cannot trace; freezing
-    makes the same casts once, as constants."""
+    """The cast cache (`vtempo.fast.casts`) and the packed weights (`vtempo.fast.pack`) keep Python state
+    that compilation cannot trace; freezing makes the same casts and packs once, as constants."""
+    unpack_conv_weights(model)
     for module in model.modules():
         if isinstance(vars(module).get("forward"), _CastOnce):
             del module.forward

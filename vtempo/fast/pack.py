@@ -1,0 +1,102 @@
+"""fp32 CPU convolutions with their weights in oneDNN's own blocked layout, packed once.
+
+An eager `Conv2d` on CPU hands oneDNN a weight in PyTorch's layout, and oneDNN reorders it into its
+blocked layout on every call: for a ResNet-50 that is every weight read and written once per forward.
+Over a clip of 8 frames the reorder is a few percent of the time; over one frame (online TSM, a batch of
+one image) it is a third. Packing the weight once and calling oneDNN's convolution with it, as
+inductor's freezing does, gives the same outputs without the reorder. Whether it is faster is measured,
+per CPU and shape, by the shared `Chooser` (the plain convolution is kept unless packing wins), so no
+rule from one CPU decides for another. The packed weight is remade when the weight changes in place
+(`load_state_dict`): the cache is keyed by the tensor's version.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from vtempo.fast.choose import Chooser, shared_chooser
+from vtempo.runtime import autocast_dtype, cpu_name
+
+
+def packing_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _PackedConv:
+    """A Conv2d's forward that, for fp32 CPU inference (no autocast, no autograd, no tracing), runs oneDNN's
+    convolution on the packed weight; anything else goes to the forward it replaced (`previous`, or the
+    class's own). oneDNN packs for an input shape, and a weight packed for one batch size runs another
+    at half speed, so a few shapes are kept."""
+
+    SHAPES = 4
+
+    def __init__(self, module: torch.nn.Conv2d, previous: Callable[[torch.Tensor], torch.Tensor] | None,
+                 chooser: Chooser | None = None) -> None:
+        self.module = module
+        self.previous = previous
+        self.chooser = chooser
+        self.chosen: dict[tuple, bool] = {}  # input (shape, strides) → whether packing is faster
+        self.args = (list(module.padding), list(module.stride), list(module.dilation), module.groups)
+        self.key: tuple | None = None  # the weight's (version, data pointer) the packs were made from
+        self.packs: dict[torch.Size, torch.Tensor] = {}
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return self.previous(x) if self.previous is not None else type(self.module).forward(self.module, x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.module.weight
+        if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
+                or weight.dtype != torch.float32 or torch.is_grad_enabled() or weight.is_inference()
+                or autocast_dtype("cpu") is not None or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            return self.plain(x)
+        form = (x.shape, x.stride())
+        faster = self.chosen.get(form)
+        if faster is None:
+            faster = self.chosen[form] = self._choose(x)
+        return self.packed(x) if faster else self.plain(x)
+
+    def _choose(self, x: torch.Tensor) -> bool:
+        module = self.module
+        key = (f"conv packed | {cpu_name()} | {torch.get_num_threads()} threads | {tuple(x.shape)} "
+               f"{'channels-last' if x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'} -> "
+               f"{tuple(module.weight.shape)} | stride {self.args[1]} | padding {self.args[0]} | groups {self.args[3]}")
+        chooser = self.chooser or shared_chooser()
+        return chooser.choose(key, {"plain": lambda: self.plain(x), "packed": lambda: self.packed(x)}) == "packed"
+
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        module, weight = self.module, self.module.weight
+        key = (weight._version, weight.data_ptr())
+        if key != self.key:
+            self.key, self.packs = key, {}
+        packed = self.packs.get(x.shape)
+        if packed is None:
+            if len(self.packs) >= self.SHAPES:
+                del self.packs[next(iter(self.packs))]
+            packed = self.packs[x.shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.detach().to_mkldnn(), *self.args, list(x.shape))
+        bias = None if module.bias is None else module.bias.detach()
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *self.args, "none", [], "")
+
+
+def pack_conv_weights(model: torch.nn.Module, device: torch.device, chooser: Chooser | None = None) -> int:
+    """Give every zero-padded Conv2d of an inference model on CPU a `_PackedConv` forward, in place (over
+    any forward another fast path gave it); returns how many."""
+    if device.type != "cpu" or not packing_available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Conv2d and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
+            module.forward = _PackedConv(module, vars(module).get("forward"), chooser)
+            count += 1
+    return count
+
+
+def unpack_conv_weights(model: torch.nn.Module) -> None:
+    """Give every packed convolution back the forward it had before (for compiling)."""
+    for module in model.modules():
+        packed = vars(module).get("forward")
+        if isinstance(packed, _PackedConv):
+            del module.forward
+            if packed.previous is not None:
+                module.forward = packed.previous
