@@ -48,7 +48,8 @@ class _PackedConv:
         weight = self.module.weight
         if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
                 or weight.dtype != torch.float32 or torch.is_grad_enabled() or weight.is_inference()
-                or autocast_dtype("cpu") is not None or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+                or autocast_dtype("cpu") is not None or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                or torch.jit.is_tracing()):
             return self.plain(x)
         form = (x.shape, x.stride())
         faster = self.chosen.get(form)
