@@ -217,6 +217,10 @@ def test_packed_convolutions_run_packed_follow_new_weights_and_keep_a_few_shapes
         assert_close_logits(prepared(clip), twin(clip))
     assert sum(len(p.packs) == 1 for p in packed) >= 12  # packed again from the new weights
 
+    copied = copy.deepcopy(prepared)  # (int8 quantization copies a prepared model) without the packs
+    with torch.inference_mode():
+        assert_close_logits(copied(clip), twin(clip))
+
     prepared(clip).sum().backward()  # autograd on: the module's own forward, on the parameters
     assert prepared.backbone.conv1.weight.grad is not None
 

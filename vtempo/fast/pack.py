@@ -41,6 +41,11 @@ class _PackedConv:
         self.key: tuple | None = None  # the weight's (version, data pointer) the packs were made from
         self.packs: dict[torch.Size, torch.Tensor] = {}
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors have no storage
+        to copy); they are packed again on first use."""
+        return {**vars(self), "key": None, "packs": {}}
+
     def plain(self, x: torch.Tensor) -> torch.Tensor:
         return self.previous(x) if self.previous is not None else type(self.module).forward(self.module, x)
 
