@@ -2,11 +2,12 @@
 
 On CPU with freezing: inductor treats the weights as constants, folds what depends only on them (BN
 folding if it were still there, autocast's weight casts, oneDNN's weight packing) and fuses the
-elementwise work of the temporal modules (TSM's shifted copy among it) into few C++ kernels. The
-compiled graphs go to inductor's FX graph cache under vtempo's cache folder (`<vtempo home>/inductor`,
-unless TORCHINDUCTOR_CACHE_DIR is set), so a later process only retraces the model (seconds) instead of
-compiling it again (a minute or more for an R-50 on 2 cores). Measured compile times, cached start-up
-times and speeds per family: docs/performance.md.
+elementwise work around the convolutions into C++ kernels; TSM's shift stays one op that runs the
+eager copy (`vtempo.fast.shift.compiled_shift`). The compiled C++ kernels go to inductor's cache under
+vtempo's cache folder (`<vtempo home>/inductor`, unless TORCHINDUCTOR_CACHE_DIR is set), so a later
+process does not compile them again. Whole graphs are not cached: inductor (torch 2.14) cannot store
+graphs holding packed oneDNN weights, so each process lowers the graph again (a few seconds for an
+R-50). Measured compile times and speeds: docs/performance.md.
 
 Compilation happens at the first call for each input shape and dtype, so `compile_pays` tells a caller
 whether a run is long enough to repay it.
@@ -55,8 +56,31 @@ def compile_model(model: nn.Module, device: torch.device | None = None, *, dynam
     device = device or next(model.parameters()).device
     _use_cache_folder()
     _drop_cast_cache(model)
-    options = {"freezing": True} if device.type == "cpu" else {}
-    return torch.compile(model, dynamic=dynamic, options=options)
+    compiled = torch.compile(model, dynamic=dynamic)
+    return _Freezing(compiled) if device.type == "cpu" else compiled
+
+
+class _Freezing(nn.Module):
+    """Calls a compiled module with inductor's freezing on, so the graphs it compiles (lazily, at a call)
+    take the weights as constants and pack them. `torch.compile(options={"freezing": True})` left them
+    as graph inputs in torch 2.14 (the convolutions unpacked), and a global setting would also reach
+    graphs that must not be frozen (int8's, `vtempo.fast.quantize`). Other attributes are the model's."""
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args, **kwargs):
+        import torch._inductor.config
+
+        with torch._inductor.config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.compiled, name)
 
 
 def compile_pays(clips: int, eager_seconds_per_clip: float, compile_seconds: float, speedup: float) -> bool:

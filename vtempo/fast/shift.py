@@ -59,6 +59,19 @@ def shift_by_concatenation(x: torch.Tensor, frames: int, fold_div: int) -> torch
     return torch.cat([following, preceding, clip[:, :, 2 * fold :]], 2).view(x.shape)
 
 
+@torch.library.custom_op("vtempo::temporal_shift", mutates_args=())
+def compiled_shift(x: torch.Tensor, frames: int, fold_div: int) -> torch.Tensor:
+    """`temporal_shift` as one opaque op for torch.compile: inductor runs the eager copy (memory speed)
+    and keeps the channels-last layout its packed convolutions need. Traced through, the shift's slice
+    writes became kernels slower than the whole R-50 around them."""
+    return temporal_shift(x, frames, fold_div)
+
+
+@compiled_shift.register_fake
+def _(x: torch.Tensor, frames: int, fold_div: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
 class ExportableShift(TemporalModule):
     """Inference-only stand-in for a `TemporalShift` (or `ShiftedPointwiseConv`) in graphs made by
     torch.export: the shift by `shift_by_concatenation`, then the wrapped layer, kept as `net`."""
@@ -130,6 +143,8 @@ class ShiftedPointwiseConv(TemporalModule):
                                     for name, way in WAYS.items()})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return self.net(compiled_shift(x, self.frames, self.fold_div))
         return WAYS[self.way(x)](x, self.net, self.frames, self.fold_div)
 
     def output_conv(self) -> nn.Conv2d:
