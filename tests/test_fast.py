@@ -285,7 +285,7 @@ def test_compiled_model_gives_the_eager_logits(family):
 
 @pytest.mark.slow
 def test_compiling_freezes_the_weights_and_keeps_tsms_shift_one_op(monkeypatch):
-    """Frozen weights are what let inductor pack the convolutions; a traced-through shift became kernels
+    """Frozen weights are what let inductor pack the convolutions; a traced-through shift becomes kernels
     slower than the network around it, so the compiled graph calls the eager shift as one op."""
     import torch._inductor.config
     import torch._inductor.freezing as freezing

@@ -63,7 +63,7 @@ def shift_by_concatenation(x: torch.Tensor, frames: int, fold_div: int) -> torch
 def compiled_shift(x: torch.Tensor, frames: int, fold_div: int) -> torch.Tensor:
     """`temporal_shift` as one opaque op for torch.compile: inductor runs the eager copy (memory speed)
     and keeps the channels-last layout its packed convolutions need. Traced through, the shift's slice
-    writes became kernels slower than the whole R-50 around them."""
+    writes become kernels slower than the whole R-50 around them."""
     return temporal_shift(x, frames, fold_div)
 
 
