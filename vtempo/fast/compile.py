@@ -62,7 +62,7 @@ def compile_model(model: nn.Module, device: torch.device | None = None, *, dynam
 
 class _Freezing(nn.Module):
     """Calls a compiled module with inductor's freezing on, so the graphs it compiles (lazily, at a call)
-    take the weights as constants and pack them. `torch.compile(options={"freezing": True})` left them
+    take the weights as constants and pack them. `torch.compile(options={"freezing": True})` leaves them
     as graph inputs in torch 2.14 (the convolutions unpacked), and a global setting would also reach
     graphs that must not be frozen (int8's, `vtempo.fast.quantize`). Other attributes are the model's."""
 
