@@ -11,20 +11,10 @@ import torch.nn as nn
 
 from vtempo.fast import prepare
 from vtempo.fast.fold import fold_batch_norms
-from vtempo.models import FAMILIES, build
+from vtempo.models import FAMILIES
 from vtempo.runtime import autocast
 
-
-def with_random_statistics(arch: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = build(arch, num_classes=5, frames=4)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):  # BN at init is the identity: make it bite
-            module.running_mean.normal_(0, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            nn.init.normal_(module.weight, 1.0, 0.3)
-            nn.init.normal_(module.bias, 0.0, 0.3)
-    return model.eval()
+from test_fast import with_random_statistics
 
 
 def batch_norms(model: nn.Module) -> int:

@@ -38,7 +38,7 @@ def _use_cache_folder() -> None:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # inductor reads it when it first needs the folder
 
 
-def _drop_cast_cache(model: nn.Module) -> None:
+def _drop_forward_caches(model: nn.Module) -> None:
     """The cast cache (`vtempo.fast.casts`) and the packed weights (`vtempo.fast.pack`) keep Python state
     that compilation cannot trace; freezing makes the same casts and packs once, as constants."""
     unpack_conv_weights(model)
@@ -55,7 +55,7 @@ def compile_model(model: nn.Module, device: torch.device | None = None, *, dynam
     gives the fastest kernels for the fixed clip shape inference uses."""
     device = device or next(model.parameters()).device
     _use_cache_folder()
-    _drop_cast_cache(model)
+    _drop_forward_caches(model)
     compiled = torch.compile(model, dynamic=dynamic)
     return _Freezing(compiled) if device.type == "cpu" else compiled
 

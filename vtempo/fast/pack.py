@@ -1,7 +1,7 @@
-"""fp32 CPU convolutions with their weights in oneDNN's own blocked layout, packed once.
+"""fp32 CPU convolutions with their weights in oneDNN's internal layout, packed once.
 
 An eager `Conv2d` on CPU hands oneDNN a weight in PyTorch's layout, and oneDNN reorders it into its
-blocked layout on every call: for a ResNet-50 that is every weight read and written once per forward.
+internal layout on every call: for a ResNet-50 that is every weight read and written once per forward.
 Over a clip of 8 frames the reorder is a few percent of the time; over one frame (online TSM, a batch of
 one image) it is a third. Packing the weight once and calling oneDNN's convolution with it, as
 inductor's freezing does, gives the same outputs without the reorder. Whether it is faster is measured,

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import VtempoError
-from vtempo.fast.compile import _drop_cast_cache, _use_cache_folder
+from vtempo.fast.compile import _drop_forward_caches, _use_cache_folder
 from vtempo.fast.shift import swap_shifts_for_export
 from vtempo.models.tcm import TemporalDynamics
 
@@ -170,7 +170,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     if len({tuple(clip.shape) for clip in clips}) != 1:
         raise VtempoError("int8 calibration clips must all have one shape (the model is exported for it)")
     lower = _pt2e()[3]
-    _drop_cast_cache(model)
+    _drop_forward_caches(model)
     swap_shifts_for_export(model)
     model = model.eval()
     path = cache_path(fingerprint(model, clips)) if cache else None
