@@ -123,3 +123,5 @@ def test_demo_recipe_gives_each_family_its_own_settings(tmp_path):
     tam, tsm = (_train_config(family, data, tmp_path, 0, recipe, 1) for family in ("tam", "tsm"))
     assert (tam.lr, tam.epochs, tam.model) == (5e-3, 7, "tam-r14w16")
     assert (tsm.lr, tsm.epochs, tsm.model) == (1e-3, 3, "tsm-r14w16")
+    timeline = _train_config("tcm-timeline", data, tmp_path, 0, Recipe(), 1)  # fine-tuned from tcm-demo, joined clips
+    assert (timeline.model, timeline.weights, timeline.joins, tsm.joins) == ("tcm-r14w16", "tcm-demo", 0.3, 0.0)

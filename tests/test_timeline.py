@@ -22,6 +22,7 @@ from vtempo.inference.timeline import (
     score_windows,
     timeline,
 )
+from vtempo.errors import UsageError
 from vtempo.inference.recognizer import Recognizer, load
 from vtempo.inference.results import Prediction
 from vtempo.models import build
@@ -141,6 +142,37 @@ def test_segments_merge_runs_absorb_blips_and_respect_the_threshold():
     assert segments[0].score == pytest.approx(0.9) and segments[0].windows == 5
 
 
+def _scored(number: int, probs: list[float]) -> Window:
+    scores = torch.tensor(probs)
+    best = int(scores.argmax())
+    return Window(number, number, 2, float(number), number + 2.0, scores, [Prediction("abc"[best], best, float(scores[best]))])
+
+
+def test_smoothing_labels_each_window_by_the_mean_of_its_neighbours_holding_only_those():
+    probs = [[0.8, 0.2, 0.0]] * 2 + [[0.3, 0.7, 0.0]] + [[0.8, 0.2, 0.0]] * 2 + [[0.0, 0.1, 0.9]] * 3
+    builder = SegmentBuilder(smooth=3)
+    for n, p in enumerate(probs):
+        builder.add(_scored(n, p))
+        assert len(builder._recent) <= 3
+    segments = builder.finish(duration=9.0)
+    # window 2 alone says "b"; averaged with its neighbours it says "a"; the first and the last windows
+    # average themselves and their one neighbour
+    mean = lambda rows, k: sum(probs[r][k] for r in rows) / len(rows)  # noqa: E731
+    assert [(s.label, s.start, s.end) for s in segments] == [("a", 0.0, 5.5), ("c", 5.5, 9.0)]
+    a_scores = [mean([0, 1], 0)] + [mean([n - 1, n, n + 1], 0) for n in range(1, 5)]
+    c_scores = [mean([4, 5, 6], 2), mean([5, 6, 7], 2), mean([6, 7], 2)]
+    assert segments[0].score == pytest.approx(sum(a_scores) / 5) and segments[1].score == pytest.approx(sum(c_scores) / 3)
+    unsmoothed = SegmentBuilder(smooth=1)
+    for n, p in enumerate(probs):
+        unsmoothed.add(_scored(n, p))
+    assert [s.label for s in unsmoothed.finish(duration=9.0)] == ["a", "b", "a", "c"]
+    with pytest.raises(UsageError, match="odd"):
+        SegmentBuilder(smooth=2)
+    short = SegmentBuilder(smooth=5)  # fewer windows than the smoothing span
+    short.add(_scored(0, probs[0]))
+    assert [(s.label, s.score) for s in short.finish(duration=2.0)] == [("a", pytest.approx(0.8))]
+
+
 def test_a_blip_between_two_actions_is_split_between_them():
     builder = SegmentBuilder(min_duration=1.5)
     for n, label in enumerate([0, 0, 0, 1, 2, 2, 2]):
@@ -174,15 +206,19 @@ def joined_video(path: Path, seed: int, segments: int = 8, seconds: tuple[float,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the bundled demo models fall short of 80%: tcm-demo finds 7, 6, 6, 4 of 8 segments on "
-                          "seeds 1-4 (72%), 6 of 8 on this one; the misses are at the joins", strict=False)
 def test_segments_of_joined_synthetic_clips_are_found_with_their_label_and_ends(tmp_path):
-    truth = joined_video(tmp_path / "joined.mp4", seed=3)
-    result = timeline(tmp_path / "joined.mp4", load("tcm-demo", device="cpu"))
-    hop = result.hop_frames / result.fps
-    found = [any(s.label == name and abs(s.start - start) <= hop and abs(s.end - end) <= hop for s in result.segments)
-             for start, end, name in truth]
-    assert sum(found) >= 0.8 * len(truth), (truth, [s.to_dict() for s in result.segments])
+    """The acceptance test of `vtempo timeline`: five videos of eight joined clips (4-6 s each), the
+    bundled model trained for timelines, default settings: at least 80% of the true segments found
+    with the right label and both ends within one hop."""
+    rec = load("tcm-timeline-demo", device="cpu")
+    found = []
+    for seed in range(1, 6):
+        truth = joined_video(tmp_path / f"joined{seed}.mp4", seed=seed)
+        result = timeline(tmp_path / f"joined{seed}.mp4", rec)
+        hop = result.hop_frames / result.fps
+        found += [any(s.label == name and abs(s.start - start) <= hop and abs(s.end - end) <= hop
+                      for s in result.segments) for start, end, name in truth]
+    assert sum(found) >= 0.8 * len(found), f"{sum(found)} of {len(found)} segments found"
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from vtempo.training.train import (
     TrainConfig,
     channels_last,
     initial_weights,
+    join_clips,
     lr_factor,
     make_optimizer,
     train,
@@ -85,6 +86,39 @@ def test_resume_continues_exactly_where_it_stopped(tiny_set, tmp_path):
         assert torch.equal(value, resumed["model"][key]), key
     epochs = [json.loads(line).get("epoch") for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [e for e in epochs if e is not None] == [0, 1]
+
+
+def test_joined_clips_take_their_partners_frames_after_the_cut_and_share_the_label_by_frames():
+    import random
+
+    clips = torch.arange(5 * 4, dtype=torch.float32).view(5, 4, 1, 1, 1).expand(5, 4, 3, 2, 2).clone()
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    joined, targets = join_clips(clips, labels, 3, 1.0, random.Random(0))
+    assert torch.allclose(targets.sum(1), torch.ones(5))
+    for i in range(5):
+        partner = (i + 1) % 5
+        cut = next(t for t in range(4) if not torch.equal(joined[i, t], clips[i, t])) if not torch.equal(
+            joined[i], clips[i]) else 4
+        assert 1 <= cut <= 3, "every clip is joined at a cut inside it"
+        assert torch.equal(joined[i, :cut], clips[i, :cut]) and torch.equal(joined[i, cut:], clips[partner, cut:])
+        expected = torch.zeros(3)
+        expected[labels[i]] += cut / 4
+        expected[labels[partner]] += (4 - cut) / 4
+        assert torch.allclose(targets[i], expected)
+    unchanged, one_hot = join_clips(clips, labels, 3, 0.0, random.Random(0))
+    assert torch.equal(unchanged, clips) and torch.equal(one_hot.argmax(1), labels)
+    half = sum(not torch.equal(a, b) for a, b in zip(join_clips(clips.repeat(40, 1, 1, 1, 1), labels.repeat(40), 3, 0.5,
+                                                                random.Random(1))[0], clips.repeat(40, 1, 1, 1, 1)))
+    assert 60 <= half <= 140, half  # about half of 200 clips
+
+
+def test_training_with_joins_runs_and_rejects_a_fraction_outside_0_1(tiny_set, tmp_path):
+    config = TrainConfig(data=str(tiny_set), model="tsm-r10w8", out=str(tmp_path / "run"), epochs=1, val_split=0.25,
+                         joins=0.5, **TINY)
+    assert train(config).best_epoch == 0
+    result = CliRunner().invoke(app, ["train", str(tiny_set), "--model", "tsn-r10w8", "--joins", "1.5",
+                                      "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "joins=1.5" in result.output and "Traceback" not in result.output
 
 
 def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):

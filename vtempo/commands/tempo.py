@@ -121,6 +121,7 @@ def train(
     dropout: float = typer.Option(0.5, "--dropout"),
     clip_grad: float = typer.Option(20.0, "--clip-grad", help="Clip the gradient norm (0: off)."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips (wrong when direction is the label)."),
+    joins: float = typer.Option(0.0, "--joins", help="Fraction of training clips that end one action and begin another, labelled by each side's share of the frames (models for `vtempo timeline`)."),
     scales: str = typer.Option("1,0.875,0.75,0.66", "--scales", help="Multi-scale crop sides as fractions of the short side (1: no scale jitter)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, … (under torchrun: one device per rank)."),
@@ -145,7 +146,7 @@ def train(
         labels=str(labels) if labels else None, weights=weights, freeze_backbone=freeze_backbone, frames=frames, sampling=sampling, stride=stride,
         size=size, resize=resize, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, milestones=_ints(milestones, "--milestones"), warmup=warmup,
-        dropout=dropout, clip_grad=clip_grad or None, flip=flip, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,
+        dropout=dropout, clip_grad=clip_grad or None, flip=flip, joins=joins, scales=_floats(scales, "--scales"), dtype=dtype, device=device, workers=workers,
         threads=threads, seed=seed, cache=cache, resume=resume, progress=progress, shift=shift,
     )
     with progress_callback("training", progress) as show:

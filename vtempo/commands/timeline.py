@@ -24,7 +24,7 @@ from vtempo.commands.common import (
 )
 from vtempo.errors import UsageError
 
-DEMO_MODEL = "tsm-demo"
+DEMO_MODEL = "tcm-timeline-demo"  # bundled, trained for timelines (joined clips)
 
 
 def _numbered(path: Path, video: Path, many: bool) -> Path:
@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         hop: Optional[float] = typer.Option(None, "--hop", help="Seconds between window starts (default: half the window)."),
         threshold: float = typer.Option(0.0, "--threshold", help="Windows whose top score is lower belong to no segment."),
         min_duration: Optional[float] = typer.Option(None, "--min-duration", help="Seconds; shorter segments are absorbed by their neighbours (default: one window)."),
+        smooth: int = typer.Option(3, "--smooth", help="Windows whose scores are averaged for each window's label (odd; 1: none)."),
         topk: int = typer.Option(5, "--topk", help="Labels per window in --output."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Windows and segments: .jsonl, .json or .csv, written as they come."),
         plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Draw the top classes' scores over time and the segments."),
@@ -63,12 +64,13 @@ def register(app: typer.Typer) -> None:
         from vtempo import distributed
         from vtempo.inference.recognizer import load
         from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
-        from vtempo.inference.timeline import TimelineWriter, annotate_video, timeline
+        from vtempo.inference.timeline import TimelineWriter, annotate_video, check_smooth, timeline
         from vtempo.video import display_path
         from vtempo.video.readers import VideoError
 
         if topk < 1 or batch_size < 1:
             raise UsageError("--topk and --batch-size must be at least 1")
+        check_smooth(smooth)
         if output is not None and output.suffix.lower() not in TimelineWriter.FORMATS:
             raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv")
         if plot is not None and plot.suffix.lower() != ".png":
@@ -81,7 +83,7 @@ def register(app: typer.Typer) -> None:
         check_model_options(frames, dtype, device)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
         setup = {**rec.provenance(), "window": window, "hop": hop, "threshold": threshold,
-                 "min_duration": min_duration, "topk": topk}
+                 "min_duration": min_duration, "smooth": smooth, "topk": topk}
         # this process's share of the videos, less those a run before finished (--resume)
         run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks,
                         provenance=setup, key="video", final=TimelineWriter.is_final)
@@ -110,7 +112,8 @@ def register(app: typer.Typer) -> None:
                 try:
                     with err_console.status(f"{escape(name)}: reading", spinner="dots") if err_console.is_terminal else _Null():
                         result = timeline(video, rec, window=window, hop=hop, threshold=threshold,
-                                          min_duration=min_duration, topk=topk, batch_size=batch_size, on_window=on_window)
+                                          min_duration=min_duration, smooth=smooth, topk=topk, batch_size=batch_size,
+                                          on_window=on_window)
                 except VideoError as error:
                     failed += 1
                     err_console.print(f"[bold red]failed:[/] {escape(str(error))}", highlight=False, soft_wrap=True)

@@ -17,7 +17,8 @@ A window at the end, shorter than the others, covers what the last full window l
 
 Segments: each window speaks for the stretch of time closest to its centre (from the midpoint with
 the previous window's centre to the midpoint with the next one's; the first from 0, the last to the
-end); consecutive windows with the same top label, scored at least `threshold`, make one segment;
+end), with its class scores averaged over `smooth` windows centred on it (3: it and its neighbours,
+fewer at the ends); consecutive windows with the same top label, scored at least `threshold`, make one segment;
 a segment shorter than `min_duration` is taken as a blip: its time goes to its neighbours (split at
 its middle), and same-label neighbours join.
 """
@@ -258,19 +259,60 @@ class Segment:
                 "index": self.index, "score": round(self.score, 4)}
 
 
+def check_smooth(smooth: int) -> None:
+    if smooth < 1 or smooth % 2 == 0:
+        raise UsageError(f"--smooth must be an odd number of windows (1: none), got {smooth}")
+
+
 @dataclass
 class SegmentBuilder:
-    """Feed windows in order (`add`), then `finish(duration)` gives the segments."""
+    """Feed windows in order (`add`), then `finish(duration)` gives the segments.
+
+    `smooth` windows' scores are averaged for each window's label (odd; 1: each window's own). A
+    window straddling a change of action mixes two actions, and a single window can be misread; the
+    average with its neighbours settles both. Only the last `smooth` windows' scores are held."""
 
     threshold: float = 0.0
     min_duration: float = 0.0
+    smooth: int = 1
+    labels: Sequence[str] = ()  # class names by index, for labels that no window ranked first
     _windows: list[tuple[float, int, str, float]] = field(default_factory=list)  # (centre, class, label, score)
+    _recent: list[tuple[float, torch.Tensor]] = field(default_factory=list)  # (centre, probs) not yet labelled
+    _names: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_smooth(self.smooth)
 
     def add(self, window: Window) -> None:
-        best = window.top[0]
-        self._windows.append((window.centre, best.index, best.label, best.prob))
+        for prediction in window.top:
+            self._names.setdefault(prediction.index, prediction.label)
+        if self.smooth == 1:
+            best = window.top[0]
+            self._windows.append((window.centre, best.index, best.label, best.prob))
+            return
+        self._recent.append((window.centre, window.probs.detach().float().cpu()))
+        half = self.smooth // 2
+        if len(self._recent) > half:  # the window `half` back has its neighbours on both sides now
+            self._label(len(self._recent) - 1 - half)
+        if len(self._recent) > self.smooth:
+            self._recent.pop(0)
+
+    def _label(self, position: int) -> None:
+        half = self.smooth // 2
+        centre = self._recent[position][0]
+        around = self._recent[max(0, position - half) : position + half + 1]
+        mean = torch.stack([probs for _, probs in around]).mean(0)
+        index = int(mean.argmax())
+        label = self.labels[index] if index < len(self.labels) else self._names.get(index, str(index))
+        self._windows.append((centre, index, label, float(mean[index])))
 
     def finish(self, duration: float) -> list[Segment]:
+        if self.smooth > 1:  # the last windows, with the neighbours they have
+            half = self.smooth // 2
+            first = max(0, len(self._recent) - half) if len(self._windows) else 0
+            for position in range(first, len(self._recent)):
+                self._label(position)
+            self._recent.clear()
         if not self._windows:
             return []
         centres = [c for c, *_ in self._windows]
@@ -320,8 +362,9 @@ class SegmentBuilder:
         return [Segment(start, end, label, index, total / count, count) for start, end, index, label, total, count in merged]
 
 
-def segments(windows: Iterable[Window], duration: float, threshold: float = 0.0, min_duration: float = 0.0) -> list[Segment]:
-    builder = SegmentBuilder(threshold, min_duration)
+def segments(windows: Iterable[Window], duration: float, threshold: float = 0.0, min_duration: float = 0.0,
+             smooth: int = 1) -> list[Segment]:
+    builder = SegmentBuilder(threshold, min_duration, smooth)
     for window in windows:
         builder.add(window)
     return builder.finish(duration)
@@ -355,6 +398,7 @@ def timeline(
     hop: float | None = None,
     threshold: float = 0.0,
     min_duration: float | None = None,
+    smooth: int = 3,
     topk: int = 5,
     batch_size: int = 8,
     on_window: Callable[[Window], None] | None = None,
@@ -362,7 +406,7 @@ def timeline(
 ) -> Timeline:
     """Score every window of `video` (each passed to `on_window` as soon as it is scored) and merge
     them into segments. `min_duration` defaults to one window: shorter runs are blips of the windows
-    that straddle a change of action. `fps` overrides a rate the container does not give (else 25)."""
+    that straddle a change of action. `smooth`: windows averaged for each window's label. `fps` overrides a rate the container does not give (else 25)."""
     from vtempo.video.sequential import SequentialVideo
 
     if not 0 <= threshold <= 1 or (min_duration is not None and min_duration < 0):
@@ -371,7 +415,8 @@ def timeline(
         rate = fps or source.fps or 25.0
         window_frames, hop_frames = frames_per_window(rec, rate, window, hop)
         stats = WindowStats()
-        builder = SegmentBuilder(threshold, window_frames / rate if min_duration is None else min_duration)
+        builder = SegmentBuilder(threshold, window_frames / rate if min_duration is None else min_duration, smooth,
+                                 rec.labels)
         for scored in score_windows(source, rec, window_frames, hop_frames, rate, topk=topk, batch_size=batch_size,
                                     stats=stats):
             builder.add(scored)

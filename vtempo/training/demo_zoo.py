@@ -3,7 +3,8 @@
 `retrain(OUT, seed=0)` (the `vtempo train-demo-zoo OUT --seed 0` command) does everything the bundled
 weights came from, from scratch: it renders the training, validation and test sets (the test set with
 a seed of its own), trains the eight models with the TCM paper's robustness condition (4 frames at a
-fixed stride of 4), tests them, runs the stride sweep τ = 2..8 and writes a report. `--install` then
+fixed stride of 4) and the two fine-tuned from them (tsm-online: the online shift; tcm-timeline:
+joined clips, for timelines), tests them, runs the stride sweep τ = 2..8 and writes a report. `--install` then
 stores the fp16 weights in `vtempo/weights/bundled/` and prints their registry entries.
 
 Everything is seeded; on one machine a rerun gives the same weights. Across machines (other CPUs,
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi", "tsm-online")
+FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi", "tsm-online", "tcm-timeline")
 MIRRORED = "mirrored pairs"
 
 
@@ -49,6 +50,7 @@ class Recipe:
     dropout: float = 0.1
     scales: tuple[float, ...] = (1.0,)  # no multi-scale crop: these small models learn direction faster without
     weights: str | None = None  # starting weights (a registry name or file); None: from scratch
+    joins: float = 0.0  # fraction of training clips joined from two (`vtempo.training.train.join_clips`)
     dtype: str = "bf16"  # CPU autocast; on CPUs without native bf16 use fp32 (slower, same accuracy within noise)
     # Settings that differ by family, chosen on the validation set (best val top-1 of the run). TAM's and
     # TEFE's temporal kernels are generated from spatial means and learn the direction of time from
@@ -63,10 +65,13 @@ class Recipe:
         # Online TSM (uni-directional shift) starts from tsm-demo's backbone (same tensors, new head):
         # 4 epochs instead of 20 from scratch.
         "tsm-online": {"epochs": 4, "weights": "tsm-demo"},
+        # For timelines: tcm-demo fine-tuned on clips of which 30% end one action and begin another, so
+        # that the windows straddling a change of action take the label of most of their frames.
+        "tcm-timeline": {"epochs": 10, "weights": "tcm-demo", "lr": 1e-3, "joins": 0.3},
     })
 
     def arch(self, family: str) -> str:
-        return f"{family}-{self.backbone}"
+        return f"{family.removesuffix('-timeline')}-{self.backbone}"
 
     def of(self, family: str) -> Recipe:
         """This recipe with `family`'s own settings applied."""
@@ -102,7 +107,7 @@ def _train_config(family: str, data: dict[str, Path], out: Path, seed: int, reci
         frames=recipe.frames, stride=recipe.stride, size=recipe.size, resize=recipe.size, epochs=recipe.epochs,
         batch_size=recipe.batch_size, optimizer=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
         schedule=recipe.schedule, warmup=recipe.warmup, dropout=recipe.dropout, scales=recipe.scales,
-        dtype=recipe.dtype, seed=seed, weights=recipe.weights,
+        dtype=recipe.dtype, seed=seed, weights=recipe.weights, joins=recipe.joins,
         cache=True, threads=threads, progress=False,
     )
 
@@ -133,7 +138,7 @@ def mirrored_confusion(confusion: np.ndarray, classes: list[str]) -> dict[str, A
 
 # Relative cost of a training step on 2 CPU cores (r14w16, 4×128², bf16): the longest runs start first.
 STEP_COST = {"tsi": 0.45, "tcm": 0.25, "stc-light": 0.107, "tam": 0.090, "stc": 0.078, "tsm": 0.073, "tefe": 0.071,
-             "tsn": 0.069, "tsm-online": 0.073}
+             "tsn": 0.069, "tsm-online": 0.073, "tcm-timeline": 0.25}
 
 
 def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recipe: Recipe, threads: int | None) -> float:

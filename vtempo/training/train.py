@@ -75,6 +75,7 @@ class TrainConfig:
     dropout: float = 0.5
     clip_grad: float | None = 20.0
     flip: bool = False  # horizontal flips swap left and right: off for direction-sensitive classes
+    joins: float = 0.0  # fraction of training clips that end one action and begin another (see `join_clips`)
     scales: tuple[float, ...] = TRAIN_SCALES  # multi-scale crop sides, fractions of the short side; (1.0,): none
     dtype: str = "auto"  # auto: bf16 (fp16 when unsupported) autocast on CUDA, fp32 on CPU
     device: str = "auto"
@@ -267,9 +268,33 @@ def model_meta(config: TrainConfig, arch: str, classes: list[str], frames: int, 
     }
 
 
+def join_clips(clips: torch.Tensor, labels: torch.Tensor, num_classes: int, fraction: float,
+               rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temporal CutMix at one cut: each chosen clip keeps its first c of T frames and takes the rest
+    from the next clip in the batch, and its target gives each class its share of the frames.
+
+    A timeline slides the model over a video in which one action follows another, so about one window
+    in two straddles a change of action. Trained on whole clips only, a model's answer for those
+    windows is arbitrary; trained with joins, it follows the majority of the frames, which puts the
+    ends of segments where the actions change. Returns (clips, targets), targets (B, K) probabilities."""
+    targets = F.one_hot(labels, num_classes).float()
+    frames = clips.shape[1]
+    if fraction <= 0 or frames < 2 or len(clips) < 2:
+        return clips, targets
+    joined, mixed = clips.clone(), targets.clone()
+    for i in range(len(clips)):
+        if rng.random() >= fraction:
+            continue
+        partner, cut = (i + 1) % len(clips), rng.randint(1, frames - 1)
+        joined[i, cut:] = clips[partner, cut:]
+        mixed[i] = targets[i] * cut / frames + targets[partner] * (frames - cut) / frames
+    return joined, mixed
+
+
 def train_step(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, dtype: str = "fp32", clip_grad: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step (autocast forward, scaled backward, gradient clipping); (loss, logits)."""
+    """One optimisation step (autocast forward, scaled backward, gradient clipping); (loss, logits).
+    `labels` are class indices (B,) or class probabilities (B, K)."""
     with autocast(clips.device, dtype):
         logits = net(clips)
         loss = F.cross_entropy(logits.float(), labels)
@@ -346,6 +371,8 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     model.to(ranks.device)
     channels_last(model)
     optimizer = make_optimizer(model, config)
+    if not 0 <= config.joins <= 1:
+        raise UsageError(f"joins={config.joins}: must be a fraction in [0, 1]")
     if not config.scales or not all(0 < s <= 1 for s in config.scales):
         raise UsageError(f"scales={config.scales}: must be fractions in (0, 1]")
     train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip,
@@ -417,6 +444,7 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
         if config.freeze_backbone:
             model.backbone.eval()  # its BatchNorms keep the checkpoint's statistics
         totals = [0.0, 0.0, 0.0]  # loss sum, correct, count
+        join_rng = random.Random((config.seed * 1_000_003 + epoch) * 1_000_003 + ranks.rank)
         failures: list[tuple[int, str]] = []
         steps = 0
         show = progress if config.progress and ranks.main and progress is not None else None
@@ -435,9 +463,14 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
             if not distributed.all_true(clips is not None, ranks):
                 advance()
                 continue
+            if config.joins:
+                clips, targets = join_clips(clips, labels, len(classes), config.joins, join_rng)
+                labels = targets.argmax(1)
+            else:
+                targets = labels
             labels = labels.to(ranks.device, non_blocking=True)
-            loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True), labels, optimizer, scaler,
-                                      dtype, config.clip_grad)
+            loss, logits = train_step(net, clips.to(ranks.device, non_blocking=True),
+                                      targets.to(ranks.device, non_blocking=True), optimizer, scaler, dtype, config.clip_grad)
             scheduler.step()
             if not torch.isfinite(loss):
                 raise VtempoError(f"epoch {epoch + 1}: the loss became {loss.item()}; lower the learning rate or use fp32")
