@@ -382,6 +382,19 @@ def test_the_exportable_shift_is_the_reference_shift():
         assert torch.equal(shift_by_concatenation(x, frames, 8), temporal_shift(x, frames))
 
 
+def test_the_one_op_shift_on_int8_codes_fills_with_the_zero_point():
+    from vtempo.fast.shift import compiled_shift
+
+    torch.manual_seed(0)
+    codes = torch.randint(0, 256, (6, 16, 3, 5), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    scale, zero_point = 0.05, 7
+    values = (codes.float() - zero_point) * scale
+    requantized = (temporal_shift(values, 3) / scale).round().add(zero_point).to(torch.uint8)
+    shifted = compiled_shift(codes, 3, 8, float(zero_point))
+    assert torch.equal(shifted, requantized) and shifted.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(compiled_shift(values, 3, 8), temporal_shift(values, 3))
+
+
 # --- int8 ---------------------------------------------------------------------------------------------
 
 

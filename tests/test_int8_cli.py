@@ -124,3 +124,13 @@ def test_int8_classify_runs_records_its_provenance_and_agrees_with_fp32_on_the_e
     expected = {Path(r.path).name: r.top[0].label for r in fp32.classify_files(CLIPS, topk=1, workers=0)}
     assert {Path(row["path"]).name: row["top"][0]["label"] for row in rows} == expected
     assert list((tmp_path / "home" / "int8").glob("*.pt2"))  # the quantized graph is cached
+
+
+@pytest.mark.slow
+def test_the_int8_accuracy_benchmark_compares_a_demo_model_on_fresh_clips():
+    pytest.importorskip("torchao")
+    from vtempo.bench.int8 import compare
+
+    result = compare("tsm-demo", clips=16, seed=7, calibration=8, batch=8)
+    assert result["clips"] == 16 and 0 <= result["top1_int8"] <= 100
+    assert result["agreement"] >= 75, result  # int8 follows fp32 on a bundled model

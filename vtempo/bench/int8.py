@@ -15,12 +15,13 @@ from vtempo.data.synth import CLASSES, render_clip
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
 
-DEMOS = ("tsn-demo", "tsm-demo", "tam-demo", "tcm-demo", "stc-demo", "stc-light-demo", "tefe-demo", "tsi-demo")
+DEMOS = ("tsn-demo", "tsm-demo", "tam-demo", "tcm-demo", "stc-demo", "stc-light-demo", "tefe-demo", "tsi-demo",
+         "tsm-online-demo", "tcm-timeline-demo")
 
 
-def synthetic_views(classifier, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_views(rec, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` clips rendered with `seed` (classes in turn), sampled and preprocessed as the model tests."""
-    plan = classifier.plan
+    plan = rec.plan()
     inputs, labels = [], []
     for index in range(count):
         label = index % len(CLASSES)
@@ -33,12 +34,12 @@ def synthetic_views(classifier, count: int, seed: int) -> tuple[torch.Tensor, to
 
 def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> dict:
     from vtempo.fast.quantize import quantize
-    from vtempo.inference.classify import Classifier
+    from vtempo.inference.recognizer import load
 
-    classifier = Classifier.create(name, device="cpu")
-    views, labels = synthetic_views(classifier, clips, seed)
-    calib, _ = synthetic_views(classifier, calibration, seed + 1000)  # other clips than the test set's
-    fp32 = classifier.model
+    rec = load(name, device="cpu")
+    views, labels = synthetic_views(rec, clips, seed)
+    calib, _ = synthetic_views(rec, calibration, seed + 1000)  # other clips than the test set's
+    fp32 = rec.model
     started = time.perf_counter()
     int8 = quantize(copy.deepcopy(fp32), [calib[i : i + batch] for i in range(0, len(calib) - batch + 1, batch)],
                     compile=False)

@@ -1,7 +1,8 @@
 """Eager fp32 against a faster variant of the same model, clips/s, timed alternately:
 `python -m vtempo.bench.variants {compile,int8} [--dtype fp32] [--rounds 5] [ARCH...]`
 (default tsn-r50 tsm-r50; random weights: speed only). Reports the variant's setup time (compiling,
-or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio.
+or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio;
+int8 is timed with bf16 eager beside it.
 """
 from __future__ import annotations
 
@@ -45,22 +46,32 @@ def main() -> None:
         started = time.perf_counter()
         variant = make_variant(args.kind, eager, clip)
         setup = time.perf_counter() - started
-        ratios = []
-        with torch.inference_mode(), autocast(cpu, dtype):
+        # (model, autocast dtype) per arm; int8 is timed with bf16 eager beside it
+        arms = {"eager": (eager, dtype), args.kind: (variant, dtype)}
+        if args.kind == "int8":
+            arms = {"eager": (eager, "fp32"), "bf16": (eager, "bf16"), "int8": (variant, "fp32")}
+        ratios: dict[str, list[float]] = {name: [] for name in arms if name != "eager"}
+        with torch.inference_mode():
             started = time.perf_counter()
-            variant(clip)
+            with autocast(cpu, dtype):
+                variant(clip)
             first = time.perf_counter() - started
-            eager(clip)
-            for _ in range(args.rounds):
-                times = []
-                for model in (eager, variant):
-                    started = time.perf_counter()
+            for model, arm_dtype in arms.values():
+                with autocast(cpu, arm_dtype):
                     model(clip)
-                    times.append(time.perf_counter() - started)
-                ratios.append(times[0] / times[1])
-        print(f"{arch} {args.kind} {dtype}: {statistics.median(ratios):.2f}× eager clips/s (median of {args.rounds} "
-              f"rounds: {', '.join(f'{r:.2f}' for r in ratios)}); setup {setup:.0f} s, first call {first:.0f} s",
-              flush=True)
+            for _ in range(args.rounds):
+                times = {}
+                for name, (model, arm_dtype) in arms.items():
+                    with autocast(cpu, arm_dtype):
+                        started = time.perf_counter()
+                        model(clip)
+                        times[name] = time.perf_counter() - started
+                for name in ratios:
+                    ratios[name].append(times["eager"] / times[name])
+        for name, values in ratios.items():
+            print(f"{arch} {name} against eager {arms['eager'][1]}: {statistics.median(values):.2f}× clips/s (median of "
+                  f"{args.rounds} rounds: {', '.join(f'{r:.2f}' for r in values)})" +
+                  (f"; setup {setup:.0f} s, first call {first:.0f} s" if name == args.kind else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ What stays fp32: every op the quantizer does not annotate, so all the temporal m
 soft-argmax are elementwise ops, matmuls and softmaxes); their 1×1/3×3 convs are quantized like the
 backbone's, except TCM's dynamics (`FULL_PRECISION`): its reduction conv and correlation feed a
 soft-argmax with a temperature of 100, which int8 would wreck, so the whole module stays fp32.
-TSM's shift is swapped for an out-of-place form first (`shift.swap_shifts_for_export`): the reference
-writes into slices, which an exported graph turns into copies the quantizer cannot see through.
+TSM's shift is swapped for one opaque op first (`shift.swap_shifts_for_export(as_one_op=True)`): the
+reference writes into slices, which an exported graph turns into a copy per slice, and inductor turns
+slices and concatenations into kernels slower than the convs around them. After conversion the op
+runs on the int8 codes (`_shift_in_int8`), filling with the zero point, in channels-last as the convs want.
 
 A quantized model is cached under `<vtempo home>/int8/`, keyed by the model's weights and the
 calibration clips, so a second run with the same model and clips skips the calibration (it still
@@ -43,6 +45,10 @@ def _pt2e():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as error:
         raise VtempoError(f"int8 needs the torchao package: pip install 'vtempo[int8]' ({error})") from None
+    # TSM's shift moves values and computes nothing: like max-pooling, it takes int8 in and gives int8 out
+    # with its input's quantization, so the block output before it stays int8 (else: fp32, quantized twice)
+    for ops in (x86.int8_in_int8_out_ops, x86.default_quantizable_ops, x86.quantizable_ops):
+        ops.add(torch.ops.vtempo.temporal_shift.default)
     return x86, prepare_pt2e, convert_pt2e, lower_pt2e_quantized_to_x86
 
 
@@ -83,7 +89,8 @@ def _calibrate(model: nn.Module, clips: list[torch.Tensor]) -> torch.fx.GraphMod
 
 QUANTIZE, DEQUANTIZE = ("quantized_decomposed.quantize_per_tensor.default",
                         "quantized_decomposed.dequantize_per_tensor.default")
-_MOVES = ("aten.view.default", "aten.slice.Tensor", "aten.constant_pad_nd.default", "aten.cat.default")
+SHIFT = "vtempo.temporal_shift.default"
+_MOVES = ("aten.view.default", "aten.slice.Tensor", "aten.constant_pad_nd.default", "aten.cat.default", SHIFT)
 
 
 def _shift_in_int8(graph_module: torch.fx.GraphModule) -> int:
@@ -127,6 +134,8 @@ def _shift_in_int8(graph_module: torch.fx.GraphModule) -> int:
             )
             if str(node.target) == "aten.constant_pad_nd.default":
                 node.args = (*node.args[:2], int(parameters[1]))
+            if str(node.target) == SHIFT:
+                node.args = (*node.args[:3], float(parameters[1]))
         end.replace_all_uses_with(end.args[0])
         graph.erase_node(end)
         if not root.users:
@@ -137,9 +146,12 @@ def _shift_in_int8(graph_module: torch.fx.GraphModule) -> int:
     return rewritten
 
 
+GRAPH_FORM = "tsm shift as vtempo::temporal_shift"  # part of the cache key: graphs cached in another form are not reused
+
+
 def fingerprint(model: nn.Module, clips: list[torch.Tensor]) -> str:
     """A key for the model's weights and the calibration clips (their bytes)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(GRAPH_FORM.encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
@@ -171,7 +183,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
         raise VtempoError("int8 calibration clips must all have one shape (the model is exported for it)")
     lower = _pt2e()[3]
     _drop_forward_caches(model)
-    swap_shifts_for_export(model)
+    swap_shifts_for_export(model, as_one_op=True)
     model = model.eval()
     path = cache_path(fingerprint(model, clips)) if cache else None
     converted = None

@@ -59,41 +59,52 @@ def shift_by_concatenation(x: torch.Tensor, frames: int, fold_div: int) -> torch
     return torch.cat([following, preceding, clip[:, :, 2 * fold :]], 2).view(x.shape)
 
 
-@torch.library.custom_op("vtempo::temporal_shift", mutates_args=())
-def compiled_shift(x: torch.Tensor, frames: int, fold_div: int) -> torch.Tensor:
+@torch.library.custom_op("vtempo::temporal_shift", mutates_args=(), tags=(torch.Tag.flexible_layout,))
+def compiled_shift(x: torch.Tensor, frames: int, fold_div: int, fill: float = 0.0) -> torch.Tensor:
     """`temporal_shift` as one opaque op for torch.compile: inductor runs the eager copy (memory speed)
     and keeps the channels-last layout its packed convolutions need. Traced through, the shift's slice
-    writes become kernels slower than the whole R-50 around them."""
-    return temporal_shift(x, frames, fold_div)
+    writes become kernels slower than the whole R-50 around them. `fill` is what enters past the ends of
+    the clip: 0, or on int8 codes the zero point (the code of 0.0)."""
+    out = temporal_shift(x, frames, fold_div)
+    if fill:
+        clip, fold = out.view(-1, frames, *x.shape[1:]), x.shape[1] // fold_div
+        clip[:, -1, :fold] = fill
+        clip[:, 0, fold : 2 * fold] = fill
+    return out
 
 
 @compiled_shift.register_fake
-def _(x: torch.Tensor, frames: int, fold_div: int) -> torch.Tensor:
+def _(x: torch.Tensor, frames: int, fold_div: int, fill: float = 0.0) -> torch.Tensor:
     return torch.empty_like(x)
 
 
 class ExportableShift(TemporalModule):
     """Inference-only stand-in for a `TemporalShift` (or `ShiftedPointwiseConv`) in graphs made by
-    torch.export: the shift by `shift_by_concatenation`, then the wrapped layer, kept as `net`."""
+    torch.export: the shift by `shift_by_concatenation` (standard ops, for ONNX and other runtimes) or,
+    `as_one_op`, by `compiled_shift` (for graphs vtempo runs itself: the int8 one), then the wrapped
+    layer, kept as `net`."""
 
-    def __init__(self, shift: nn.Module) -> None:
+    def __init__(self, shift: nn.Module, as_one_op: bool = False) -> None:
         super().__init__()
         self.net, self.fold_div, self.frames = shift.net, shift.fold_div, shift.frames
+        self.as_one_op = as_one_op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.as_one_op:
+            return self.net(compiled_shift(x, self.frames, self.fold_div))
         return self.net(shift_by_concatenation(x, self.frames, self.fold_div))
 
     def output_conv(self) -> nn.Conv2d | None:
         return self.net if isinstance(self.net, nn.Conv2d) else None
 
 
-def swap_shifts_for_export(model: nn.Module) -> int:
+def swap_shifts_for_export(model: nn.Module, as_one_op: bool = False) -> int:
     """Replace every TSM shift module by an `ExportableShift`, in place; returns how many."""
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) in (TemporalShift, ShiftedPointwiseConv)]
     for name, module in targets:
         parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, ExportableShift(module))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, ExportableShift(module, as_one_op))
     return len(targets)
 
 
