@@ -171,3 +171,11 @@ def test_pipeline_option_times_the_classify_pipeline(tmp_path):
 
     missing = run("tsn-r10w8", *TINY, "--pipeline", str(tmp_path / "nowhere"))
     assert missing.exit_code == 2 and "--pipeline" in missing.stderr
+
+
+def test_the_op_breakdown_sums_to_the_whole_and_finds_the_convolutions():
+    from vtempo.bench.ops import CONVOLUTIONS, op_shares
+
+    shares = op_shares("tsm-r14w16", calls=1, frames=4, size=64)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert sum(share for key, share in shares.items() if key in CONVOLUTIONS) > 0.05, shares
