@@ -268,3 +268,6 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert bad.exit_code == 2 and "jsonl" in bad.output
     negative = runner.invoke(app, ["timeline", str(tmp_path / "x.mp4"), "--hop", "-1"])
     assert negative.exit_code in (1, 2) and "Traceback" not in negative.output
+    even = runner.invoke(app, ["timeline", str(tmp_path / "x.mp4"), "--smooth", "2"])
+    assert even.exit_code == 2 and "--smooth must be an odd number" in even.output
+    assert len(even.output.strip().splitlines()) == 1

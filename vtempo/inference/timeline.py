@@ -406,11 +406,13 @@ def timeline(
 ) -> Timeline:
     """Score every window of `video` (each passed to `on_window` as soon as it is scored) and merge
     them into segments. `min_duration` defaults to one window: shorter runs are blips of the windows
-    that straddle a change of action. `smooth`: windows averaged for each window's label. `fps` overrides a rate the container does not give (else 25)."""
+    that straddle a change of action. `smooth`: windows averaged for each window's label. `fps`
+    overrides a rate the container does not give (else 25)."""
     from vtempo.video.sequential import SequentialVideo
 
     if not 0 <= threshold <= 1 or (min_duration is not None and min_duration < 0):
         raise UsageError(f"--threshold must be in [0, 1] and --min-duration at least 0, got {threshold}, {min_duration}")
+    check_smooth(smooth)
     with SequentialVideo(video, rec.max_side) as source:
         rate = fps or source.fps or 25.0
         window_frames, hop_frames = frames_per_window(rec, rate, window, hop)
