@@ -273,8 +273,8 @@ def join_clips(clips: torch.Tensor, labels: torch.Tensor, num_classes: int, frac
     """Temporal CutMix at one cut: each chosen clip keeps its first c of T frames and takes the rest
     from the next clip in the batch, and its target gives each class its share of the frames.
 
-    A timeline slides the model over a video in which one action follows another, so about one window
-    in two straddles a change of action. Trained on whole clips only, a model's answer for those
+    A timeline slides the model over a video in which one action follows another, so some of its
+    windows straddle a change of action. Trained on whole clips only, a model's answer for those
     windows is arbitrary; trained with joins, it follows the majority of the frames, which puts the
     ends of segments where the actions change. Returns (clips, targets), targets (B, K) probabilities."""
     targets = F.one_hot(labels, num_classes).float()
