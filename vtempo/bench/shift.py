@@ -1,8 +1,9 @@
 """TSM against TSN, with each way of TSM's shift forced and with the measured choice:
 `python -m vtempo.bench.shift [--size 224] [--frames 8] [--rounds 9] [--dtype fp32,bf16]`.
 
-All variants are built first and then timed round-robin (one call each per round), and the ratios are
-taken per round before the median, so a change of machine load hits every variant alike.
+All variants are built first and then timed round-robin (one call each per round, each round starting
+one variant later), and the ratios are taken per round before the median, so a change of machine load
+hits every variant alike.
 """
 from __future__ import annotations
 
@@ -55,9 +56,12 @@ def main() -> None:
             for model in models.values():  # warm-up; the chosen variant measures its ways here
                 model(clip)
             ratios: dict[str, list[float]] = {name: [] for name in models}
-            for _ in range(args.rounds):
+            names = list(models)
+            for round_index in range(args.rounds):
                 times = {}
-                for name, model in models.items():
+                # each round starts one variant later: none always runs right after the same other one
+                order = names[round_index % len(names):] + names[: round_index % len(names)]
+                for name, model in ((name, models[name]) for name in order):
                     started = time.perf_counter()
                     model(clip)
                     times[name] = time.perf_counter() - started
