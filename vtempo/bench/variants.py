@@ -47,9 +47,8 @@ def main() -> None:
         variant = make_variant(args.kind, eager, clip)
         setup = time.perf_counter() - started
         # (model, autocast dtype) per arm; int8 is timed with bf16 eager beside it
-        arms = {"eager": (eager, dtype), args.kind: (variant, dtype)}
-        if args.kind == "int8":
-            arms = {"eager": (eager, "fp32"), "bf16": (eager, "bf16"), "int8": (variant, "fp32")}
+        bf16 = {"bf16": (eager, "bf16")} if args.kind == "int8" else {}
+        arms = {"eager": (eager, dtype), **bf16, args.kind: (variant, dtype)}
         ratios: dict[str, list[float]] = {name: [] for name in arms if name != "eager"}
         with torch.inference_mode():
             started = time.perf_counter()

@@ -309,8 +309,7 @@ class SegmentBuilder:
     def finish(self, duration: float) -> list[Segment]:
         if self.smooth > 1:  # the last windows, with the neighbours they have
             half = self.smooth // 2
-            first = max(0, len(self._recent) - half) if len(self._windows) else 0
-            for position in range(first, len(self._recent)):
+            for position in range(max(0, len(self._recent) - half), len(self._recent)):
                 self._label(position)
             self._recent.clear()
         if not self._windows:
