@@ -358,7 +358,8 @@ def peak_rss_kb(runs: list[list[str]]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "0"])  # decoding in a worker, and in the model's process
+def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path, workers):
     # 112-pixel views of 4 frames (600 kB each): were they kept, 200 files would add 120 MB
     model = vtempo.create_model("tsn-r10w8", num_classes=len(LABELS), frames=4)
     checkpoint = save_checkpoint(model, tmp_path / "tiny112.pt", arch="tsn-r10w8", frames=4, input_size=112)
@@ -366,7 +367,7 @@ def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path)
     runs = []
     for count in (20, 200):
         videos = symlinks(tmp_path / f"n{count}", source, count)
-        runs.append(["classify", str(videos), "--model", "tsn-r10w8", "--weights", str(checkpoint), "--workers", "1",
+        runs.append(["classify", str(videos), "--model", "tsn-r10w8", "--weights", str(checkpoint), "--workers", workers,
                      "-o", str(tmp_path / f"n{count}.jsonl")])
     peak_20, peak_200 = peak_rss_kb(runs)
     for count in (20, 200):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -237,6 +240,37 @@ def test_where_packing_is_measured_slower_the_plain_convolution_runs():
 def test_prepare_names_an_unknown_fast_path():
     with pytest.raises(ValueError, match="unknown fast path.*nonsense"):
         prepare(with_random_statistics("tsn-r10w8"), torch.device("cpu"), skip=("nonsense",))
+
+
+HEAP_PROBE = """
+import resource, sys, torch
+from vtempo.fast import prepare
+from vtempo.models import build
+from vtempo.runtime import malloc_thresholds
+malloc_thresholds(1 << 17, 1 << 17)  # every buffer over 128 KiB mapped afresh and unmapped when freed
+model = prepare(build("tsn-r18", frames=4), torch.device("cpu"), skip=tuple(sys.argv[1:]))
+clip = torch.randn(1, 4, 3, 112, 112)
+with torch.inference_mode():
+    model(clip)
+    model(clip)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    model(clip)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, model.fast_paths.get("heap"))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds it sets are glibc malloc's")
+def test_with_the_heap_fast_path_a_call_reuses_the_memory_the_last_one_freed():
+    def third_call(*skip: str) -> tuple[int, str]:
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *skip], capture_output=True, text=True, check=True)
+        faults, applied = out.stdout.split()
+        return int(faults), applied
+
+    kept, applied = third_call()
+    mapped_afresh, not_applied = third_call("heap")
+    assert (applied, not_applied) == ("1", "None")
+    # R-18's activations at 4×112² are about 10 MB: 2,500 pages each time they are mapped afresh
+    assert mapped_afresh > 1000 and kept < mapped_afresh / 20, (kept, mapped_afresh)
 
 
 class _Gate(TemporalModule):

@@ -34,7 +34,8 @@ import vtempo
 from vtempo.cli import app
 from vtempo.commands import common
 from vtempo.inference.recognizer import load
-from vtempo.inference.decoding import ViewPlan, available_cores, cap_workers, video_loader
+from vtempo.inference.decoding import ViewPlan, cap_workers, video_loader
+from vtempo.runtime import available_cores
 from vtempo.inference.results import NOT_FINITE, Prediction, ResultWriter, VideoResult
 from vtempo.video import VideoError, available_backends, open_video
 from vtempo.video.check import check_video
@@ -536,3 +537,18 @@ def test_escape_and_the_console_guard():
     assert "\x1b[2J" not in terminal.getvalue() and "\\x1b[2J" in terminal.getvalue()
     assert "\x1b[31m" in terminal.getvalue()  # rich's own colours still reach the terminal
 
+
+
+def test_decode_workers_default_to_the_cores_the_models_threads_leave(monkeypatch):
+    import vtempo.runtime as runtime
+
+    threads = {"count": 8}
+    monkeypatch.setattr(runtime, "available_cores", lambda: 16)
+    monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: threads["count"])
+    assert runtime.default_workers() == 8  # 8 physical cores run the model, their 8 hyperthreads decode
+    assert runtime.default_workers(3) == 3
+    threads["count"] = 16  # no hyperthreads: decoding runs in the model's process
+    assert runtime.default_workers() == 0 and runtime.default_workers(5, torch.device("cpu")) == 0
+    assert runtime.default_workers(device=torch.device("cuda")) == 8  # a GPU model leaves the CPU to them
+    threads["count"] = 2
+    assert runtime.default_workers() == 8  # at most 8

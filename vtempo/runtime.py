@@ -8,6 +8,7 @@ physical core).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import platform
@@ -89,11 +90,44 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def default_workers(files: int | None = None) -> int:
-    """Decode workers: half the cores (the model needs the rest), at least 1, at most 8, and never more
-    than there are files to decode."""
-    workers = max(1, min(8, (os.cpu_count() or 2) // 2))
+def default_workers(files: int | None = None, device: torch.device | None = None) -> int:
+    """Decode workers for a model on `device` (default the CPU), at most 8 and never more than there are
+    files. A model on the CPU runs torch's threads, one per physical core, and needs them all: the
+    workers get the cores those threads leave free (hyperthreads), and where they leave none, decoding
+    runs in the model's process between batches. A worker there would decode only while the model
+    waits for it, at the priority below the model's, and its frames would cross between processes on
+    top (docs/performance.md). A model on a GPU leaves the CPU to them: half the cores."""
+    cores = available_cores()
+    free = cores // 2 if device is not None and device.type != "cpu" else cores - torch.get_num_threads()
+    workers = max(0, min(8, free))
     return workers if files is None else max(0, min(workers, files))
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def malloc_thresholds(mmap: int, trim: int) -> bool:
+    """Set glibc malloc's M_MMAP_THRESHOLD (buffers from this size up get a mapping of their own,
+    unmapped when freed) and M_TRIM_THRESHOLD (free memory kept at the heap's top) for this process.
+    False where malloc is not glibc's; fixing the thresholds turns off glibc's own adjustment of them."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(-3, mmap)) and bool(mallopt(-1, trim))
+
+
+def malloc_trim() -> None:
+    """Hand the free memory of glibc's heap back to the OS (elsewhere nothing happens)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @functools.cache

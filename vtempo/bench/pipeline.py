@@ -125,7 +125,7 @@ def measure_pipeline(
     if size:
         recognizer.preprocess = Preprocess.from_entry(recognizer.entry, size)
     plan = recognizer.plan(views)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(device=recognizer.device) if workers is None else workers
 
     def run(paths):
         return recognizer.classify_files(paths, views=views, batch_size=batch, workers=workers)

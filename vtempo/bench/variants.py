@@ -1,8 +1,10 @@
 """Eager fp32 against a faster variant of the same model, clips/s, timed alternately:
-`python -m vtempo.bench.variants {compile,int8} [--dtype fp32] [--rounds 5] [ARCH...]`
+`python -m vtempo.bench.variants {compile,int8,heap} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
 (default tsn-r50 tsm-r50; random weights: speed only). Reports the variant's setup time (compiling,
 or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio;
-int8 is timed with bf16 eager beside it.
+int8 is timed with bf16 eager beside it. `heap` times the same model with freed buffers kept in the
+heap (`fast.heap`) against every buffer over 128 KiB mapped afresh (glibc's way for buffers over its
+threshold, at most 32 MiB), switching between the two before each call.
 """
 from __future__ import annotations
 
@@ -14,11 +16,30 @@ import time
 import torch
 
 from vtempo.fast import prepare
+from vtempo.fast.heap import keep_freed_buffers
 from vtempo.models import build
-from vtempo.runtime import autocast
+from vtempo.runtime import autocast, malloc_thresholds, malloc_trim
+
+
+def map_afresh() -> None:
+    malloc_thresholds(1 << 17, 1 << 17)
+    malloc_trim()
+
+
+def as_before() -> None:
+    pass
+
+
+def keep_afresh(model: torch.nn.Module, clip: torch.Tensor) -> None:
+    """Keep freed buffers from now on, and make one call that fills the heap (after `map_afresh` it is
+    empty) for the timed call to reuse."""
+    keep_freed_buffers(model, torch.device("cpu"))
+    model(clip)
 
 
 def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch.nn.Module:
+    if kind == "heap":
+        return model
     if kind == "compile":
         from vtempo.fast.compile import compile_model
 
@@ -30,38 +51,43 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=("compile", "int8"))
+    parser.add_argument("kind", choices=("compile", "int8", "heap"))
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])
     parser.add_argument("--dtype", default="fp32", help="autocast dtype of both arms (compile only)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     torch.manual_seed(0)
-    clip = torch.randn(1, args.frames, 3, args.size, args.size)
-    dtype = args.dtype if args.kind == "compile" else "fp32"
+    clip = torch.randn(args.batch, args.frames, 3, args.size, args.size)
+    dtype = args.dtype if args.kind in ("compile", "heap") else "fp32"
     cpu = torch.device("cpu")
     for arch in args.archs:
         eager = prepare(build(arch, frames=args.frames), cpu)
         started = time.perf_counter()
         variant = make_variant(args.kind, eager, clip)
         setup = time.perf_counter() - started
-        # (model, autocast dtype) per arm; int8 is timed with bf16 eager beside it
-        bf16 = {"bf16": (eager, "bf16")} if args.kind == "int8" else {}
-        arms = {"eager": (eager, dtype), **bf16, args.kind: (variant, dtype)}
+        # (model, autocast dtype, what runs before each call) per arm; int8 has bf16 eager beside it
+        heap = args.kind == "heap"
+        bf16 = {"bf16": (eager, "bf16", as_before)} if args.kind == "int8" else {}
+        arms = {"eager": (eager, dtype, map_afresh if heap else as_before), **bf16,
+                args.kind: (variant, dtype, (lambda: keep_afresh(eager, clip)) if heap else as_before)}
         ratios: dict[str, list[float]] = {name: [] for name in arms if name != "eager"}
         with torch.inference_mode():
             started = time.perf_counter()
             with autocast(cpu, dtype):
                 variant(clip)
             first = time.perf_counter() - started
-            for model, arm_dtype in arms.values():
+            for model, arm_dtype, before in arms.values():
                 with autocast(cpu, arm_dtype):
+                    before()
                     model(clip)
             for _ in range(args.rounds):
                 times = {}
-                for name, (model, arm_dtype) in arms.items():
+                for name, (model, arm_dtype, before) in arms.items():
                     with autocast(cpu, arm_dtype):
+                        before()
                         started = time.perf_counter()
                         model(clip)
                         times[name] = time.perf_counter() - started

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         views: Optional[str] = typer.Option(None, "--views", metavar="CLIPSxCROPS", help="Override the test views, e.g. 1x1, 2x3, 10x3."),
         topk: int = typer.Option(5, "--topk", help="Labels to report per video."),
         batch_size: int = typer.Option(8, "--batch-size", help="Clips (views) per model call."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process; default: half the cores)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process; default: the cores the model's threads leave free, half the cores for a GPU model)."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv."),
         resume: bool = typer.Option(False, "--resume", help="Go on with an existing .jsonl output: skip the videos it has."),
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
         if ranks.distributed:
             device = str(ranks.device)
-            workers = max(1, default_workers() // distributed.local_world()) if workers is None else workers
+            workers = max(1, default_workers(device=ranks.device) // distributed.local_world()) if workers is None else workers
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
         recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels,

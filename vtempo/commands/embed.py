@@ -111,7 +111,7 @@ def embed(
     failed = 0
     try:
         embedded = run_embed(rec, mine, per_frame=per_frame, window=window, hop=hop, views=views,
-                             batch_size=batch_size, workers=default_workers(len(mine)) if workers is None else workers,
+                             batch_size=batch_size, workers=default_workers(len(mine), rec.device) if workers is None else workers,
                              normalize=normalize) if mine else iter(())
         for position, video in zip(positions, embedded):
             if not video.ok:

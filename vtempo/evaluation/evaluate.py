@@ -173,7 +173,7 @@ def evaluate(data: str | os.PathLike, model: str | os.PathLike | Recognizer, wei
                 progress(done[0], shard_size)
 
         scores, truth, failed = predict(
-            recognizer.model, dataset, batch_size=batch_size, workers=default_workers() if workers is None else workers,
+            recognizer.model, dataset, batch_size=batch_size, workers=default_workers(device=recognizer.device) if workers is None else workers,
             ranks=ranks, dtype=recognizer.dtype, average=protocol.average, progress=advance,
         )
         top1, top5, per_class, confusion = summarise(scores, truth, videos.classes)

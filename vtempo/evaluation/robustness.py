@@ -141,7 +141,7 @@ def sweep(data: str | os.PathLike, models: Sequence[Recognizer], strides: Sequen
     shard = list(range(ranks.rank, len(dataset), ranks.world))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, shard), batch_size=batch_size,
-        num_workers=default_workers() if workers is None else workers, collate_fn=_collate,
+        num_workers=default_workers(device=reference.device) if workers is None else workers, collate_fn=_collate,
     )
     engines = [Engine(m.model, m.device, m.dtype, batch_size * len(strides)) for m in models]
     correct1 = np.zeros((len(models), len(strides)))

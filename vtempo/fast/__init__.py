@@ -15,6 +15,7 @@ import torch
 
 from vtempo.fast.casts import cache_autocast_casts
 from vtempo.fast.fold import fold_batch_norms
+from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
 from vtempo.fast.shift import swap_shifted_pointwise_convs
 from vtempo.runtime import CHANNELS_LAST
@@ -26,6 +27,7 @@ FAST_PATHS: dict[str, FastPath] = {
     "shift": swap_shifted_pointwise_convs,  # TSM's shift + 1×1 conv without the copy where that is faster
     "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
     "pack": pack_conv_weights,  # fp32 CPU convolutions' weights in oneDNN's layout, packed once
+    "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; sets the whole process)
 }
 
 

@@ -1,7 +1,6 @@
 """Decoding in worker processes: from a path to the model's views, under the model's test protocol."""
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import signal
@@ -13,7 +12,7 @@ from typing import Any, Sequence
 import cv2
 import torch
 
-from vtempo.runtime import default_workers  # noqa: F401
+from vtempo.runtime import available_cores, malloc_thresholds, malloc_trim
 from vtempo.video import VideoError, open_video
 from vtempo.video.discovery import FailedInput
 from vtempo.video.sampling import clip_indices
@@ -85,16 +84,12 @@ def _keep(item):
     return item
 
 
-def _fixed_mmap_threshold(threshold: int = 1 << 17) -> None:
-    """Serve every buffer over 128 KiB from its own mapping, returned to the OS when freed.
-
-    glibc raises its mmap threshold each time such a buffer is freed, after which decoded frames and
-    views land on the heap and fragment it: memory then grows with every file decoded.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc
+def return_freed_buffers() -> None:
+    """Serve every buffer over 128 KiB from its own mapping, returned to the OS when freed, and trim the
+    heap's free top beyond 128 KiB: a decode worker's frames differ in size from video to video, and a
+    heap that kept them (glibc's own adjustment, or the model process's `fast.heap` it inherits) would
+    fragment and grow with every file decoded."""
+    malloc_thresholds(1 << 17, 1 << 17)
 
 
 def _quiet_when_the_reader_left(kind, value, trace) -> None:
@@ -114,18 +109,11 @@ def _init_worker(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.excepthook = _quiet_when_the_reader_left
     torch.set_num_threads(1)
+    return_freed_buffers()
     # The model runs as many threads as there are cores and they meet at a barrier after every op: a
     # worker that preempts one of them stalls them all. At the lowest priority the workers decode in
     # the gaps the model leaves.
     os.nice(19)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def cap_workers(requested: int, files: int) -> int:
@@ -137,8 +125,12 @@ def cap_workers(requested: int, files: int) -> int:
 def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memory: bool = False):
     """A DataLoader yielding one decoded item per video, in order; `workers` is capped by `cap_workers`."""
     workers = cap_workers(workers, len(videos))
-    _fixed_mmap_threshold()  # before the workers fork, so they inherit it
     if workers:
+        # The workers fork from this process at the loader's first item. Pages of this process's heap
+        # that exist then are shared with them copy-on-write, so the model's next writes to the freed
+        # activations it keeps (`fast.heap`) would copy them page by page: handed back to the OS first,
+        # they are mapped afresh as zeros instead, at a fraction of the cost.
+        malloc_trim()
         # One OpenCV thread, set here before the fork: the workers already run in parallel, and a
         # worker that reconfigures a thread pool it inherited from a fork can deadlock on its lock.
         cv2.setNumThreads(1)

@@ -30,7 +30,6 @@ import torch
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.decoding import (
     ViewPlan,
-    _fixed_mmap_threshold,
     _init_worker,
     _keep,
 )
@@ -124,7 +123,6 @@ def embed(
     clips, crop = parse_views(views) if views else (rec.protocol.clips, rec.protocol.crop)
     plan = EmbedPlan(ViewPlan(rec.frames, rec.protocol, clips, crop, rec.preprocess), per_frame)
     crops = CROPS[crop]
-    _fixed_mmap_threshold()
     loader = torch.utils.data.DataLoader(
         _Clips(paths, plan), batch_size=None, num_workers=workers, collate_fn=_keep,
         worker_init_fn=_init_worker if workers else None, prefetch_factor=2 if workers else None,

@@ -330,7 +330,7 @@ class Recognizer:
         at_least("workers", workers, 0)
         plan = self.plan(views)
         videos = collect_videos(paths, recursive)
-        workers = default_workers(len(videos)) if workers is None else workers
+        workers = default_workers(len(videos), self.device) if workers is None else workers
         loader = iter(video_loader(videos, plan, workers, pin_memory=self.device.type == "cuda"))
         return self._results(loader, videos, topk, batch_size, progress)
 

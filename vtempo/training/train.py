@@ -352,7 +352,7 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     if config.resize:
         pre = dataclasses.replace(pre, resize=(config.resize,))
     dtype = resolve_dtype(config.dtype, ranks.device)
-    workers = 0 if config.cache else default_workers() if config.workers is None else config.workers
+    workers = 0 if config.cache else default_workers(device=ranks.device) if config.workers is None else config.workers
     out = Path(config.out)
 
     if config.shift is not None and not arch.startswith("tsm-"):
