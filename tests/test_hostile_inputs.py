@@ -35,8 +35,8 @@ from vtempo.cli import app
 from vtempo.commands import common
 from vtempo.inference.recognizer import load
 from vtempo.inference.decoding import ViewPlan, cap_workers, video_loader
-from vtempo.runtime import available_cores
 from vtempo.inference.results import NOT_FINITE, Prediction, ResultWriter, VideoResult
+from vtempo.runtime import available_cores
 from vtempo.video import VideoError, available_backends, open_video
 from vtempo.video.check import check_video
 from vtempo.video.discovery import NO_VIDEOS, FailedInput, collect_videos
@@ -536,7 +536,6 @@ def test_escape_and_the_console_guard():
         guarded.print("[red]styled[/]")
     assert "\x1b[2J" not in terminal.getvalue() and "\\x1b[2J" in terminal.getvalue()
     assert "\x1b[31m" in terminal.getvalue()  # rich's own colours still reach the terminal
-
 
 
 def test_decode_workers_default_to_the_cores_the_models_threads_leave(monkeypatch):

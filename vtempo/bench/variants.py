@@ -30,7 +30,7 @@ def as_before() -> None:
     pass
 
 
-def keep_afresh(model: torch.nn.Module, clip: torch.Tensor) -> None:
+def keep_and_refill(model: torch.nn.Module, clip: torch.Tensor) -> None:
     """Keep freed buffers from now on, and make one call that fills the heap (after `map_afresh` it is
     empty) for the timed call to reuse."""
     keep_freed_buffers(model, torch.device("cpu"))
@@ -72,7 +72,7 @@ def main() -> None:
         heap = args.kind == "heap"
         bf16 = {"bf16": (eager, "bf16", as_before)} if args.kind == "int8" else {}
         arms = {"eager": (eager, dtype, map_afresh if heap else as_before), **bf16,
-                args.kind: (variant, dtype, (lambda: keep_afresh(eager, clip)) if heap else as_before)}
+                args.kind: (variant, dtype, (lambda: keep_and_refill(eager, clip)) if heap else as_before)}
         ratios: dict[str, list[float]] = {name: [] for name in arms if name != "eager"}
         with torch.inference_mode():
             started = time.perf_counter()
