@@ -111,23 +111,28 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def malloc_thresholds(mmap: int, trim: int) -> bool:
     """Set glibc malloc's M_MMAP_THRESHOLD (buffers from this size up get a mapping of their own,
     unmapped when freed) and M_TRIM_THRESHOLD (free memory kept at the heap's top) for this process.
     False where malloc is not glibc's; fixing the thresholds turns off glibc's own adjustment of them."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(-3, mmap)) and bool(mallopt(-1, trim))
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(-3, mmap)) and bool(libc.mallopt(-1, trim))
 
 
 def malloc_trim() -> None:
     """Hand the free memory of glibc's heap back to the OS (elsewhere nothing happens)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 @functools.cache

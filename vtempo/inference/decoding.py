@@ -124,7 +124,12 @@ def cap_workers(requested: int, files: int) -> int:
 
 def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memory: bool = False):
     """A DataLoader yielding one decoded item per video, in order; `workers` is capped by `cap_workers`."""
-    workers = cap_workers(workers, len(videos))
+    return decode_loader(VideoViews(videos, plan), cap_workers(workers, len(videos)), pin_memory)
+
+
+def decode_loader(dataset: torch.utils.data.Dataset, workers: int, pin_memory: bool = False):
+    """A DataLoader yielding `dataset`'s items one by one, in order, decoded by `workers` processes
+    (0: in this process)."""
     if workers:
         # The workers fork from this process at the loader's first item. Pages of this process's heap
         # that exist then are shared with them copy-on-write, so the model's next writes to the freed
@@ -135,7 +140,7 @@ def video_loader(videos: Sequence[Path], plan: ViewPlan, workers: int, pin_memor
         # worker that reconfigures a thread pool it inherited from a fork can deadlock on its lock.
         cv2.setNumThreads(1)
     return torch.utils.data.DataLoader(
-        VideoViews(videos, plan),
+        dataset,
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,

@@ -28,11 +28,7 @@ import numpy as np
 import torch
 
 from vtempo.errors import UsageError, VtempoError
-from vtempo.inference.decoding import (
-    ViewPlan,
-    _init_worker,
-    _keep,
-)
+from vtempo.inference.decoding import ViewPlan, decode_loader
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
@@ -123,11 +119,7 @@ def embed(
     clips, crop = parse_views(views) if views else (rec.protocol.clips, rec.protocol.crop)
     plan = EmbedPlan(ViewPlan(rec.frames, rec.protocol, clips, crop, rec.preprocess), per_frame)
     crops = CROPS[crop]
-    loader = torch.utils.data.DataLoader(
-        _Clips(paths, plan), batch_size=None, num_workers=workers, collate_fn=_keep,
-        worker_init_fn=_init_worker if workers else None, prefetch_factor=2 if workers else None,
-    )
-    for path, item in zip(paths, loader):
+    for path, item in zip(paths, decode_loader(_Clips(paths, plan), workers)):
         if item["error"] is not None:
             yield EmbeddedVideo(path, error=item["error"])
             continue
