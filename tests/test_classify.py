@@ -360,19 +360,24 @@ def peak_rss_kb(runs: list[list[str]]) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "0"])  # decoding in a worker, and in the model's process
 def test_memory_stays_flat_with_the_number_of_files(tiny, good_videos, tmp_path, workers):
-    # 112-pixel views of 4 frames (600 kB each): were they kept, 200 files would add 120 MB
+    # The views of a file are 4 frames at 112 pixels, 602 kB: kept, those of 600 files would add 350 MB.
+    # Allocator slack does vary by tens of MB from run to run (the model's process keeps freed buffers,
+    # `fast.heap`, whose free space the order of a worker's arrivals scatters), but it stays well under that.
     model = vtempo.create_model("tsn-r10w8", num_classes=len(LABELS), frames=4)
     checkpoint = save_checkpoint(model, tmp_path / "tiny112.pt", arch="tsn-r10w8", frames=4, input_size=112)
     source = good_videos["mp4v.mp4"].path
+    counts = (20, 600)
     runs = []
-    for count in (20, 200):
+    for count in counts:
         videos = symlinks(tmp_path / f"n{count}", source, count)
         runs.append(["classify", str(videos), "--model", "tsn-r10w8", "--weights", str(checkpoint), "--workers", workers,
                      "-o", str(tmp_path / f"n{count}.jsonl")])
-    peak_20, peak_200 = peak_rss_kb(runs)
-    for count in (20, 200):
+    peaks = peak_rss_kb(runs)
+    for count in counts:
         assert (tmp_path / f"n{count}.jsonl").read_text().count("\n") == count
-    assert peak_200 <= 1.10 * peak_20, (peak_20, peak_200)
+    views_kb = 4 * 3 * 112 * 112 * 4 / 1024
+    kept_kb = (counts[1] - counts[0]) * views_kb
+    assert peaks[1] - peaks[0] <= kept_kb / 2, (peaks, kept_kb)
 
 
 @pytest.mark.slow  # starts decode worker processes

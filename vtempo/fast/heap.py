@@ -6,7 +6,8 @@ top. A model call allocates all its activations afresh, so each call page-faults
 them again: at batch 8 an R-50 call on 2 cores spent 27–34% of its CPU time in the kernel doing so,
 and ran 1.6× faster without (docs/performance.md). With both thresholds at 1 GiB, freed activations
 stay in the heap, where the next call's buffers of the same sizes reuse them; the process keeps about
-the peak of one call.
+the peak of one call, plus free space scattered by allocations between calls (with a decode worker,
+up to 90 MB more after thousands of files for a small model, measured by the peak RSS of `classify`).
 
 It is a setting of the whole process, from then on. Decode workers, whose buffers vary with every
 video, set the opposite (`vtempo.inference.decoding`).
