@@ -131,12 +131,14 @@ def normalise(frames: np.ndarray | torch.Tensor, mean: Sequence[float], std: Seq
     mean/std given for [0, 1] pixels (TSM style: 0.485...) or for 0–255 pixels (MMAction2 style:
     123.675...); the scale is told apart by the mean's magnitude.
     """
-    tensor = torch.as_tensor(frames)
+    # The layout changes on the bytes, then one product converts and scales, and the shift is added in
+    # place: less than half the time of converting first (this runs once per clip, between model calls).
+    pixels = torch.as_tensor(frames).movedim(-1, -3).contiguous()
     scale = 255.0 if max(mean) <= 1.0 else 1.0
-    mean_t = torch.tensor(mean, dtype=torch.float32) * scale
-    std_t = torch.tensor(std, dtype=torch.float32) * scale
-    out = (tensor.float() - mean_t) / std_t
-    return out.movedim(-1, -3).contiguous()
+    std_t = torch.tensor(std, dtype=torch.float64) * scale
+    gain = (1.0 / std_t).float().view(3, 1, 1)
+    offset = (-torch.tensor(mean, dtype=torch.float64) * scale / std_t).float().view(3, 1, 1)
+    return torch.mul(pixels, gain).add_(offset).float()  # a new tensor even for float input: the caller's stays
 
 
 def make_views(frames: np.ndarray, spec: Preprocess | ModelEntry | None, crops: str | int = 1) -> torch.Tensor:
