@@ -73,6 +73,26 @@ def test_every_way_in_bf16_is_the_conv_of_the_shifted_copy_up_to_bf16_rounding(w
     torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2 * float(expected.abs().max()))
 
 
+def test_the_in_place_shift_gives_the_copys_result_exactly_and_leaves_its_input_as_it_was():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 24, 1).to(memory_format=torch.channels_last)
+    x = torch.randn(2 * 4, 32, 5, 7).contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    with torch.inference_mode():
+        assert torch.equal(WAYS["in_place"](x, conv, 4, 8), WAYS["copy"](x, conv, 4, 8))
+    assert torch.equal(x, before)
+
+    seen = []
+
+    def failing(shifted):
+        seen.append(shifted.clone())
+        raise RuntimeError("out of memory")
+
+    with torch.inference_mode(), pytest.raises(RuntimeError):
+        WAYS["in_place"](x, failing, 4, 8)
+    assert torch.equal(seen[0], temporal_shift(before, 4)) and torch.equal(x, before)
+
+
 @pytest.mark.parametrize("way", sorted(WAYS))
 def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
     model = with_random_statistics("tsm-r14w16")  # bottlenecks: every conv1 is 1×1
