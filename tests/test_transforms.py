@@ -77,7 +77,6 @@ def test_normalise_both_pixel_scales():
     assert torch.allclose(normalise(frames, mm_mean, mm_std), out, atol=1e-5)
 
 
-
 def test_normalise_matches_the_formula_pixel_for_pixel_and_leaves_its_input():
     frames = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), np.uint8)  # H ≠ W: a swap would show
     expected = (frames / 255.0 - np.array(MEAN)) / np.array(STD)  # float64, (T, H, W, 3)
@@ -88,6 +87,7 @@ def test_normalise_matches_the_formula_pixel_for_pixel_and_leaves_its_input():
     before = floats.clone()
     assert torch.allclose(normalise(floats, MEAN, STD), normalise(frames[:, :1, :1], MEAN, STD))
     assert torch.equal(floats, before)
+
 
 def test_make_views_shapes_and_content():
     frames = gradient_frames(3, 240, 320)

@@ -3,11 +3,12 @@
 `models.tsm.TemporalShift` computes its reference: a shifted copy of the block's input, then the conv.
 The copy is a full read and write of every shifted block's input. Two ways avoid it. `shifted_in_place`
 shifts the quarter of the channels that move inside x itself, runs the conv on x and puts them back:
-a quarter of the memory traffic and no new block-sized buffer, for any conv. For a 1×1, stride-1 conv
-on a channels-last input there is also a way without any copy (`shifted_gemm`): per clip the (N·T, C, H, W) batch is a
-(T·H·W, C) matrix whose rows run frame by frame, the conv is that matrix times the (C, C_out) weight,
-and shifting a channel group by one frame offsets its rows by H·W, so its product is added into the
-output rows one frame away. Every operand is a strided view of x, read in place by the BLAS GEMM.
+three passes over that quarter (3/4 of the copy's bytes) and no new block-sized buffer, for any conv.
+For a 1×1, stride-1 conv on a channels-last input there is also a way without any copy
+(`shifted_gemm`): per clip the (N·T, C, H, W) batch is a (T·H·W, C) matrix whose rows run frame by
+frame, the conv is that matrix times the (C, C_out) weight, and shifting a channel group by one frame
+offsets its rows by H·W, so its product is added into the output rows one frame away. Every operand
+is a strided view of x, read in place by the BLAS GEMM.
 
 Which way is faster depends on the CPU (the GEMM library's kernels for it against oneDNN's 1×1 conv),
 the threads, the shape and the dtype, so `ShiftedPointwiseConv` times them on the first input of each
@@ -128,7 +129,7 @@ def swap_shifts_for_export(model: nn.Module, as_one_op: bool = False) -> int:
 
 Way = Callable[[torch.Tensor, nn.Conv2d, int, int], torch.Tensor]
 # The first is the one `Chooser` keeps unless another is measured clearly faster: the in-place shift,
-# the least memory moved and no buffer allocated.
+# the least memory moved and no block-sized buffer allocated.
 WAYS: dict[str, Way] = {"in_place": shifted_in_place, "copy": shifted_copy, "gemm": shifted_gemm}
 
 

@@ -131,7 +131,7 @@ def normalise(frames: np.ndarray | torch.Tensor, mean: Sequence[float], std: Seq
     mean/std given for [0, 1] pixels (TSM style: 0.485...) or for 0–255 pixels (MMAction2 style:
     123.675...); the scale is told apart by the mean's magnitude.
     """
-    # The layout changes on the bytes, then one product converts and scales, and the shift is added in
+    # The layout changes on the bytes, then one product converts and scales, and the offset is added in
     # place: less than half the time of converting first (this runs once per clip, between model calls).
     pixels = torch.as_tensor(frames).movedim(-1, -3).contiguous()
     scale = 255.0 if max(mean) <= 1.0 else 1.0
