@@ -23,6 +23,7 @@ from vtempo.bench.pipeline import measure_pipeline
 from vtempo.cli import app
 from vtempo.errors import UsageError
 from vtempo.inference.classify import classify, parse_views
+from vtempo.video import available_backends
 from vtempo.video import open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
@@ -86,7 +87,8 @@ def test_results_in_input_order_with_failures_in_place(tiny, good_videos, bad_vi
         assert sum(probs) == pytest.approx(1, abs=1e-5)  # all 5 classes listed
         assert {p.label for p in result.top} == set(LABELS)
         assert result.num_frames == 60 and result.views == 1
-    assert results[2].backend == "opencv" and results[0].backend == "decord"
+    # MPEG program streams have no index: only the sequential reader takes them
+    assert results[2].backend == "opencv" and results[0].backend == available_backends()[0]
 
 
 def expected_probs(tiny, path: Path, clips: int, crop: str, average: str) -> torch.Tensor:
@@ -181,7 +183,7 @@ def test_measure_pipeline(tiny, good_videos, tmp_path):
     report = measure_pipeline("tsn-r10w8", tmp_path, device="cpu", batch=2, workers=1, frames=4, size=32, files=6,
                               rounds=2)
     assert report.files == 6 and report.clips == 6 and report.failed == 0 and report.rounds == 2
-    assert set(report.decode_clips_per_s) >= {"decord", "opencv"}
+    assert set(report.decode_clips_per_s) == set(available_backends())
     rates = [*report.decode_clips_per_s.values(), report.data_clips_per_s, report.model_clips_per_s,
              report.end_to_end_clips_per_s]
     assert all(rate > 0 for rate in rates)

@@ -14,10 +14,11 @@ from vtempo.video import VideoError, available_backends, display_path, open_vide
 from vtempo.video.readers import scaled_size
 
 # torchcodec is tested where it is installed (it needs a system FFmpeg); decord and OpenCV always
-BACKENDS = [name for name in ("decord", "torchcodec", "opencv") if name in available_backends()]
+BACKENDS = [name for name in ("pyav", "decord", "torchcodec", "opencv") if name in available_backends()]
 UNINDEXED = "cannot seek frame-accurately in an MPEG"
 # files a backend must refuse (it would return wrong frames or crash), with the reason it gives
 REFUSES = {
+    "pyav": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED},
     "decord": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED, "portrait.mp4": "72-pixel-wide"},
     "torchcodec": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED},
     "opencv": {},
@@ -51,6 +52,21 @@ def test_frame_accurate_on_every_codec(good_videos, backend):
             assert [read_index(f) for f in frames] == wanted, name
             # a second, backwards request on the same reader
             assert indices_read(reader, [5, 1]) == [5, 1], name
+
+
+@pytest.mark.skipif(not {"pyav", "decord"} <= set(available_backends()), reason="needs PyAV and decord")
+def test_pyav_gives_decords_pixels(good_videos):
+    """Both convert with FFmpeg's scaler: the same bytes, so results do not depend on which one reads."""
+    compared = 0
+    for name, clip in good_videos.items():
+        if name in REFUSES["pyav"] or name in REFUSES["decord"]:
+            continue
+        wanted = [clip.frames - 1, 0, clip.frames // 2]
+        with open_video(clip.path, "pyav") as ours, open_video(clip.path, "decord") as theirs:
+            assert (ours.num_frames, ours.fps) == (theirs.num_frames, theirs.fps), name
+            np.testing.assert_array_equal(ours.get(wanted), theirs.get(wanted), err_msg=name)
+        compared += 1
+    assert compared >= 5
 
 
 def test_rgb_order(good_videos):

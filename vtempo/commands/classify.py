@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
         paths: List[Path] = typer.Argument(..., metavar="PATH...", readable=False, help="Video files, frame folders, or folders of them."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         frames: int = typer.Option(8, "--frames", help="Frames to sample and decode per video, as classify would."),
-        backend: str = typer.Option("auto", "--backend", help="auto, decord, torchcodec or opencv."),
+        backend: str = typer.Option("auto", "--backend", help="auto, pyav, decord, torchcodec or opencv."),
         thorough: bool = typer.Option(False, "--thorough", help="Also decode every frame in order and compare counts."),
     ) -> None:
         """Decode every video the way classify would; report failures and frame counts (header vs decodable)."""
