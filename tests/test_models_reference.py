@@ -186,6 +186,18 @@ def test_correlation_equals_naive_loop(shape, radius):
     torch.testing.assert_close(spatial_correlation(f1, f2, radius).double(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_several_queries_per_key_equal_one_query_at_a_time():
+    torch.manual_seed(5)
+    queries, keys = torch.randn(2, 3, 4, 6, 7), torch.randn(2, 4, 6, 7)
+    together = spatial_correlation(queries, keys, 2)
+    assert together.shape == (2, 3, 5, 5, 6, 7)
+    flows = soft_argmax_flow(torch.relu(together))
+    for q in range(3):
+        alone = spatial_correlation(queries[:, q], keys, 2)
+        torch.testing.assert_close(together[:, q], alone)
+        torch.testing.assert_close(flows[:, q], soft_argmax_flow(torch.relu(alone)))
+
+
 def test_correlation_is_differentiable():
     f1 = torch.randn(1, 2, 4, 4, requires_grad=True)
     f2 = torch.randn(1, 2, 4, 4, requires_grad=True)

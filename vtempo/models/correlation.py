@@ -24,23 +24,31 @@ from vtempo.runtime import full_precision
 
 
 def spatial_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B, C, H, W) × (B, C, H, W) → (B, 2R+1, 2R+1, H, W); dim 1 is the vertical displacement."""
-    if f1.shape != f2.shape or f1.dim() != 4:
-        raise ValueError(f"expected two (B, C, H, W) tensors of one shape, got {tuple(f1.shape)} and {tuple(f2.shape)}")
-    b, c, h, w = f1.shape
+    """(B, C, H, W) × (B, C, H, W) → (B, 2R+1, 2R+1, H, W); dim 1 is the vertical displacement.
+
+    f1 may also hold Q query maps per key map, (B, Q, C, H, W) → (B, Q, 2R+1, 2R+1, H, W): each key
+    row's band is then read once for the Q query rows, in one taller matrix product.
+    """
+    queries = f1.dim() == 5
+    if f1.shape[-3:] != f2.shape[-3:] or f1.shape[0] != f2.shape[0] or f2.dim() != 4 or f1.dim() not in (4, 5):
+        raise ValueError(f"expected (B, C, H, W) or (B, Q, C, H, W) queries for (B, C, H, W) keys, got "
+                         f"{tuple(f1.shape)} and {tuple(f2.shape)}")
+    f1 = f1 if queries else f1[:, None]
+    b, q, c, h, w = f1.shape
     size = 2 * radius + 1
     dtype = torch.promote_types(f1.dtype, torch.float32)
     with full_precision(f1.device):
-        rows = f1.to(dtype).permute(0, 2, 3, 1).reshape(b * h, w, c)
-        # every pair's rows of f2 in one stack, channels last, with R zero rows before and after it; row
-        # h's band is rows h-R..h+R of the stack (rows of a neighbouring pair are zeroed below)
+        rows = f1.to(dtype).permute(0, 3, 1, 4, 2).reshape(b * h, q * w, c)  # [b·y, (query, x), c]
+        # every map's rows of f2 in one stack, channels last, with R zero rows before and after it; row
+        # h's band is rows h-R..h+R of the stack (rows of a neighbouring map are zeroed below)
         stack = F.pad(f2.to(dtype).permute(0, 2, 3, 1).reshape(b * h, w, c), (0, 0, 0, 0, radius, radius))
         bands = stack.as_strided((b * h, size * w, c), (w * c, c, 1))
-        products = torch.bmm(rows, bands.transpose(1, 2)).view(b, h, w, size, w)  # [b, y, x, dy, x2]
+        products = torch.bmm(rows, bands.transpose(1, 2)).view(b, h, q, w, size, w)  # [b, y, query, x, dy, x2]
         offsets = torch.arange(-radius, radius + 1, device=f1.device)
         key_rows = torch.arange(h, device=f1.device)[:, None] + offsets  # (H, 2R+1)
         key_cols = torch.arange(w, device=f1.device)[:, None] + offsets  # (W, 2R+1)
-        out = products.gather(4, key_cols.clamp(0, w - 1).view(1, 1, w, 1, size).expand(b, h, w, size, size))
-        inside = ((key_rows >= 0) & (key_rows < h))[:, None, :, None] & ((key_cols >= 0) & (key_cols < w))[None, :, None, :]
-        out = out * inside.to(dtype)  # (B, H, W, dy, dx)
-    return out.permute(0, 3, 4, 1, 2)
+        out = products.gather(5, key_cols.clamp(0, w - 1).view(1, 1, 1, w, 1, size).expand(b, h, q, w, size, size))
+        inside = ((key_rows >= 0) & (key_rows < h))[:, None, None, :, None] & ((key_cols >= 0) & (key_cols < w))[None, None, :, None, :]
+        out = out.mul_(inside)  # (B, H, Q, W, dy, dx)
+    out = out.permute(0, 2, 4, 5, 1, 3)
+    return out if queries else out[:, 0]
