@@ -69,6 +69,21 @@ def test_pyav_gives_decords_pixels(good_videos):
     assert compared >= 5
 
 
+@pytest.mark.skipif("pyav" not in available_backends(), reason="needs PyAV")
+def test_pyav_decodes_from_the_start_when_a_seek_lands_past_the_frame(good_videos, monkeypatch):
+    clip = good_videos["h264_bframes.mp4"]  # a key frame every 12
+    with open_video(clip.path, "pyav") as reader:
+        seek, timestamps = reader._seek, reader._timestamps
+
+        def overshooting(timestamp):  # a container whose index sends every seek a key frame too far
+            if timestamp != timestamps[0]:
+                timestamp = int(timestamps[min(len(timestamps) - 1, np.searchsorted(timestamps, timestamp) + 13)])
+            return seek(timestamp)
+
+        monkeypatch.setattr(reader, "_seek", overshooting)
+        assert indices_read(reader, [40, 5, 6]) == [40, 5, 6]
+
+
 def test_rgb_order(good_videos):
     # the lower half of videogen frames has red = texture, blue = 80: BGR would swap them
     for backend in BACKENDS:

@@ -362,30 +362,39 @@ class PyAVReader(VideoReader):
         """The frames at sorted, unique indices: as RGB arrays, or as PyAV frames if not `convert`."""
         wanted = [int(self._timestamps[i]) for i in indices]
         found: dict[int, object] = {}
-        position: int | None = None  # the timestamp of the last frame decoded, if decoding goes on
+        frames, position = None, None  # the decoding under way and the timestamp it has reached
         try:
             with quiet_stderr():
                 for target in wanted:
-                    # go on decoding while the target lies before the next key frame after the position
+                    # decoding on is cheaper than seeking while no key frame lies between
                     key = int(self._key_frames[max(0, np.searchsorted(self._key_frames, target, "right") - 1)])
-                    if position is None or position >= target or key > position:
-                        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
-                        frames = self._container.decode(self._stream)
-                    for frame in frames:
-                        if frame.pts is None:
-                            raise VideoError(self.path, "PyAV cannot seek in this file (a frame without a timestamp)")
-                        position = frame.pts
-                        if frame.pts >= target:
-                            break
-                    else:
-                        position = None
-                        raise VideoError(self.path, f"frame {self._index(target)} does not decode")
-                    if frame.pts != target:  # the seek landed past it
-                        raise VideoError(self.path, f"PyAV cannot seek to frame {self._index(target)} of this file")
+                    if position is None or key > position:
+                        frames = self._seek(target)
+                    frame = self._first_from(frames, target)
+                    if frame.pts != target:  # the seek landed past it: decode from the start instead
+                        frames = self._seek(int(self._timestamps[0]))
+                        frame = self._first_from(frames, target)
+                        if frame.pts != target:
+                            raise VideoError(self.path, f"PyAV cannot seek to frame {self._index(target)} of this file")
+                    position = frame.pts
                     found[target] = self._rgb(frame) if convert else frame
         except self._av.FFmpegError as error:
             raise VideoError(self.path, CORRUPT_FRAME, detail=f"pyav: {_first_line(error)}") from None
         return [found[t] for t in wanted]
+
+    def _seek(self, timestamp: int):
+        """Decoding from the key frame at or before `timestamp`."""
+        self._container.seek(timestamp, stream=self._stream, backward=True, any_frame=False)
+        return self._container.decode(self._stream)
+
+    def _first_from(self, frames, target: int):
+        """The first frame decoded at or after `target`'s timestamp."""
+        for frame in frames:
+            if frame.pts is None:
+                raise VideoError(self.path, "PyAV cannot seek in this file (a frame without a timestamp)")
+            if frame.pts >= target:
+                return frame
+        raise VideoError(self.path, f"frame {self._index(target)} does not decode")
 
     def _decodes(self, index: int) -> bool:
         try:
