@@ -23,8 +23,7 @@ from vtempo.bench.pipeline import measure_pipeline
 from vtempo.cli import app
 from vtempo.errors import UsageError
 from vtempo.inference.classify import classify, parse_views
-from vtempo.video import available_backends
-from vtempo.video import open_video
+from vtempo.video import available_backends, open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import Preprocess, make_views

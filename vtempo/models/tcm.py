@@ -81,7 +81,8 @@ def soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
     squared = (cell_x[None, :] - cell_x[:, None]) ** 2 + (cell_y[None, :] - cell_y[:, None]) ** 2
     # row: the hard argmax; column: the displacement; the temperature folded in
     gaussians = torch.exp(-squared / (2 * SIGMA**2)) * TEMPERATURE
-    shifted = gaussians.index_select(0, best.flatten()).view_as(flat).mul_(flat).sub_(confidence[..., None] * TEMPERATURE)
+    logits = gaussians.index_select(0, best.flatten()).view_as(flat).mul_(flat)
+    shifted = logits.sub_(confidence[..., None] * TEMPERATURE)  # less the largest, the argmax's
     # Logits more than 80 below the largest are raised to that floor: their weights, e^-87 to e^-103
     # otherwise, would be subnormal floats, which x86 multiplies about a hundred times slower, and
     # e^-80 ≈ 2e-35 changes no fp32 sum.
@@ -115,7 +116,8 @@ class TemporalDynamics(TemporalModule):
         n, t, c, h, w = clip.shape
         # frame t+1 against two earlier ones: the adjacent frame t, then the first frame
         earlier = torch.stack([clip[:, :-1], clip[:, :1].expand(-1, t - 1, -1, -1, -1)], 2)
-        correlation = spatial_correlation(earlier.reshape(-1, 2, c, h, w), clip[:, 1:].reshape(-1, c, h, w), self.radius)
+        keys = clip[:, 1:].reshape(-1, c, h, w)
+        correlation = spatial_correlation(earlier.reshape(-1, 2, c, h, w), keys, self.radius)
         motion = soft_argmax_flow(F.relu(correlation, inplace=True)).reshape(n, t - 1, 6, h, w)
         motion = torch.cat([motion, motion[:, -1:]], 1)  # T-1 pairs → T frames, repeating the last
         return motion.reshape(n * t, 6, h, w)
