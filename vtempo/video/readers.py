@@ -344,7 +344,6 @@ class PyAVReader(VideoReader):
             raise VideoError(self.path, "PyAV cannot seek in this file (frames share a timestamp)")
         self._key_frames = np.sort(np.asarray(key_frames or timestamps[:1], dtype=np.int64))
         self.num_frames = len(self._timestamps)
-        self._rotation = 0
         try:
             last = self._decode([self.num_frames - 1], convert=False)
         except VideoError:
