@@ -10,7 +10,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from vtempo.bench.flops import count_macs
-from vtempo.bench.profile import Settings, logit_agreement, profile_models, relative_to
+from vtempo.bench.profile import Settings, Timing, logit_agreement, paired_ratio, profile_models, relative_to
 from vtempo.cli import app
 from vtempo.fast import prepare
 from vtempo.models import FAMILIES, VideoRecognizer, build
@@ -79,6 +79,18 @@ def test_tables_compare_models_and_dtypes(tmp_path):
     for text in ("Cost per clip", "0.005", f"{macs / 0.005 - 1:+.1%}", "1 threads, contiguous", "vs tsn-r10w8",
                  "time/MACs"):
         assert text in table.stdout
+
+
+def timing(*times_ms: float) -> Timing:
+    median = sorted(times_ms)[len(times_ms) // 2]
+    return Timing("fp32", times_ms[0], times_ms[0], median, max(times_ms), 1000 / median, 8000 / median, None, list(times_ms))
+
+
+def test_time_ratios_pair_the_rounds():
+    # round 2 was slowed for both models: per round the model takes 2×, 1.05× and 2× the reference's time
+    model, reference = timing(100, 200, 300), timing(50, 190, 150)
+    assert paired_ratio(model, reference) == 2.0  # the ratio of the medians would read 200 / 150
+    assert paired_ratio(timing(100, 200), reference) == 200 / 150  # rounds that do not pair up: the medians
 
 
 @pytest.mark.parametrize(

@@ -353,7 +353,7 @@ class Ratio:
 
     reference: str
     dtype: str
-    time_ratio: float  # median time / reference median time
+    time_ratio: float  # median over rounds of time / the reference's time in the same round
     macs_ratio: float | None  # MACs (counted + analytic) / reference MACs
 
     @property
@@ -376,9 +376,17 @@ def relative_to(profiles: list[ModelProfile], reference: str) -> dict[tuple[str,
             macs = None
             if profile.cost is not None and base.cost is not None and base.cost.complete_gmacs:
                 macs = profile.cost.complete_gmacs / base.cost.complete_gmacs
-            time_ratio = timing.median_ms / base.timings[dtype].median_ms
-            ratios[profile.name, dtype] = Ratio(reference, dtype, time_ratio, macs)
+            ratios[profile.name, dtype] = Ratio(reference, dtype, paired_ratio(timing, base.timings[dtype]), macs)
     return ratios
+
+
+def paired_ratio(timing: Timing, base: Timing) -> float:
+    """`timing`'s time over `base`'s: the median of the per-round ratios, since the rounds time every
+    model in turn and a change of machine load hits both calls of a round alike (the ratio of the
+    medians where the rounds do not pair up)."""
+    if timing.times_ms and len(timing.times_ms) == len(base.times_ms):
+        return statistics.median(time / base_time for time, base_time in zip(timing.times_ms, base.times_ms))
+    return timing.median_ms / base.median_ms
 
 
 def speedup(profile: ModelProfile, fast: str = "bf16", slow: str = "fp32") -> float | None:

@@ -1,10 +1,11 @@
 """Eager fp32 against a faster variant of the same model, clips/s, timed alternately:
-`python -m vtempo.bench.variants {compile,int8,heap} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
+`python -m vtempo.bench.variants {compile,int8,heap,pack} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
 (default tsn-r50 tsm-r50; random weights: speed only). Reports the variant's setup time (compiling,
 or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio;
 int8 is timed with bf16 eager beside it. `heap` times the same model with freed buffers kept in the
 heap (`fast.heap`) against every buffer over 128 KiB mapped afresh (glibc's way for buffers over its
-threshold, at most 32 MiB), switching between the two before each call.
+threshold, at most 32 MiB), switching between the two before each call. `pack` times the model with
+its convolutions on packed weights (`fast.pack`) against the same model without.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from vtempo.fast import prepare
 from vtempo.fast.heap import keep_freed_buffers
+from vtempo.fast.pack import pack_conv_weights
 from vtempo.models import build
 from vtempo.runtime import autocast, malloc_thresholds, malloc_trim
 
@@ -40,6 +42,10 @@ def keep_and_refill(model: torch.nn.Module, clip: torch.Tensor) -> None:
 def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch.nn.Module:
     if kind == "heap":
         return model
+    if kind == "pack":
+        packed = copy.deepcopy(model)
+        pack_conv_weights(packed, torch.device("cpu"))
+        return packed
     if kind == "compile":
         from vtempo.fast.compile import compile_model
 
@@ -51,9 +57,9 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=("compile", "int8", "heap"))
+    parser.add_argument("kind", choices=("compile", "int8", "heap", "pack"))
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])
-    parser.add_argument("--dtype", default="fp32", help="autocast dtype of both arms (compile only)")
+    parser.add_argument("--dtype", default="fp32", help="autocast dtype of both arms (not int8)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -61,10 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     clip = torch.randn(args.batch, args.frames, 3, args.size, args.size)
-    dtype = args.dtype if args.kind in ("compile", "heap") else "fp32"
+    dtype = args.dtype if args.kind != "int8" else "fp32"
     cpu = torch.device("cpu")
     for arch in args.archs:
-        eager = prepare(build(arch, frames=args.frames), cpu)
+        eager = prepare(build(arch, frames=args.frames), cpu, skip=("pack",) if args.kind == "pack" else ())
         started = time.perf_counter()
         variant = make_variant(args.kind, eager, clip)
         setup = time.perf_counter() - started

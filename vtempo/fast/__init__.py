@@ -26,7 +26,7 @@ FAST_PATHS: dict[str, FastPath] = {
     "fold": fold_batch_norms,  # BatchNorm after a conv merged into it (the model's BNs are gone)
     "shift": swap_shifted_pointwise_convs,  # TSM's shift + 1×1 conv without the copy where that is faster
     "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
-    "pack": pack_conv_weights,  # fp32 CPU convolutions' weights in oneDNN's layout, packed once
+    "pack": pack_conv_weights,  # CPU convolutions (fp32, bf16 autocast) on weights packed once in oneDNN's layout
     "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; sets the whole process)
 }
 

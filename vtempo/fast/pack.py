@@ -1,13 +1,14 @@
-"""fp32 CPU convolutions with their weights in oneDNN's internal layout, packed once.
+"""CPU convolutions, in fp32 and under bf16 autocast, with their weights in oneDNN's layout, packed once.
 
 An eager `Conv2d` on CPU hands oneDNN a weight in PyTorch's layout, and oneDNN reorders it into its
-internal layout on every call: for a ResNet-50 that is every weight read and written once per forward.
-Over a clip of 8 frames the reorder is a few percent of the time; over one frame (online TSM, a batch of
-one image) it is a third. Packing the weight once and calling oneDNN's convolution with it, as
-inductor's freezing does, gives the same outputs without the reorder. Whether it is faster is measured,
-per CPU and shape, by the shared `Chooser` (the plain convolution is kept unless packing wins), so no
-rule from one CPU decides for another. The packed weight is remade when the weight changes in place
-(`load_state_dict`): the cache is keyed by the tensor's version.
+internal layout on every call: for a ResNet-50 that is every weight read and written once per forward
+(under autocast, after casting it to bf16). Over a clip of 8 frames the reorder is a few percent of the
+time; over one frame (online TSM, a batch of one image) it is a third. Packing the weight once (cast
+first, under autocast) and calling oneDNN's convolution with it, as inductor's freezing does, gives the
+same outputs without the reorder. Whether it is faster is measured, per CPU, shape and dtype, by the
+shared `Chooser` (the plain convolution is kept unless packing wins), so no rule from one CPU decides
+for another. The packed weight is remade when the weight changes in place (`load_state_dict`): the
+cache is keyed by the tensor's version.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ def packing_available() -> bool:
 
 
 class _PackedConv:
-    """A Conv2d's forward that, for fp32 CPU inference (no autocast, no autograd, no tracing), runs oneDNN's
-    convolution on the packed weight; anything else goes to the forward it replaced (`previous`, or the
-    class's own). oneDNN packs for an input shape, and a weight packed for one batch size runs another
-    at half speed, so a few shapes are kept."""
+    """A Conv2d's forward that, for CPU inference (no autograd, no tracing) in fp32 or under bf16 autocast,
+    runs oneDNN's convolution on the packed weight; anything else goes to the forward it replaced
+    (`previous`, or the class's own). oneDNN packs for an input shape, and a weight packed for one batch
+    size runs another at half speed, so a few shapes are kept per dtype."""
 
     SHAPES = 4
 
@@ -36,10 +37,10 @@ class _PackedConv:
         self.module = module
         self.previous = previous
         self.chooser = chooser
-        self.chosen: dict[tuple, bool] = {}  # input (shape, strides) → whether packing is faster
+        self.chosen: dict[tuple, bool] = {}  # input (shape, strides, dtype) → whether packing is faster
         self.args = (list(module.padding), list(module.stride), list(module.dilation), module.groups)
-        self.key: tuple | None = None  # the weight's (version, data pointer) the packs were made from
-        self.packs: dict[torch.Size, torch.Tensor] = {}
+        self.key: tuple | None = None  # the weights' (version, data pointer) the packs were made from
+        self.packs: dict[tuple[torch.Size, torch.dtype], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors have no storage
@@ -49,40 +50,48 @@ class _PackedConv:
     def plain(self, x: torch.Tensor) -> torch.Tensor:
         return self.previous(x) if self.previous is not None else type(self.module).forward(self.module, x)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def packed_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype this call would run in packed (fp32, or bf16 under bf16 autocast, which would cast
+        an fp32 input), or None where only the plain forward applies."""
         weight = self.module.weight
-        if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
-                or weight.dtype != torch.float32 or torch.is_grad_enabled() or weight.is_inference()
-                or autocast_dtype("cpu") is not None or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-                or torch.jit.is_tracing()):
+        if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dim() != 4 or weight.dtype != torch.float32
+                or torch.is_grad_enabled() or weight.is_inference() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            return None
+        dtype = autocast_dtype("cpu") or torch.float32
+        return dtype if dtype in (torch.float32, torch.bfloat16) and x.dtype in (torch.float32, dtype) else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.packed_dtype(x)
+        if dtype is None:
             return self.plain(x)
-        form = (x.shape, x.stride())
+        form = (x.shape, x.stride(), dtype)
         faster = self.chosen.get(form)
         if faster is None:
-            faster = self.chosen[form] = self._choose(x)
-        return self.packed(x) if faster else self.plain(x)
+            faster = self.chosen[form] = self._choose(x, dtype)
+        return self.packed(x, dtype) if faster else self.plain(x)
 
-    def _choose(self, x: torch.Tensor) -> bool:
+    def _choose(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
         module = self.module
-        key = (f"conv packed | {cpu_name()} | {torch.get_num_threads()} threads | {tuple(x.shape)} "
+        key = (f"conv packed | {cpu_name()} | {torch.get_num_threads()} threads | {dtype} | {tuple(x.shape)} "
                f"{'channels-last' if x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'} -> "
                f"{tuple(module.weight.shape)} | stride {self.args[1]} | padding {self.args[0]} | groups {self.args[3]}")
         chooser = self.chooser or shared_chooser()
-        return chooser.choose(key, {"plain": lambda: self.plain(x), "packed": lambda: self.packed(x)}) == "packed"
+        return chooser.choose(key, {"plain": lambda: self.plain(x), "packed": lambda: self.packed(x, dtype)}) == "packed"
 
-    def packed(self, x: torch.Tensor) -> torch.Tensor:
+    def packed(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         module, weight = self.module, self.module.weight
-        key = (weight._version, weight.data_ptr())
+        key = tuple((p._version, p.data_ptr()) for p in (weight, module.bias) if p is not None)
         if key != self.key:
             self.key, self.packs = key, {}
-        packed = self.packs.get(x.shape)
-        if packed is None:
-            if len(self.packs) >= self.SHAPES:
-                del self.packs[next(iter(self.packs))]
-            packed = self.packs[x.shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight.detach().to_mkldnn(), *self.args, list(x.shape))
-        bias = None if module.bias is None else module.bias.detach()
-        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *self.args, "none", [], "")
+        pack = self.packs.get((x.shape, dtype))
+        if pack is None:
+            if len([form for form in self.packs if form[1] == dtype]) >= self.SHAPES:
+                del self.packs[next(form for form in self.packs if form[1] == dtype)]
+            bias = None if module.bias is None else module.bias.detach().to(dtype)
+            pack = self.packs[x.shape, dtype] = (torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.detach().to(dtype).to_mkldnn(), *self.args, list(x.shape)), bias)
+        return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), pack[0], pack[1], *self.args, "none", [], "")
 
 
 def pack_conv_weights(model: torch.nn.Module, device: torch.device, chooser: Chooser | None = None) -> int:
