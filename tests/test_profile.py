@@ -100,6 +100,8 @@ def test_time_ratios_pair_the_rounds():
         (["--device", "tpu"], "--device"),
         (["--iters", "0"], "--iters must be at least 1"),
         (["--relative-to", "tsm-r50"], "--relative-to tsm-r50"),
+        (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
+        (["--cuda-graphs", "--compile"], "--cuda-graphs and --compile"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(args, message):
@@ -168,6 +170,17 @@ def test_bf16_keeps_top1_and_logits_within_tolerance(family, device, one_thread)
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
         reduced = model(clips).float()
     assert torch.equal(reduced.argmax(-1)[clear], logits.argmax(-1)[clear])
+
+
+@CUDA
+def test_cuda_graphs_are_timed_and_keep_the_logits():
+    result = run("tsn-r10w8", "tsm-r10w8", *TINY, "--device", "cuda", "--cuda-graphs", "--dtype", "fp32,bf16", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["settings"]["cuda_graphs"] is True
+    for model in document["models"]:
+        assert set(model["timings"]) == {"fp32", "bf16"} and model["errors"] == []
+        assert model["agreement"]["bf16"]["relative"] < BF16_RELATIVE_TOLERANCE
 
 
 def test_pipeline_option_times_the_classify_pipeline(tmp_path):

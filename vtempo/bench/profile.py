@@ -29,6 +29,7 @@ from vtempo.bench.flops import count_macs
 from vtempo.errors import UsageError
 from vtempo.fast import prepare
 from vtempo.fast.compile import compile_model
+from vtempo.fast.cudagraph import GraphedModel
 from vtempo.inference.recognizer import create_model, resolve
 from vtempo.runtime import (
     CHANNELS_LAST,
@@ -55,6 +56,7 @@ class Settings:
     channels_last: bool | None = None  # None: runtime.CHANNELS_LAST
     threads: int | None = None  # None: torch's default
     compile: bool = False
+    cuda_graphs: bool = False  # replay captured CUDA graphs (vtempo.fast.cudagraph): batch-1 GPU latency
     iters: int = 20
     warmup: int = 3
 
@@ -63,6 +65,8 @@ class Settings:
             check_dtype(dtype)
         if not self.dtypes:
             raise UsageError("give at least one --dtype")
+        if self.cuda_graphs and self.compile:
+            raise UsageError("--cuda-graphs and --compile: choose one (each is timed against eager on its own)")
         limits = (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
                   ("--iters", self.iters, 1), ("--warmup", self.warmup, 0))
         for option, value, least in limits:
@@ -221,7 +225,7 @@ def peak_memory_mib(run: Callable[[], object], device: torch.device) -> float | 
 
 
 class _Runner:
-    """One model ready to run: prepared, maybe compiled, with its input."""
+    """One model ready to run: prepared, maybe compiled or replayed from CUDA graphs, with its input."""
 
     def __init__(self, model: torch.nn.Module, clip: torch.Tensor, device: torch.device) -> None:
         self.model, self.clip, self.device = model, clip, device
@@ -255,6 +259,8 @@ def profile_models(
     resolved = [(name, *resolve(name, user_registry)) for name in names]  # unknown names fail before any work
     entries = load_registry(user_registry)
     device = pick_device(settings.device)
+    if settings.cuda_graphs and device.type != "cuda":
+        raise UsageError(f"--cuda-graphs needs a CUDA device, and this run's is {device}")
     threads_before = torch.get_num_threads()
     set_threads(settings.threads)
     try:
@@ -288,6 +294,8 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         model = prepare(model, device, settings.channels_last)
         if settings.compile:
             model = compile_model(model, device)
+        if settings.cuda_graphs:
+            model = GraphedModel(model)
         clip = torch.randn(settings.batch, frames, 3, size, size, device=device)
         runners[name] = _Runner(model, clip, device)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import signal
 import sys
@@ -70,7 +71,6 @@ def friendly_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        from vtempo.commands.download import download_progress
         from vtempo.weights import hub
 
         hub.first_use_progress = download_progress  # checkpoints downloaded on first use show a bar
@@ -228,3 +228,51 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------------------ downloads
+
+class _ConsoleHandler(logging.Handler):
+    """The hub's notices (retries, waiting for another process) as plain lines above the bar."""
+
+    def __init__(self, bar) -> None:
+        super().__init__(logging.INFO)
+        self.bar = bar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.bar.console.print(record.getMessage(), markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def download_progress(name: str, enabled: bool = True) -> Iterator[Callable[[int, Optional[int]], None]]:
+    """A `progress(bytes_done, bytes_total)` callback for `hub.download`/`hub.weights_path` drawing a
+    rich bar on stderr; the bar appears with the first bytes, so a failed connection prints one line."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err_console, disable=not enabled, transient=False,
+    )
+    task = bar.add_task(name, total=None)
+
+    def progress(done: int, total: Optional[int]) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    handler = _ConsoleHandler(bar)
+    logger = logging.getLogger("vtempo.weights.hub")
+    logger.addHandler(handler)
+    try:
+        yield progress
+    finally:
+        logger.removeHandler(handler)
+        if bar.live.is_started:
+            bar.stop()

@@ -1,25 +1,16 @@
 """`vtempo download NAME... | --all [--force] [--from-file PATH]`: fill the checkpoint cache."""
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     console,
+    download_progress,
     err_console,
     escape,
     friendly_errors,
@@ -89,40 +80,3 @@ def register(app: typer.Typer) -> None:
                     continue
                 console.print(f"{entry.name}: downloaded, {path}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
-
-
-class _ConsoleHandler(logging.Handler):
-    """The hub's notices (retries, waiting for another process) as plain lines above the bar."""
-
-    def __init__(self, bar: Progress) -> None:
-        super().__init__(logging.INFO)
-        self.bar = bar
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.bar.console.print(record.getMessage(), markup=False, highlight=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def download_progress(name: str, enabled: bool = True) -> Iterator[Callable[[int, Optional[int]], None]]:
-    """A `progress(bytes_done, bytes_total)` callback for `hub.download`/`hub.weights_path` drawing a
-    rich bar on stderr; the bar appears with the first bytes, so a failed connection prints one line."""
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=err_console, disable=not enabled, transient=False,
-    )
-    task = bar.add_task(name, total=None)
-
-    def progress(done: int, total: Optional[int]) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
-
-    handler = _ConsoleHandler(bar)
-    logger = logging.getLogger("vtempo.weights.hub")
-    logger.addHandler(handler)
-    try:
-        yield progress
-    finally:
-        logger.removeHandler(handler)
-        if bar.live.is_started:
-            bar.stop()

@@ -69,7 +69,8 @@ def speed_table(profiles, settings, environment: dict) -> Table:
     layout = "channels-last" if environment["channels_last"] else "contiguous"
     table = Table(
         title=f"Speed: {environment['device']}, {environment['threads']} threads, {layout}"
-        f"{', compiled' if settings.compile else ''}, batch {settings.batch}, "
+        f"{', compiled' if settings.compile else ''}{', CUDA graphs' if settings.cuda_graphs else ''}, "
+        f"batch {settings.batch}, "
         f"{settings.warmup} warm-up + {settings.iters} timed calls",
         title_justify="left",
     )
@@ -123,6 +124,9 @@ def register(app: typer.Typer) -> None:
         ),
         threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads (default: torch's)."),
         compile_model: bool = typer.Option(False, "--compile", help="torch.compile each model (CPU: with freezing)."),
+        cuda_graphs: bool = typer.Option(
+            False, "--cuda-graphs", help="Replay each model's forward from captured CUDA graphs (CUDA only; batch-1 latency)."
+        ),
         iters: int = typer.Option(20, "--iters", help="Timed calls per model and dtype."),
         warmup: int = typer.Option(3, "--warmup", help="Untimed calls first (the first one's time is reported)."),
         relative: Optional[List[str]] = typer.Option(
@@ -149,8 +153,8 @@ def register(app: typer.Typer) -> None:
 
         dtypes = _split(dtype) or ["fp32"]
         settings = Settings(frames=frames, size=size, batch=batch, device=device, dtypes=tuple(dtypes),
-                            channels_last=channels_last, threads=threads, compile=compile_model, iters=iters,
-                            warmup=warmup)
+                            channels_last=channels_last, threads=threads, compile=compile_model,
+                            cuda_graphs=cuda_graphs, iters=iters, warmup=warmup)
         settings.check()
         names = list(names or DEFAULT_NAMES)
         references = _split(relative) or ([names[0]] if len(names) > 1 else [])

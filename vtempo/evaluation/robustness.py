@@ -186,22 +186,22 @@ SYNTH_TEST_CLIPS = 5  # per class: 50 clips, a quick sweep
 
 
 def synthetic_test_set(clips_per_class: int | None = None, progress: Callable[[], None] | None = None) -> Path:
-    """The synthetic benchmark's test set, rendered once (fixed seed) into the vtempo cache; its folder."""
+    """The synthetic benchmark's test set (`vtempo synth`'s classes, clip length, size and speeds, which
+    the demo models were trained on), rendered once (fixed seed) into the vtempo cache; its folder."""
     from vtempo.data import synth
-    from vtempo.training.demo_zoo import RECIPE
     from vtempo.weights.registry import home
 
-    clips = clips_per_class or SYNTH_TEST_CLIPS
-    root = home() / "synth" / f"test-seed{SYNTH_TEST_SEED}-{clips}x{RECIPE.classes}"
-    settings = {"clips_per_class": clips, "frames": RECIPE.clip_frames, "size": RECIPE.size, "seed": SYNTH_TEST_SEED}
+    clips, classes = clips_per_class or SYNTH_TEST_CLIPS, len(synth.CLASSES)
+    root = home() / "synth" / f"test-seed{SYNTH_TEST_SEED}-{clips}x{classes}"
+    settings = {"clips_per_class": clips, "frames": synth.DEFAULT_FRAMES, "size": synth.DEFAULT_SIZE, "seed": SYNTH_TEST_SEED}
     done = root / "synth.json"
     try:
         current = json.loads(done.read_text()) if done.is_file() else {}
     except (OSError, ValueError):
         current = {}
     if any(current.get(key) != value for key, value in settings.items()):
-        synth.generate(root, RECIPE.classes, clips, RECIPE.clip_frames, RECIPE.size, RECIPE.speed, SYNTH_TEST_SEED,
-                       progress=progress)
+        synth.generate(root, classes, clips, synth.DEFAULT_FRAMES, synth.DEFAULT_SIZE, synth.DEFAULT_SPEED,
+                       SYNTH_TEST_SEED, progress=progress)
     return root
 
 

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vtempo.data import synth
+
 FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi", "tsm-online", "tcm-timeline")
 MIRRORED = "mirrored pairs"
 
@@ -33,10 +35,11 @@ class Recipe:
     backbone: str = "r14w16"  # bottleneck [1,1,1,1], base width 16: ~0.5 M parameters, 4×4 final map at 128²
     frames: int = 4
     stride: int = 4
-    size: int = 128
-    classes: int = 10
-    clip_frames: int = 32  # long enough for stride 8 × 4 frames without padding
-    speed: tuple[float, float] = (0.5, 1.5)
+    # the synthetic benchmark as `vtempo synth` renders it by default (the robustness sweep's default data)
+    size: int = synth.DEFAULT_SIZE  # 128
+    classes: int = len(synth.CLASSES)  # 10
+    clip_frames: int = synth.DEFAULT_FRAMES  # 32: long enough for stride 8 × 4 frames without padding
+    speed: tuple[float, float] = synth.DEFAULT_SPEED  # (0.5, 1.5)
     train_clips: int = 80  # per class
     val_clips: int = 20
     test_clips: int = 50
@@ -82,8 +85,6 @@ RECIPE = Recipe()
 
 
 def _sets(out: Path, seed: int, recipe: Recipe, say) -> dict[str, Path]:
-    from vtempo.data.synth import generate
-
     plan = {"train": (seed, recipe.train_clips), "val": (seed + 1000, recipe.val_clips), "test": (seed + 1, recipe.test_clips)}
     paths = {}
     for name, (set_seed, clips) in plan.items():
@@ -93,7 +94,7 @@ def _sets(out: Path, seed: int, recipe: Recipe, say) -> dict[str, Path]:
                     "speed": list(recipe.speed)}
         if not done.is_file() or any(json.loads(done.read_text()).get(k) != v for k, v in settings.items()):
             say(f"rendering the {name} set: {recipe.classes} classes × {clips} clips, seed {set_seed}")
-            generate(root, recipe.classes, clips, recipe.clip_frames, recipe.size, recipe.speed, set_seed)
+            synth.generate(root, recipe.classes, clips, recipe.clip_frames, recipe.size, recipe.speed, set_seed)
         paths[name] = root
     return paths
 
@@ -122,11 +123,9 @@ def _finished(run: Path, epochs: int) -> bool:
 
 def mirrored_confusion(confusion: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """For each mirrored pair (a, b): how often a video of one was called the other."""
-    from vtempo.data.synth import MIRROR
-
     pairs = {}
     for i, name in enumerate(classes):
-        mirror = MIRROR.get(name)
+        mirror = synth.MIRROR.get(name)
         if mirror in classes and name < mirror:
             j = classes.index(mirror)
             total = int(confusion[i].sum() + confusion[j].sum())
