@@ -357,7 +357,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
 
 @dataclass
 class Ratio:
-    """A model against a reference model, same dtype: the issue's cost-vs-speed check."""
+    """A model against a reference model, same dtype: time and MACs as ratios, and their quotient."""
 
     reference: str
     dtype: str
