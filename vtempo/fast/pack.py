@@ -86,8 +86,9 @@ class _PackedConv:
             self.key, self.packs = key, {}
         pack = self.packs.get((x.shape, dtype))
         if pack is None:
-            if len([form for form in self.packs if form[1] == dtype]) >= self.SHAPES:
-                del self.packs[next(form for form in self.packs if form[1] == dtype)]
+            same_dtype = [form for form in self.packs if form[1] == dtype]  # oldest first
+            if len(same_dtype) >= self.SHAPES:
+                del self.packs[same_dtype[0]]
             bias = None if module.bias is None else module.bias.detach().to(dtype)
             pack = self.packs[x.shape, dtype] = (torch._C._nn.mkldnn_reorder_conv2d_weight(
                 weight.detach().to(dtype).to_mkldnn(), *self.args, list(x.shape)), bias)

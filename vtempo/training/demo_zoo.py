@@ -36,10 +36,10 @@ class Recipe:
     frames: int = 4
     stride: int = 4
     # the synthetic benchmark as `vtempo synth` renders it by default (the robustness sweep's default data)
-    size: int = synth.DEFAULT_SIZE  # 128
-    classes: int = len(synth.CLASSES)  # 10
-    clip_frames: int = synth.DEFAULT_FRAMES  # 32: long enough for stride 8 × 4 frames without padding
-    speed: tuple[float, float] = synth.DEFAULT_SPEED  # (0.5, 1.5)
+    size: int = synth.DEFAULT_SIZE
+    classes: int = len(synth.CLASSES)
+    clip_frames: int = synth.DEFAULT_FRAMES  # long enough for stride 8 × 4 frames without padding
+    speed: tuple[float, float] = synth.DEFAULT_SPEED
     train_clips: int = 80  # per class
     val_clips: int = 20
     test_clips: int = 50
