@@ -87,7 +87,7 @@ def test_results_in_input_order_with_failures_in_place(tiny, good_videos, bad_vi
         assert {p.label for p in result.top} == set(LABELS)
         assert result.num_frames == 60 and result.views == 1
     # MPEG program streams have no index: only the sequential reader takes them
-    assert results[2].backend == "opencv" and results[0].backend == available_backends()[0]
+    assert results[2].backend == "sequential" and results[0].backend == "pyav"
 
 
 def expected_probs(tiny, path: Path, clips: int, crop: str, average: str) -> torch.Tensor:
@@ -285,11 +285,30 @@ def test_cli_check_videos(mixed_folder, damaged_videos, good_videos):
     assert result.exit_code == 1
     assert "3 failed" in result.stderr and "4 ok" in result.stderr
     row = next(line for line in result.stdout.splitlines() if "mjpeg_cut.avi" in line)
-    assert "120" in row and "72" in row and "opencv" in row  # header count vs what decodes
+    assert "120" in row and "72" in row and "sequential" in row  # header count vs what decodes
     result = run_cli(["check-videos", str(good_videos["vfr.mp4"].path), str(good_videos["mpeg2.mpg"].path),
-                      "--thorough"])
+                      "--verify"])
     assert result.exit_code == 0, result.output
     assert "2 ok, 0 failed, of 2" in result.stderr
+    assert "verified" in result.stdout
+
+
+def test_check_videos_verify_finds_a_backend_that_misreads(damaged_videos, tmp_path):
+    """decord numbers the frames of an MP4 with an edit list by packets the edit discards: random access
+    against sequential decoding shows it, and the file fails the check; auto's reader passes."""
+    from videogen import run_ffmpeg, write_ffmpeg
+
+    source = write_ffmpeg(tmp_path / "source.mp4", 60, codec=["-c:v", "libx264", "-preset", "ultrafast",
+                                                               "-pix_fmt", "yuv420p", "-bf", "3", "-g", "12"])
+    cut = run_ffmpeg(["-ss", "0.5", "-i", str(source), "-c", "copy", str(tmp_path / "cut.mp4")])
+    from vtempo.video.check import check_video
+
+    verified = check_video(cut, verify=True)
+    assert verified.ok and verified.backend == "pyav" and verified.verdict.startswith("verified"), verified
+    misread = check_video(cut, backend="decord", verify=True)
+    assert not misread.ok and "decord counts 48 frames, sequential decoding 47" in misread.error
+    result = run_cli(["check-videos", str(cut), "--backend", "decord", "--verify"])
+    assert result.exit_code == 1 and "sequential decoding 47" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------ processes

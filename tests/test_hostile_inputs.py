@@ -360,6 +360,8 @@ def test_decoder_internals_become_a_plain_reason_with_the_detail_kept(tmp_path):
         open_video(header_only)
     assert caught.value.reason == "truncated or corrupt: no frame decodes"
     if "decord" in available_backends():
+        with pytest.raises(VideoError) as caught:
+            open_video(header_only, "decord")
         assert "decord: " in caught.value.detail and "Check failed" not in caught.value.reason
     record = VideoResult(header_only, error=caught.value.reason, detail=caught.value.detail).to_dict()
     assert record["error"] == caught.value.reason and record["detail"] == caught.value.detail

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from videogen import read_index
 
-from vtempo.video import VideoError, available_backends, display_path, open_video
+from vtempo.video import VideoError, auto_backends, available_backends, display_path, open_video
 from vtempo.video.readers import scaled_size
 
-# torchcodec is tested where it is installed (it needs a system FFmpeg); decord and OpenCV always
-BACKENDS = [name for name in ("pyav", "decord", "torchcodec", "opencv") if name in available_backends()]
+# torchcodec is tested where it is installed (it needs a system FFmpeg); the others always
+BACKENDS = [name for name in ("pyav", "sequential", "opencv", "decord", "torchcodec") if name in available_backends()]
 UNINDEXED = "cannot seek frame-accurately in an MPEG"
 # files a backend must refuse (it would return wrong frames or crash), with the reason it gives
 REFUSES = {
     "pyav": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED},
+    "sequential": {},
     "decord": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED, "portrait.mp4": "72-pixel-wide"},
     "torchcodec": {"mpeg2.mpg": UNINDEXED, "h264.ts": UNINDEXED},
     "opencv": {},
@@ -30,7 +31,8 @@ def indices_read(reader, indices) -> list[int]:
 
 
 def test_backends_installed():
-    assert {"decord", "opencv"} <= set(available_backends())
+    assert {"pyav", "sequential", "opencv", "decord"} <= set(available_backends())
+    assert auto_backends() == ["pyav", "sequential", "opencv"]  # decord and torchcodec by name only
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -73,14 +75,14 @@ def test_pyav_gives_decords_pixels(good_videos):
 def test_pyav_decodes_from_the_start_when_a_seek_lands_past_the_frame(good_videos, monkeypatch):
     clip = good_videos["h264_bframes.mp4"]  # a key frame every 12
     with open_video(clip.path, "pyav") as reader:
-        seek, timestamps = reader._seek, reader._timestamps
+        start, timestamps = reader._start, reader._timestamps
 
         def overshooting(timestamp):  # a container whose index sends every seek a key frame too far
             if timestamp != timestamps[0]:
                 timestamp = int(timestamps[min(len(timestamps) - 1, np.searchsorted(timestamps, timestamp) + 13)])
-            return seek(timestamp)
+            return start(timestamp)
 
-        monkeypatch.setattr(reader, "_seek", overshooting)
+        monkeypatch.setattr(reader, "_start", overshooting)
         assert indices_read(reader, [40, 5, 6]) == [40, 5, 6]
 
 
@@ -97,7 +99,7 @@ def test_rgb_order(good_videos):
 def test_auto_picks_a_reader_that_is_right(good_videos):
     for name, clip in good_videos.items():
         with open_video(clip.path) as reader:
-            expected = next(b for b in available_backends() if name not in REFUSES[b])
+            expected = next(b for b in auto_backends() if name not in REFUSES[b])
             assert reader.backend == expected, name
             assert indices_read(reader, [0, clip.frames // 2, clip.frames - 1]) == [0, clip.frames // 2, clip.frames - 1]
 
@@ -156,13 +158,14 @@ def test_damaged_files_clamp_to_what_decodes(damaged_videos):
             assert indices_read(reader, early) == early, name
 
 
-def test_decord_refuses_a_file_whose_header_lies(damaged_videos):
+def test_seeking_readers_refuse_a_file_whose_header_lies(damaged_videos):
     # the cut AVI lists a 73rd frame that does not decode; random access into such files proved
-    # unreliable in decord, so it refuses them and auto falls back to OpenCV's sequential count
-    with pytest.raises(VideoError, match="lists 73 frames but the last one does not decode"):
-        open_video(damaged_videos["mjpeg_cut.avi"].path, "decord")
+    # unreliable, so the seeking readers refuse them and auto falls back to sequential decoding
+    for backend in ("pyav", "decord"):
+        with pytest.raises(VideoError, match="lists (73|120) frames but the last one does not decode"):
+            open_video(damaged_videos["mjpeg_cut.avi"].path, backend)
     with open_video(damaged_videos["mjpeg_cut.avi"].path) as reader:
-        assert reader.backend == "opencv"
+        assert reader.backend == "sequential"
         assert reader.header_frames == 120 and reader.num_frames == 72
         assert indices_read(reader, [71, 0, 40]) == [71, 0, 40]
 
@@ -288,3 +291,18 @@ def test_frame_folder_problems(tmp_path, frame_folders):
 def test_unknown_backend(good_videos):
     with pytest.raises(ValueError, match="unknown video backend"):
         open_video(good_videos["mp4v.mp4"].path, "gstreamer")
+
+
+def test_one_pixel_limit_for_every_reader(good_videos):
+    """The random-access readers and the front-to-back reader (timeline, stream, embed --window) refuse
+    frames over the limit before decoding them; 64×48 frames are 3072 pixels."""
+    from vtempo.video.sequential import SequentialVideo
+
+    path = good_videos["h264_bframes.mp4"].path
+    for backend in ["auto", *BACKENDS]:
+        with pytest.raises(VideoError, match="over the limit of 3000 pixels"):
+            open_video(path, backend, max_pixels=3000)
+    with pytest.raises(VideoError, match="over the limit of 3000 pixels"):
+        SequentialVideo(path, max_pixels=3000)
+    with SequentialVideo(path, max_pixels=3072) as video:
+        assert video.read().shape == (48, 64, 3)

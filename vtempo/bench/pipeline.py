@@ -136,8 +136,7 @@ def measure_pipeline(
         for path in videos:
             try:
                 with open_video(path, backend, plan.max_side) as reader:
-                    chosen = clip_indices(plan.protocol, reader.num_frames, plan.frames, plan.clips)
-                    reader.get([i for clip in chosen for i in clip])
+                    chosen, _ = reader.sample(lambda count: clip_indices(plan.protocol, count, plan.frames, plan.clips))
                     clips += len(chosen)
             except VideoError:
                 pass

@@ -180,8 +180,9 @@ def register(app: typer.Typer) -> None:
         paths: List[Path] = typer.Argument(..., metavar="PATH...", readable=False, help="Video files, frame folders, or folders of them."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
         frames: int = typer.Option(8, "--frames", help="Frames to sample and decode per video, as classify would."),
-        backend: str = typer.Option("auto", "--backend", help="auto, pyav, decord, torchcodec or opencv."),
-        thorough: bool = typer.Option(False, "--thorough", help="Also decode every frame in order and compare counts."),
+        backend: str = typer.Option("auto", "--backend", help="auto, pyav, sequential, opencv, decord or torchcodec."),
+        verify: bool = typer.Option(False, "--verify", help="Also compare random access with sequential decoding "
+                                    "on 16 frames and the frame count; a difference fails the file."),
     ) -> None:
         """Decode every video the way classify would; report failures and frame counts (header vs decodable)."""
         from vtempo.video.check import check_video
@@ -202,13 +203,14 @@ def register(app: typer.Typer) -> None:
         with _progress() as progress:
             task = progress.add_task("checking", total=len(videos))
             for path in videos:
-                check = check_video(path, frames, backend, thorough)
+                check = check_video(path, frames, backend, verify)
                 if check.ok:
                     table.add_row(
                         _short(path), "[green]ok[/]", check.backend or "", _count(check.header_frames),
                         _count(check.num_frames), f"{check.fps:.3g}" if check.fps else "–",
                         f"{check.width}×{check.height}" if check.width else "–",
-                        f"[yellow]{escape(check.note)}[/]" if check.note else "",
+                        "; ".join(filter(None, [escape(check.verdict or ""),
+                                                f"[yellow]{escape(check.note)}[/]" if check.note else ""])),
                     )
                 else:
                     failed += 1

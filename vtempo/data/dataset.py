@@ -207,10 +207,10 @@ class ClipDataset(torch.utils.data.Dataset):
             clips = clip_indices(self.protocol, len(every), self.frames, self.clips, self.train, rng)
             return clips, every[[i for clip in clips for i in clip]]
         with open_video(path) as reader:
-            clips = clip_indices(self.protocol, reader.num_frames, self.frames, self.clips, self.train, rng)
             if self.cache is None:
-                return clips, reader.get([i for clip in clips for i in clip])
-            self.cache[index] = reader.get(range(reader.num_frames))
+                return reader.sample(lambda count: clip_indices(self.protocol, count, self.frames, self.clips,
+                                                                self.train, rng))
+            self.cache[index] = reader.sample(range)[1]
         return clips, self.cache[index][[i for clip in clips for i in clip]]
 
     def __getitem__(self, index: int):

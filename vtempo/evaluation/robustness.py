@@ -73,9 +73,13 @@ class StrideSweepDataset(torch.utils.data.Dataset):
         path, label = self.videos.videos[index]
         try:
             with open_video(path) as reader:
-                per_stride = sweep_indices(reader.num_frames, self.frames, self.strides)
-                needed = sorted({i for clip in per_stride.values() for i in clip})
-                decoded = reader.get(needed)
+                per_stride = {}
+
+                def choose(count: int) -> list[int]:
+                    per_stride.update(sweep_indices(count, self.frames, self.strides))
+                    return sorted({i for clip in per_stride.values() for i in clip})
+
+                needed, decoded = reader.sample(choose)
         except VideoError as error:
             return None, label, index, str(error)
         position = {frame: n for n, frame in enumerate(needed)}

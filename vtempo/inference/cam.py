@@ -380,6 +380,5 @@ def explain(
     loaded = recognizers(models, **load_options)
     first = loaded[0]
     with open_video(video) as reader:
-        indices = clip_indices(first.protocol, reader.num_frames, first.frames, clips=1)[0]
-        pictures = reader.get(indices)
+        indices, pictures = reader.sample(lambda count: clip_indices(first.protocol, count, first.frames, clips=1)[0])
     return explain_frames(pictures, indices, loaded, target, layer, method, norm)

@@ -50,10 +50,10 @@ def decode_views(path: Path, plan: ViewPlan) -> dict[str, Any]:
         return item
     try:
         with open_video(path, plan.backend, plan.max_side) as reader:
+            clips, decoded = reader.sample(lambda count: clip_indices(plan.protocol, count, plan.frames, plan.clips))
+            # after the read: `auto` may have moved the file to another backend on the way
             item.update(num_frames=reader.num_frames, header_frames=reader.header_frames, fps=reader.fps,
                         backend=reader.backend)
-            clips = clip_indices(plan.protocol, reader.num_frames, plan.frames, plan.clips)
-            decoded = reader.get([index for clip in clips for index in clip])
         decoded = decoded.reshape(len(clips), plan.frames, *decoded.shape[1:])
         item["views"] = torch.cat([make_views(clip, plan.preprocess, plan.crop) for clip in decoded])
         if reader.num_frames < plan.frames:

@@ -61,10 +61,9 @@ def decode_clips(path: Path, plan: EmbedPlan) -> dict[str, Any]:
     views = plan.views
     try:
         with open_video(path, views.backend, views.max_side) as reader:
-            clips = clip_indices(views.protocol, reader.num_frames, views.frames, views.clips)
+            clips, decoded = reader.sample(lambda count: clip_indices(views.protocol, count, views.frames, views.clips))
             item["clips"] = [{"frames": indices} for indices in clips]
             item["fps"] = reader.fps
-            decoded = reader.get([index for clip in clips for index in clip])
         decoded = decoded.reshape(len(clips), views.frames, *decoded.shape[1:])
         item["views"] = torch.cat([make_views(clip, views.preprocess, views.crop) for clip in decoded])
     except VideoError as error:

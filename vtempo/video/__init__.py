@@ -4,8 +4,10 @@ from __future__ import annotations
 from vtempo.video.readers import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
+    FrameCountChanged,
     VideoError,
     VideoReader,
+    auto_backends,
     available_backends,
     display_path,
     open_video,
@@ -21,8 +23,10 @@ from vtempo.video.sampling import (
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
+    "FrameCountChanged",
     "VideoError",
     "VideoReader",
+    "auto_backends",
     "available_backends",
     "clip_indices",
     "dense_indices",

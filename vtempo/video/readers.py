@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib.util
+import itertools
 import math
 import os
 import re
 import stat
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -51,6 +52,9 @@ NO_FRAME_DECODES = "truncated or corrupt: no frame decodes"
 CORRUPT_FRAME = "truncated or corrupt: a frame does not decode"
 IMAGE_CODECS = frozenset("png mpng mjpg mjpeg jpeg bmp tiff webp gif jp2 j2k".split())
 """Picture codecs, as the lower-cased FourCCs OpenCV reports: a single frame of one is a still image."""
+
+
+T = TypeVar("T")
 
 
 class VideoError(VtempoError):
@@ -170,6 +174,21 @@ class VideoReader:
             return frames
         position = {index: n for n, index in enumerate(unique)}
         return frames[[position[i] for i in wanted]]
+
+    def sample(self, choose: Callable[[int], T]) -> tuple[T, np.ndarray]:
+        """`choose(num_frames)`'s indices (a list of them, or a list of clips' lists) and their frames,
+        flattened in order: the way to read frames chosen from the count, since `auto` may move a file
+        to a backend that counts differently, and then the indices are chosen again."""
+        for attempt in (1, 2):
+            chosen = choose(self.num_frames)
+            flat = [i for item in chosen for i in item] if chosen and not isinstance(chosen[0], (int, np.integer)) \
+                else list(chosen)
+            try:
+                return chosen, self.get(flat)
+            except FrameCountChanged:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _read(self, indices: list[int]) -> np.ndarray:
         """Frames at sorted, unique, in-range indices."""
@@ -293,22 +312,33 @@ class DecordReader(VideoReader):
         super().close()
 
 
-class PyAVReader(VideoReader):
-    """FFmpeg through PyAV: decodes from the key frame before each wanted frame and converts only the
-    wanted ones to RGB (decord converts every frame it decodes on the way), so sampling a clip costs
-    about half of decord's (docs/performance.md). Frames are numbered in presentation order from the
-    packets' timestamps, read once on opening; the container's display rotation is applied."""
+# Container formats whose packets carry presentation timestamps (MP4/QuickTime, Matroska/WebM). Other
+# formats (AVI above all) store decode order at best: PyAV's seeking reader first checks, on opening, that
+# the leading frames decode in the order their timestamps give, and refuses the file otherwise.
+PRESENTATION_TIMESTAMPS = frozenset({"mov", "mp4", "matroska", "webm"})
+LEADING_FRAMES_CHECKED = 16
 
-    backend = "pyav"
 
-    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+class _PyAVFile(VideoReader):
+    """What both PyAV readers share: the container, its first video stream and one RGB converter."""
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None, max_pixels: int | None):
         super().__init__(path, max_pixels)
         import av
 
         self._av = av
-        _refuse_unindexed(self.path, self.backend)
+        self._max_side = max_side
         self._uri = self._native_path()
         self._container = None
+        self._open_container()
+        self._rotation = 0
+        coded = self._stream.codec_context
+        self._check_pixels(coded.height, coded.width)
+        self.fps = _valid_fps(self._stream.average_rate)
+        self.header_frames = self._stream.frames or None
+
+    def _open_container(self) -> None:
+        av = self._av
         try:
             with quiet_stderr():
                 self._container = av.open(self._uri, metadata_errors="ignore")
@@ -316,26 +346,62 @@ class PyAVReader(VideoReader):
             raise CannotOpen(self.path, "PyAV cannot open it", detail=f"pyav: {_first_line(error)}") from None
         if not self._container.streams.video:
             raise VideoError(self.path, "no video frames")
-        self._stream = stream = self._container.streams.video[0]
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = 1  # one clip per process at a time; workers parallelise across files
+        # one converter for the reader, on this thread: a frame's own `to_ndarray` starts a scaler (and
+        # its threads) for every frame
         self._converter = av.video.reformatter.VideoReformatter()
-        stream.thread_count = 1  # one clip per process at a time; workers parallelise across files
-        coded_height, coded_width = stream.codec_context.height, stream.codec_context.width
-        self._check_pixels(coded_height, coded_width)
-        self.fps = _valid_fps(stream.average_rate)
-        self.header_frames = stream.frames or None
-        # presentation order from the packets' timestamps; without one per packet, seeking is blind
+
+    def _set_size(self, frame) -> None:
+        """Output size and rotation from a decoded frame (the display matrix travels with the frames)."""
+        self._rotation = frame.rotation % 360
+        if self._rotation % 90:
+            raise VideoError(self.path, f"PyAV cannot apply the {self._rotation}° rotation in this file")
+        height, width = frame.height, frame.width
+        if self._rotation in (90, 270):
+            height, width = width, height
+        self._check_pixels(height, width)
+        self.height, self.width = scaled_size(height, width, self._max_side)
+
+    def _rgb(self, frame) -> np.ndarray:
+        self._check_pixels(frame.height, frame.width)  # a stream may change size part-way
+        width, height = (self.width, self.height) if self._rotation in (0, 180) else (self.height, self.width)
+        pixels = self._converter.reformat(frame, width, height, "rgb24", interpolation="AREA", threads=1).to_ndarray()
+        return np.rot90(pixels, self._rotation // 90) if self._rotation else pixels
+
+    def close(self) -> None:
+        if getattr(self, "_container", None) is not None:
+            self._container.close()
+            self._container = None
+        super().close()
+
+
+class PyAVReader(_PyAVFile):
+    """FFmpeg through PyAV, seeking: decodes from the key frame before each wanted frame and converts only
+    the wanted ones to RGB. Frames are numbered in presentation order from the packets' timestamps, read
+    once on opening (packets an edit list discards are not frames). Every frame decoded on the way is
+    checked against that numbering, so a file whose timestamps are not presentation times, or whose
+    decoder drops a frame, raises `VideoError` instead of returning a wrong frame; such files are for
+    `SequentialReader`. The container's display rotation is applied."""
+
+    backend = "pyav"
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+        _refuse_unindexed(Path(path), self.backend)
+        super().__init__(path, max_pixels=max_pixels, max_side=max_side)
         timestamps, key_frames = [], []
         try:
             with quiet_stderr():
-                for packet in self._container.demux(stream):
+                for packet in self._container.demux(self._stream):
                     if packet.size == 0:  # the demuxer's end-of-stream marker
                         continue
                     if packet.pts is None:
                         raise VideoError(self.path, "PyAV cannot seek in this file (a frame without a timestamp)")
-                    timestamps.append(packet.pts)
                     if packet.is_keyframe:
                         key_frames.append(packet.pts)
-        except av.FFmpegError as error:
+                    if not packet.is_discard:
+                        timestamps.append(packet.pts)
+        except self._av.FFmpegError as error:
             raise VideoError(self.path, CORRUPT_FRAME, detail=f"pyav: {_first_line(error)}") from None
         if not timestamps:
             raise VideoError(self.path, "no video frames")
@@ -344,56 +410,74 @@ class PyAVReader(VideoReader):
             raise VideoError(self.path, "PyAV cannot seek in this file (frames share a timestamp)")
         self._key_frames = np.sort(np.asarray(key_frames or timestamps[:1], dtype=np.int64))
         self.num_frames = len(self._timestamps)
+        formats = set(self._container.format.name.split(","))
         try:
+            if not formats & PRESENTATION_TIMESTAMPS:
+                self._decode(list(range(min(LEADING_FRAMES_CHECKED, self.num_frames))), convert=False)
             last = self._decode([self.num_frames - 1], convert=False)
-        except VideoError:
+        except VideoError as error:
+            if error.reason.startswith("frame timestamps"):
+                raise
             if self.num_frames > 1 and self._decodes(0):
                 raise VideoError(self.path, _damaged(self.header_frames or self.num_frames)) from None
             raise VideoError(self.path, NO_FRAME_DECODES) from None
-        self._rotation = last[0].rotation % 360
-        if self._rotation % 90:
-            raise VideoError(self.path, f"PyAV cannot apply the {self._rotation}° rotation in this file")
-        if self._rotation in (90, 270):
-            coded_height, coded_width = coded_width, coded_height
-        self.height, self.width = scaled_size(coded_height, coded_width, max_side)
+        self._set_size(last[0])
 
     def _decode(self, indices: list[int], convert: bool = True) -> list:
         """The frames at sorted, unique indices: as RGB arrays, or as PyAV frames if not `convert`."""
-        wanted = [int(self._timestamps[i]) for i in indices]
-        found: dict[int, object] = {}
-        frames, position = None, None  # the decoding under way and the timestamp it has reached
+        found: list = []
+        run = None  # the decoding under way: [frames, index of the next frame it must give]
         try:
             with quiet_stderr():
-                for target in wanted:
+                for index in indices:
+                    target = int(self._timestamps[index])
+                    key = self._key_frames[max(0, np.searchsorted(self._key_frames, target, "right") - 1)]
                     # decoding on is cheaper than seeking while no key frame lies between
-                    key = int(self._key_frames[max(0, np.searchsorted(self._key_frames, target, "right") - 1)])
-                    if position is None or key > position:
-                        frames = self._seek(target)
-                    frame = self._first_from(frames, target)
-                    if frame.pts != target:  # the seek landed past it: decode from the start instead
-                        frames = self._seek(int(self._timestamps[0]))
-                        frame = self._first_from(frames, target)
-                        if frame.pts != target:
-                            raise VideoError(self.path, f"PyAV cannot seek to frame {self._index(target)} of this file")
-                    position = frame.pts
-                    found[target] = self._rgb(frame) if convert else frame
+                    if run is None or run[1] > index or int(self._timestamps[run[1] - 1]) < key:
+                        run = self._seek(int(key), index)
+                    frame = self._advance(run, index)
+                    found.append(self._rgb(frame) if convert else frame)
         except self._av.FFmpegError as error:
             raise VideoError(self.path, CORRUPT_FRAME, detail=f"pyav: {_first_line(error)}") from None
-        return [found[t] for t in wanted]
+        return found
 
-    def _seek(self, timestamp: int):
+    def _seek(self, key: int, index: int) -> list:
+        """A decoding that starts at the key frame `key` (for frame `index`), anchored at the first frame
+        it gives at or after that key; from the file's start when the seek lands past the frame."""
+        for start in (key, int(self._key_frames[0])):
+            frames = self._start(start)
+            for frame in frames:
+                if frame.pts is None:
+                    raise VideoError(self.path, "PyAV cannot seek in this file (a frame without a timestamp)")
+                if frame.pts < start:  # leading frames of an open GOP, or the ones before an edit
+                    continue
+                anchor = int(np.searchsorted(self._timestamps, frame.pts))
+                if anchor == self.num_frames or self._timestamps[anchor] != frame.pts:
+                    raise VideoError(self.path, _out_of_order(anchor))
+                if anchor <= index:
+                    return [itertools.chain([frame], frames), anchor]
+                break  # landed past the frame
+        raise VideoError(self.path, f"PyAV cannot seek to frame {index} of this file")
+
+    def _start(self, timestamp: int):
         """Decoding from the key frame at or before `timestamp`."""
         self._container.seek(timestamp, stream=self._stream, backward=True, any_frame=False)
         return self._container.decode(self._stream)
 
-    def _first_from(self, frames, target: int):
-        """The first frame decoded at or after `target`'s timestamp."""
-        for frame in frames:
+    def _advance(self, run: list, index: int):
+        """Decode on to frame `index`, checking that each frame on the way is the next one numbered."""
+        for frame in run[0]:
             if frame.pts is None:
                 raise VideoError(self.path, "PyAV cannot seek in this file (a frame without a timestamp)")
-            if frame.pts >= target:
+            expected = run[1]
+            if expected >= self.num_frames or frame.pts != self._timestamps[expected]:
+                raise VideoError(self.path, _out_of_order(expected))
+            if frame.is_corrupt:  # concealed from the frames decoded before it: those of a seek differ
+                raise VideoError(self.path, f"frame {expected} is damaged; the file needs sequential decoding")
+            run[1] += 1
+            if expected == index:
                 return frame
-        raise VideoError(self.path, f"frame {self._index(target)} does not decode")
+        raise VideoError(self.path, f"frame {index} does not decode")
 
     def _decodes(self, index: int) -> bool:
         try:
@@ -402,24 +486,68 @@ class PyAVReader(VideoReader):
         except VideoError:
             return False
 
-    def _index(self, timestamp: int) -> int:
-        return int(np.searchsorted(self._timestamps, timestamp))
-
-    def _rgb(self, frame) -> np.ndarray:
-        width, height = (self.width, self.height) if self._rotation in (0, 180) else (self.height, self.width)
-        # one converter for the reader, on this thread: a frame's own would start a scaler (and its
-        # threads) for every frame, 5 ms against 0.1 ms for a 340×256 one
-        pixels = self._converter.reformat(frame, width, height, "rgb24", interpolation="AREA", threads=1).to_ndarray()
-        return np.rot90(pixels, self._rotation // 90) if self._rotation else pixels
-
     def _read(self, indices: list[int]) -> np.ndarray:
         return np.stack(self._decode(indices))
 
-    def close(self) -> None:
-        if getattr(self, "_container", None) is not None:
-            self._container.close()
-            self._container = None
-        super().close()
+
+def _out_of_order(index: int) -> str:
+    return (f"frame timestamps are not presentation order (frame {index} decodes out of place); "
+            "the file needs sequential decoding")
+
+
+class SequentialReader(_PyAVFile):
+    """FFmpeg through PyAV, in order: frame i is the i-th frame the decoder gives, as the `ffmpeg` program
+    decodes (a packet that fails to decode is skipped, as ffmpeg does). Opening decodes the whole file
+    once to count its frames; a read decodes from the start, or on from the last read, up to the last
+    frame it needs, converting only the wanted ones. Always right, and the reader for files whose
+    timestamps cannot number their frames (AVI with B-frames, streams without timestamps, damaged files)."""
+
+    backend = "sequential"
+
+    def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
+        super().__init__(path, max_pixels=max_pixels, max_side=max_side)
+        count, first = 0, None
+        for frame in self._frames():
+            if first is None:
+                first = frame
+                self._set_size(frame)
+            count += 1
+        if not count:
+            raise VideoError(self.path, NO_FRAME_DECODES)
+        self.num_frames = count
+        self._restart()
+
+    def _frames(self) -> Iterator:
+        codec = self._stream.codec_context
+        with quiet_stderr():
+            for packet in self._container.demux(self._stream):  # the last, empty packet flushes the decoder
+                try:
+                    frames = codec.decode(packet)
+                except self._av.FFmpegError:
+                    continue
+                yield from frames
+
+    def _restart(self) -> None:
+        self._container.close()
+        self._open_container()
+        self._position, self._pending = 0, self._frames()
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        if indices[0] < self._position:
+            self._restart()
+        out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
+        for n, index in enumerate(indices):
+            for frame in self._pending:
+                self._position += 1
+                if self._position - 1 == index:
+                    out[n] = self._rgb(frame)
+                    break
+            else:
+                raise VideoError(self.path, f"frame {index} does not decode")
+        return out
+
+
+OPENCV_FAILURES_AT_END = 32
 
 
 class OpenCVReader(VideoReader):
@@ -439,20 +567,30 @@ class OpenCVReader(VideoReader):
         # headers lie and seeking is inexact: count what decodes
         count = 0
         with quiet_stderr():
-            while self._capture.grab():
+            while self._grab():
                 count += 1
         if count == 0:
             raise VideoError(self.path, NO_FRAME_DECODES)
         self.num_frames = count
         self._capture.release()
         self._capture, self._position = self._open(), 0
-        ok, first = self._capture.read()
-        if not ok:
+        with quiet_stderr():
+            ok = self._grab()
+            first = self._capture.retrieve()[1] if ok else None
+        if first is None:
             raise VideoError(self.path, NO_FRAME_DECODES)
         self._check_pixels(first.shape[0], first.shape[1])
         self._first = first
         self._position = 1
         self.height, self.width = scaled_size(first.shape[0], first.shape[1], max_side)
+
+    def _grab(self) -> bool:
+        """The next frame that decodes; False at the end. OpenCV's grab fails on a packet that does not
+        decode and goes on after it, as the ffmpeg program does; only failures in a row mean the end."""
+        for _ in range(OPENCV_FAILURES_AT_END):
+            if self._capture.grab():
+                return True
+        return False
 
     def _open(self):
         with quiet_stderr():
@@ -473,11 +611,11 @@ class OpenCVReader(VideoReader):
                     self._capture, self._position = self._open(), 0
                 with quiet_stderr():
                     while self._position < index:
-                        if not self._capture.grab():
+                        if not self._grab():
                             raise VideoError(self.path, f"frame {self._position} does not decode")
                         self._position += 1
-                    ok, frame = self._capture.read()
-                if not ok:
+                    frame = self._capture.retrieve()[1] if self._grab() else None
+                if frame is None:
                     raise VideoError(self.path, f"frame {index} does not decode")
                 self._position += 1
             out[n] = cv2.cvtColor(_resize(frame, self.height, self.width), cv2.COLOR_BGR2RGB)
@@ -615,16 +753,78 @@ def _valid_fps(value: float | None) -> float | None:
 
 BACKENDS: dict[str, type[VideoReader]] = {
     "pyav": PyAVReader,
+    "sequential": SequentialReader,
+    "opencv": OpenCVReader,
     "decord": DecordReader,
     "torchcodec": TorchcodecReader,
-    "opencv": OpenCVReader,
 }
+AUTO = ("pyav", "sequential", "opencv")
+"""The backends `auto` tries, in order. decord and torchcodec are left out: on the frame-accuracy matrix
+(tests/test_frame_matrix.py) they return wrong frames, without an error, for files with an edit list or an
+open GOP; name them to use them."""
+
+_MODULES = {"opencv": "cv2", "pyav": "av", "sequential": "av"}
 
 
 def available_backends() -> list[str]:
-    """Installed video backends in the order `auto` tries them."""
-    modules = {"opencv": "cv2", "pyav": "av"}
-    return [name for name in BACKENDS if importlib.util.find_spec(modules.get(name, name))]
+    """Installed video backends, `auto`'s first, in the order it tries them."""
+    return [name for name in BACKENDS if importlib.util.find_spec(_MODULES.get(name, name))]
+
+
+def auto_backends() -> list[str]:
+    """The installed backends `auto` tries, in order."""
+    installed = available_backends()
+    return [name for name in AUTO if name in installed]
+
+
+class FrameCountChanged(VideoError):
+    """`auto` moved a file to another backend part-way, and that backend counts a different number of
+    frames: indices chosen from the old count must be chosen again (`VideoReader.sample` does)."""
+
+
+class AutoReader(VideoReader):
+    """`auto`'s reader: the first backend that opens the file reads it; a read that fails moves the file
+    to the next backend that opens it, for the rest of its reads. `backend` names the one reading now."""
+
+    def __init__(self, reader: VideoReader, fallbacks: list[str], max_side: int | None, max_pixels: int | None):
+        self.path = reader.path
+        self._descriptor = None
+        self._reader, self._fallbacks = reader, list(fallbacks)
+        self._max_side, self._max_pixels = max_side, max_pixels
+        self._take(reader)
+
+    def _take(self, reader: VideoReader) -> None:
+        self._reader = reader
+        self.backend, self.num_frames, self.header_frames = reader.backend, reader.num_frames, reader.header_frames
+        self.fps, self.height, self.width = reader.fps, reader.height, reader.width
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        while True:
+            try:
+                return self._reader.get(indices)
+            except FrameCountChanged:
+                raise
+            except VideoError as error:
+                failed = error
+            self._reader.close()
+            while self._fallbacks:
+                name = self._fallbacks.pop(0)
+                try:
+                    reader = BACKENDS[name](self.path, self._max_side, self._max_pixels)
+                except VideoError:
+                    continue
+                break
+            else:
+                raise failed
+            counted, before = self.num_frames, self.backend
+            self._take(reader)
+            if reader.num_frames != counted:
+                raise FrameCountChanged(self.path, f"{before} counted {counted} frames, then failed ({failed.reason}); "
+                                                   f"{reader.backend} counts {reader.num_frames}")
+
+    def close(self) -> None:
+        if getattr(self, "_reader", None) is not None:
+            self._reader.close()
 
 
 def check_readable(path: Path) -> None:
@@ -682,8 +882,9 @@ def open_video(
 ) -> VideoReader:
     """Open a video file or a folder of frames.
 
-    backend: "auto" (PyAV, decord, torchcodec, then OpenCV: the first installed one that reads the file
-    correctly), or one of "pyav", "decord", "torchcodec", "opencv". max_side: shrink frames at decode
+    backend: "auto" (`AUTO`: PyAV seeking, PyAV sequential, then OpenCV: the first that opens the file
+    reads it, and a read that fails moves the file to the next, see `AutoReader`), or one of `BACKENDS`:
+    "pyav", "sequential", "opencv", "decord", "torchcodec". max_side: shrink frames at decode
     time so the longer side is at most this many pixels (large inputs cost less to transform and hold). max_pixels: the
     largest frame (width × height) to decode, checked against the header or container first (default
     $VTEMPO_MAX_PIXELS, else `vtempo.video.images.MAX_PIXELS`). A still image (a PNG or JPEG named like
@@ -700,7 +901,7 @@ def open_video(
             raise VtempoError(f"video backend {backend!r} is not installed")
         names = [backend]
     else:
-        names = available_backends()
+        names = auto_backends()
         if not names:
             raise VtempoError("no video backend installed: install av or opencv-python-headless")
     image = _check_image_file(path, max_pixels)
@@ -722,7 +923,7 @@ def open_video(
             if not isinstance(error, CannotOpen) and error.reason not in reasons:
                 reasons.append(error.reason)
             continue
-        return _refuse_still(reader, image)
+        return AutoReader(_refuse_still(reader, image), names[names.index(name) + 1:], max_side, max_pixels)
     detail = "; ".join(details) or None
     if image:
         raise VideoError(path, f"a still image ({image}), not a video", detail)

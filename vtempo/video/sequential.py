@@ -15,7 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vtempo.video.images import ImageError, check_pixels, pixel_limit
 from vtempo.video.readers import (
+    OPENCV_FAILURES_AT_END,
     CannotOpen,
     VideoError,
     display_path,
@@ -41,13 +43,18 @@ class SequentialVideo:
     `live` is true for cameras and URLs: their end means the source stopped, not the video ended.
     """
 
-    def __init__(self, source: str | int | os.PathLike, max_side: int | None = None, quiet: bool = True):
+    def __init__(self, source: str | int | os.PathLike, max_side: int | None = None, quiet: bool = True,
+                 max_pixels: int | None = None):
         self.source = source
         self.quiet = quiet  # silence the decoder's stderr around each grab (not from a thread: it swaps fd 2)
         self.max_side = max_side
         text = str(source)
         self.live = isinstance(source, int) or text.isdigit() or bool(STREAM_URL.match(text))
         self.name = text if self.live else display_path(source)
+        try:
+            self._pixel_limit = pixel_limit(max_pixels)
+        except ImageError as error:
+            raise VideoError(self.name, str(error)) from None
         if not self.live:
             path = Path(source)
             if not path.exists():
@@ -66,18 +73,29 @@ class SequentialVideo:
             self._capture.release()
             raise CannotOpen(text if self.live else Path(source),
                              "OpenCV cannot open it" + (" (no such camera or nothing served there)" if self.live else ""))
+        # the same limit as the random-access readers, from the container before the first decode
+        self._check_pixels(int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         self.fps = _valid_fps(self._capture.get(cv2.CAP_PROP_FPS))
         header = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.header_frames = header if header > 0 and not self.live else None
         self.index = -1
         self.position = 0.0
 
+    def _check_pixels(self, height: int, width: int) -> None:
+        try:
+            check_pixels(height, width, self._pixel_limit)
+        except ImageError as error:
+            self.close()
+            raise VideoError(self.name, str(error)) from None
+
     def grab(self) -> bool:
         """Advance one frame; False at the end of the video or when the source stops."""
         if self._capture is None:
             return False
+        # a file's grab fails on a packet that does not decode and goes on after it, as the ffmpeg
+        # program does: only failures in a row end it; a live source's failure means it stopped
         with quiet_stderr() if self.quiet else contextlib.nullcontext():
-            ok = self._capture.grab()
+            ok = any(self._capture.grab() for _ in range(1 if self.live else OPENCV_FAILURES_AT_END))
         if not ok:
             return False
         self.index += 1
@@ -90,6 +108,7 @@ class SequentialVideo:
         ok, frame = self._capture.retrieve()
         if not ok or frame is None:
             raise VideoError(self.name, f"frame {self.index} does not decode")
+        self._check_pixels(frame.shape[0], frame.shape[1])  # a stream may change size part-way
         height, width = scaled_size(frame.shape[0], frame.shape[1], self.max_side)
         if (height, width) != frame.shape[:2]:
             frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
