@@ -306,3 +306,73 @@ def test_one_pixel_limit_for_every_reader(good_videos):
         SequentialVideo(path, max_pixels=3000)
     with SequentialVideo(path, max_pixels=3072) as video:
         assert video.read().shape == (48, 64, 3)
+
+
+def _spoil_packet(source: Path, target: Path, index: int) -> Path:
+    """A copy of `source` whose `index`-th video packet (in file order) is overwritten with noise."""
+    import av
+
+    with av.open(str(source)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(source.read_bytes())
+    position, size = packets[index]
+    data[position:position + size] = random.Random(index).randbytes(size)
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_auto_moves_a_file_to_sequential_decoding_when_a_read_fails(tmp_path):
+    """An MJPEG AVI whose 21st packet does not decode: PyAV opens it (counting 40 packets) and a read that
+    passes the packet fails; auto moves the file to sequential decoding, which counts the 39 frames that
+    decode, and `sample` chooses the indices again from that count."""
+    from videogen import write_ffmpeg
+
+    source = write_ffmpeg(tmp_path / "source.avi", 40, codec=["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"])
+    spoilt = _spoil_packet(source, tmp_path / "spoilt.avi", 20)
+    truth = [i for i in range(40) if i != 20]
+    with open_video(spoilt) as reader:
+        assert (reader.backend, reader.num_frames) == ("pyav", 40)
+        chosen, frames = reader.sample(lambda count: list(range(count)))
+        assert (reader.backend, reader.num_frames) == ("sequential", 39)
+        assert chosen == list(range(39)) and [read_index(f) for f in frames] == truth
+    with open_video(spoilt, "sequential") as reader:
+        assert reader.num_frames == 39 and indices_read(reader, [38, 20, 19]) == [truth[38], truth[20], truth[19]]
+    with open_video(spoilt, "opencv") as reader:  # OpenCV goes on past the frame too
+        assert reader.num_frames == 39 and indices_read(reader, [38, 20, 19]) == [truth[38], truth[20], truth[19]]
+
+
+def test_sequential_reads_stop_at_the_last_frame_asked_for(good_videos):
+    with open_video(good_videos["h264_bframes.mp4"].path, "sequential") as reader:
+        assert reader.num_frames == 60
+        assert indices_read(reader, [7, 3]) == [7, 3]
+        assert reader._position == 8  # decoded up to frame 7, not to the end
+        assert indices_read(reader, [9]) == [9] and reader._position == 10  # on from there
+        assert indices_read(reader, [2]) == [2] and reader._position == 3  # from the start again
+
+
+def test_pyav_refuses_decode_order_timestamps(tmp_path):
+    """H.264 with B-frames in AVI: the container has only decode-order times, which PyAV would take for
+    presentation times; it refuses the file on opening and auto decodes it in order."""
+    from videogen import write_ffmpeg
+
+    path = write_ffmpeg(tmp_path / "b.avi", 40, codec=["-c:v", "libx264", "-preset", "ultrafast", "-bf", "3",
+                                                       "-pix_fmt", "yuv420p"])
+    with pytest.raises(VideoError, match="not presentation order"):
+        open_video(path, "pyav")
+    with open_video(path) as reader:
+        assert reader.backend == "sequential" and reader.num_frames == 40
+        assert indices_read(reader, [39, 0, 17, 18]) == [39, 0, 17, 18]
+
+
+def test_pyav_skips_what_an_edit_list_discards(tmp_path):
+    from videogen import run_ffmpeg, write_ffmpeg
+
+    source = write_ffmpeg(tmp_path / "source.mp4", 60, codec=["-c:v", "libx264", "-preset", "ultrafast",
+                                                               "-pix_fmt", "yuv420p", "-bf", "3", "-g", "12"])
+    cut = run_ffmpeg(["-ss", "0.5", "-i", str(source), "-c", "copy", str(tmp_path / "cut.mp4")])
+    with open_video(cut, "sequential") as sequential:
+        truth = indices_read(sequential, range(sequential.num_frames))
+    assert truth[0] > 0 and truth == list(range(truth[0], 60))  # the cut starts at a later frame
+    with open_video(cut, "pyav") as reader:
+        assert reader.num_frames == len(truth)
+        assert indices_read(reader, [len(truth) - 1, 0, 5]) == [truth[-1], truth[0], truth[5]]

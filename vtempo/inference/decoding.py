@@ -33,8 +33,7 @@ class ViewPlan:
 
     @property
     def max_side(self) -> int:
-        # decode large inputs smaller, but keep at least twice the resize target for any aspect ratio
-        return 2 * max(max(self.preprocess.resize), self.preprocess.input_size)
+        return self.preprocess.decode_side
 
     @property
     def views(self) -> int:

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vtempo.inference.decoding import ViewPlan
 from vtempo.video import VideoError, VideoReader, open_video
 from vtempo.video.discovery import FailedInput
 from vtempo.video.readers import SequentialReader
 from vtempo.video.transforms import Preprocess
-from vtempo.weights.registry import Protocol
 
 
 @dataclass
@@ -58,7 +56,7 @@ def check_video(path: str | os.PathLike, frames: int = 8, backend: str = "auto",
         return VideoCheck(path.path, error=path.reason)
     path = Path(path)
     check = VideoCheck(path)
-    max_side = ViewPlan(frames, Protocol(), 1, "centre", Preprocess()).max_side
+    max_side = Preprocess().decode_side
     try:
         with open_video(path, backend, max_side) as reader:
             reader.sample(lambda count: uniform_indices(count, frames))

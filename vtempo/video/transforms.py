@@ -40,6 +40,12 @@ class Preprocess:
         factor = input_size / spec.input_size
         return cls(tuple(max(round(side * factor), input_size) for side in spec.resize), input_size, spec.mean, spec.std)
 
+    @property
+    def decode_side(self) -> int:
+        """The longest side to decode frames at: large inputs are decoded smaller, but at least twice
+        the resize target for any aspect ratio."""
+        return 2 * max(max(self.resize), self.input_size)
+
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of a frame after the resize step."""
         if len(self.resize) == 2:
