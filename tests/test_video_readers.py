@@ -11,6 +11,7 @@ import pytest
 from videogen import read_index
 
 from vtempo.video import VideoError, auto_backends, available_backends, display_path, open_video
+from vtempo.video import readers
 from vtempo.video.readers import scaled_size
 
 # torchcodec is tested where it is installed (it needs a system FFmpeg); the others always
@@ -341,8 +342,16 @@ def test_auto_moves_a_file_to_sequential_decoding_when_a_read_fails(tmp_path):
         assert reader.num_frames == 39 and indices_read(reader, [38, 20, 19]) == [truth[38], truth[20], truth[19]]
 
 
-def test_sequential_reads_stop_at_the_last_frame_asked_for(good_videos):
-    with open_video(good_videos["h264_bframes.mp4"].path, "sequential") as reader:
+def test_sequential_reads_stop_at_the_last_frame_asked_for(good_videos, monkeypatch):
+    path = good_videos["h264_bframes.mp4"].path
+    with open_video(path, "sequential") as reader:  # a short file: the frames decoded to count them are kept
+        assert len(reader._kept) == 60
+        kept = reader.get([59, 7, 3, 0])
+    monkeypatch.setattr(readers, "SEQUENTIAL_KEPT_BYTES", 0)
+    with open_video(path, "sequential") as reader:
+        assert reader._kept is None
+        np.testing.assert_array_equal(reader.get([59, 7, 3, 0]), kept)
+    with open_video(path, "sequential") as reader:
         assert reader.num_frames == 60
         assert indices_read(reader, [7, 3]) == [7, 3]
         assert reader._position == 8  # decoded up to frame 7, not to the end

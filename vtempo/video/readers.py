@@ -370,6 +370,7 @@ class _PyAVFile(VideoReader):
         return np.rot90(pixels, self._rotation // 90) if self._rotation else pixels
 
     def close(self) -> None:
+        self._kept = None
         if getattr(self, "_container", None) is not None:
             self._container.close()
             self._container = None
@@ -495,27 +496,39 @@ def _out_of_order(index: int) -> str:
             "the file needs sequential decoding")
 
 
+SEQUENTIAL_KEPT_BYTES = 64 << 20
+"""Decoded frames (in the decoder's own pixel format) `SequentialReader` keeps from counting, at most."""
+
+
 class SequentialReader(_PyAVFile):
     """FFmpeg through PyAV, in order: frame i is the i-th frame the decoder gives, as the `ffmpeg` program
     decodes (a packet that fails to decode is skipped, as ffmpeg does). Opening decodes the whole file
-    once to count its frames; a read decodes from the start, or on from the last read, up to the last
-    frame it needs, converting only the wanted ones. Always right, and the reader for files whose
+    once to count its frames, and keeps them when they fit in `SEQUENTIAL_KEPT_BYTES`; otherwise a read
+    decodes from the start, or on from the last read, up to the last frame it needs. Only the wanted
+    frames are converted to RGB. Always right, and the reader for files whose
     timestamps cannot number their frames (AVI with B-frames, streams without timestamps, damaged files)."""
 
     backend = "sequential"
 
     def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
         super().__init__(path, max_pixels=max_pixels, max_side=max_side)
-        count, first = 0, None
+        count, kept, held = 0, [], 0
         for frame in self._frames():
-            if first is None:
-                first = frame
+            if not count:
                 self._set_size(frame)
             count += 1
+            if kept is not None:  # a short file's decoded frames are kept, so reads need not decode again
+                held += sum(plane.buffer_size for plane in frame.planes)
+                if held > SEQUENTIAL_KEPT_BYTES:
+                    kept = None
+                else:
+                    kept.append(frame)
         if not count:
             raise VideoError(self.path, NO_FRAME_DECODES)
         self.num_frames = count
-        self._restart()
+        self._kept = kept
+        if kept is None:
+            self._restart()
 
     def _frames(self) -> Iterator:
         codec = self._stream.codec_context
@@ -533,6 +546,8 @@ class SequentialReader(_PyAVFile):
         self._position, self._pending = 0, self._frames()
 
     def _read(self, indices: list[int]) -> np.ndarray:
+        if self._kept is not None:
+            return np.stack([self._rgb(self._kept[index]) for index in indices])
         if indices[0] < self._position:
             self._restart()
         out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
