@@ -370,7 +370,6 @@ class _PyAVFile(VideoReader):
         return np.rot90(pixels, self._rotation // 90) if self._rotation else pixels
 
     def close(self) -> None:
-        self._kept = None
         if getattr(self, "_container", None) is not None:
             self._container.close()
             self._container = None
@@ -417,7 +416,7 @@ class PyAVReader(_PyAVFile):
                 self._decode(list(range(min(LEADING_FRAMES_CHECKED, self.num_frames))), convert=False)
             last = self._decode([self.num_frames - 1], convert=False)
         except VideoError as error:
-            if error.reason.startswith("frame timestamps"):
+            if error.reason.endswith(NEEDS_SEQUENTIAL):
                 raise
             if self.num_frames > 1 and self._decodes(0):
                 raise VideoError(self.path, _damaged(self.header_frames or self.num_frames)) from None
@@ -443,21 +442,20 @@ class PyAVReader(_PyAVFile):
         return found
 
     def _seek(self, key: int, index: int) -> list:
-        """A decoding that starts at the key frame `key` (for frame `index`), anchored at the first frame
-        it gives at or after that key; from the file's start when the seek lands past the frame."""
+        """A decoding that starts at the key frame `key` (for frame `index`), whose first frame at or
+        after that key must be the first frame numbered there; from the file's start when the seek
+        lands elsewhere (past the frame, or on a later key frame)."""
         for start in (key, int(self._key_frames[0])):
             frames = self._start(start)
+            first = int(np.searchsorted(self._timestamps, start))
             for frame in frames:
                 if frame.pts is None:
                     raise VideoError(self.path, "PyAV cannot seek in this file (a frame without a timestamp)")
                 if frame.pts < start:  # leading frames of an open GOP, or the ones before an edit
                     continue
-                anchor = int(np.searchsorted(self._timestamps, frame.pts))
-                if anchor == self.num_frames or self._timestamps[anchor] != frame.pts:
-                    raise VideoError(self.path, _out_of_order(anchor))
-                if anchor <= index:
-                    return [itertools.chain([frame], frames), anchor]
-                break  # landed past the frame
+                if first < self.num_frames and frame.pts == self._timestamps[first]:
+                    return [itertools.chain([frame], frames), first]
+                break
         raise VideoError(self.path, f"PyAV cannot seek to frame {index} of this file")
 
     def _start(self, timestamp: int):
@@ -474,7 +472,7 @@ class PyAVReader(_PyAVFile):
             if expected >= self.num_frames or frame.pts != self._timestamps[expected]:
                 raise VideoError(self.path, _out_of_order(expected))
             if frame.is_corrupt:  # concealed from the frames decoded before it: those of a seek differ
-                raise VideoError(self.path, f"frame {expected} is damaged; the file needs sequential decoding")
+                raise VideoError(self.path, f"frame {expected} is damaged; {NEEDS_SEQUENTIAL}")
             run[1] += 1
             if expected == index:
                 return frame
@@ -491,9 +489,11 @@ class PyAVReader(_PyAVFile):
         return np.stack(self._decode(indices))
 
 
+NEEDS_SEQUENTIAL = "the file needs sequential decoding"
+
+
 def _out_of_order(index: int) -> str:
-    return (f"frame timestamps are not presentation order (frame {index} decodes out of place); "
-            "the file needs sequential decoding")
+    return f"frame timestamps are not presentation order (frame {index} decodes out of place); {NEEDS_SEQUENTIAL}"
 
 
 SEQUENTIAL_KEPT_BYTES = 64 << 20
@@ -560,6 +560,10 @@ class SequentialReader(_PyAVFile):
             else:
                 raise VideoError(self.path, f"frame {index} does not decode")
         return out
+
+    def close(self) -> None:
+        self._kept = None
+        super().close()
 
 
 OPENCV_FAILURES_AT_END = 32
