@@ -201,17 +201,18 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.videos)
 
     def _decode(self, index: int, rng: random.Random) -> tuple[list[list[int]], np.ndarray]:
-        path = self.videos.videos[index][0]
-        if self.cache is not None and index in self.cache:
-            every = self.cache[index]
-            clips = clip_indices(self.protocol, len(every), self.frames, self.clips, self.train, rng)
-            return clips, every[[i for clip in clips for i in clip]]
-        with open_video(path) as reader:
-            if self.cache is None:
-                return reader.sample(lambda count: clip_indices(self.protocol, count, self.frames, self.clips,
-                                                                self.train, rng))
-            self.cache[index] = reader.sample(range)[1]
-        return clips, self.cache[index][[i for clip in clips for i in clip]]
+        def choose(count: int) -> list[list[int]]:
+            return clip_indices(self.protocol, count, self.frames, self.clips, self.train, rng)
+
+        if self.cache is None:
+            with open_video(self.videos.videos[index][0]) as reader:
+                return reader.sample(choose)
+        if index not in self.cache:
+            with open_video(self.videos.videos[index][0]) as reader:
+                self.cache[index] = reader.sample(range)[1]
+        every = self.cache[index]
+        clips = choose(len(every))
+        return clips, every[[i for clip in clips for i in clip]]
 
     def __getitem__(self, index: int):
         label = self.videos.videos[index][1]
