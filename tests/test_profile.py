@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from vtempo.models import FAMILIES, VideoRecognizer, build
 from vtempo.models.backbone import resnet
 
 TINY = ["--size", "64", "--frames", "2", "--iters", "2", "--warmup", "1"]
+CLIPS = Path(__file__).resolve().parent.parent / "examples" / "clips"
 
 # bf16 autocast vs fp32, tiny random-weight models, random clips: the largest logit difference
 # measured was 0.5–1.2 % of the largest |logit| (tsn r10w8…r18); allowed: 3 %. Top-1 cannot change
@@ -102,6 +104,8 @@ def test_time_ratios_pair_the_rounds():
         (["--relative-to", "tsm-r50"], "--relative-to tsm-r50"),
         (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
         (["--cuda-graphs", "--compile"], "--cuda-graphs and --compile"),
+        (["--calibrate", "no-such-folder", "--dtype", "int8"], "--calibrate no-such-folder: no such folder"),
+        (["--calibrate", "examples", "--dtype", "bf16"], "--calibrate goes with --dtype int8"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(args, message):
@@ -109,6 +113,41 @@ def test_bad_options_give_one_line_and_exit_2(args, message):
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_int8_times_the_quantized_model_calibrated_on_synthetic_clips():
+    settings = Settings(frames=2, size=64, iters=2, warmup=1, dtypes=("fp32", "int8"), device="cpu")
+    (profile,) = profile_models(["tsm-demo"], settings)
+    assert not profile.errors and set(profile.timings) == {"fp32", "int8"}
+    assert profile.int8.calibration == "synthetic" and profile.int8.calibration_clips >= 1
+    assert profile.int8.int8_ops > 0 and profile.int8.compiled
+    # the int8 row ran other kernels than the fp32 one: its logits differ, within int8's rounding
+    agreement = profile.agreement["int8"]
+    assert 0 < agreement.relative < 0.5
+
+
+@pytest.mark.slow
+def test_int8_from_the_command_line_calibrates_on_a_folder_and_says_what_it_timed():
+    result = CliRunner().invoke(app, ["profile", "tsn-demo", *TINY, "--device", "cpu", "--dtype", "int8",
+                                      "--calibrate", str(CLIPS), "--json"])
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.stdout)["models"]
+    assert list(model["timings"]) == ["int8"] and model["timings"]["int8"]["median_ms"] > 0
+    assert model["int8"]["calibration"] == str(CLIPS) and model["int8"]["int8_ops"] > 0
+
+
+def test_int8_without_torchao_is_refused_in_one_line(monkeypatch):
+    from vtempo.errors import VtempoError
+    from vtempo.fast import quantize
+
+    def missing():
+        raise VtempoError("int8 needs the torchao package: pip install 'vtempo[int8]' (No module named 'torchao')")
+
+    monkeypatch.setattr(quantize, "_pt2e", missing)
+    result = run("tsn-demo", *TINY, "--device", "cpu", "--dtype", "fp32,int8")
+    assert result.exit_code == 2
+    assert "pip install 'vtempo[int8]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_model_is_a_usage_error():

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import torch
 
 from vtempo.bench.flops import count_macs
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, VtempoError
 from vtempo.fast import prepare
 from vtempo.fast.compile import compile_model
 from vtempo.fast.cudagraph import GraphedModel
@@ -59,12 +59,17 @@ class Settings:
     cuda_graphs: bool = False  # replay captured CUDA graphs (vtempo.fast.cudagraph): batch-1 GPU latency
     iters: int = 20
     warmup: int = 3
+    calibrate: str | None = None  # int8: a folder of videos to calibrate on (None: synthetic clips)
 
     def check(self) -> None:
         for dtype in self.dtypes:
             check_dtype(dtype)
         if not self.dtypes:
             raise UsageError("give at least one --dtype")
+        if self.calibrate is not None and "int8" not in self.dtypes:
+            raise UsageError("--calibrate goes with --dtype int8")
+        if "int8" in self.dtypes and self.cuda_graphs:
+            raise UsageError("--dtype int8 runs on the CPU: drop --cuda-graphs")
         if self.cuda_graphs and self.compile:
             raise UsageError("--cuda-graphs and --compile: choose one (each is timed against eager on its own)")
         limits = (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
@@ -114,13 +119,26 @@ class Agreement:
     top1_same: float  # fraction of clips whose top-1 class is unchanged
 
 
-def logit_agreement(model: torch.nn.Module, clips: torch.Tensor, dtype: str = "bf16") -> Agreement:
-    """Run `model` (prepared, on the clips' device) in fp32 and in `dtype`; compare the logits."""
+@dataclass
+class Int8Model:
+    """The quantized model that `int8` timings ran: how it was calibrated and what its graph holds."""
+
+    calibration: str  # "synthetic" (rendered clips) or the --calibrate folder
+    calibration_clips: int
+    int8_ops: int  # oneDNN int8 convolutions (and linears) in the lowered graph
+    fp32_convs: int  # convolutions left in floating point (TCM's dynamics)
+    compiled: bool
+
+
+def logit_agreement(model: torch.nn.Module, clips: torch.Tensor, dtype: str = "bf16",
+                    reduced_model: torch.nn.Module | None = None) -> Agreement:
+    """Run `model` (prepared, on the clips' device) in fp32 and `reduced_model` (default: `model`
+    itself) in `dtype`; compare the logits."""
     device = clips.device
     with torch.inference_mode():
         exact = model(clips).float()
         with autocast(device, dtype):
-            reduced = model(clips).float()
+            reduced = (model if reduced_model is None else reduced_model)(clips).float()
     max_abs = float((reduced - exact).abs().max())
     scale = float(exact.abs().max())
     same = float((reduced.argmax(-1) == exact.argmax(-1)).float().mean())
@@ -142,6 +160,7 @@ class ModelProfile:
     # Reduced-precision logits vs fp32 on the (random) profiling clip, random weights: a sanity figure;
     # the top-1 check belongs on trained weights and real clips.
     agreement: dict[str, Agreement] = field(default_factory=dict)
+    int8: Int8Model | None = None  # what the int8 timings ran
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -239,6 +258,76 @@ class _Runner:
         return (time.perf_counter() - start) * 1000
 
 
+CALIBRATION_CLIPS = 4  # clips an int8 model is calibrated on: activation ranges, for speed figures
+
+
+def calibration_batches(entry: ModelEntry | None, frames: int, size: int, batch: int,
+                        folder: str | None = None) -> tuple[list[torch.Tensor], str]:
+    """Batches of `batch` clips, preprocessed as `entry`'s model tests (default preprocessing without
+    one), to calibrate an int8 model on: rendered synthetic clips, or those of the first videos in
+    `folder` that decode. Returns them and where they came from."""
+    import numpy as np
+
+    from vtempo.video.sampling import clip_indices
+    from vtempo.video.transforms import Preprocess, make_views
+    from vtempo.weights.registry import Protocol
+
+    preprocess = Preprocess.from_entry(entry, size)
+    protocol = entry.protocol if entry is not None else Protocol()
+    wanted = max(CALIBRATION_CLIPS, batch)
+    clips: list[torch.Tensor] = []
+    if folder is None:
+        from vtempo.data.synth import CLASSES, render_clip
+
+        for index in range(wanted):
+            video = render_clip(index % len(CLASSES), seed=[7, index], frames=max(frames, 16),
+                                size=max(preprocess.resize))
+            chosen = clip_indices(protocol, len(video.frames), frames, 1)[0]
+            clips.append(make_views(np.asarray(video.frames)[list(chosen)], preprocess, 1))
+        source = "synthetic"
+    else:
+        from vtempo.inference.decoding import ViewPlan, decode_views
+        from vtempo.video.discovery import collect_videos
+
+        plan = ViewPlan(frames, protocol, 1, "centre", preprocess)
+        for path in collect_videos([folder], recursive=True):
+            views = decode_views(path, plan)["views"]
+            if views is not None:
+                clips.append(views)
+            if len(clips) == wanted:
+                break
+        if not clips:
+            raise UsageError(f"--calibrate {folder}: no video there decodes; int8 needs a few to calibrate on")
+        source = str(folder)
+    joined = torch.cat(clips)
+    joined = torch.cat([joined, joined[torch.arange(-len(joined) % batch) % len(joined)]])  # whole batches
+    return list(joined.split(batch)), source
+
+
+def _int8_ops(model: torch.nn.Module) -> tuple[int, int]:
+    """(oneDNN int8 convolutions and linears, float convolutions) in a quantized model's graph."""
+    graph = getattr(model, "_orig_mod", model).graph  # compiled: the lowered graph it compiles
+    targets = [str(node.target) for node in graph.nodes if node.op == "call_function"]
+    return (sum("onednn.qconv" in t or "onednn.qlinear" in t for t in targets),
+            sum(t.startswith("aten.convolution") or "mkldnn._convolution" in t for t in targets))
+
+
+def _quantized_runner(model: torch.nn.Module, entry, frames: int, size: int, settings: Settings,
+                      clip: torch.Tensor) -> tuple[_Runner, Int8Model]:
+    """`model` (prepared, fp32, on the CPU) quantized to int8 the way `classify --dtype int8` runs it."""
+    import copy
+
+    from vtempo.fast.quantize import quantize
+
+    batches, source = calibration_batches(entry, frames, size, settings.batch, settings.calibrate)
+    quantized = quantize(copy.deepcopy(model), batches)
+    int8_ops, fp32_convs = _int8_ops(quantized)
+    if not int8_ops:
+        raise VtempoError("the quantized graph holds no int8 convolution")
+    info = Int8Model(source, sum(len(b) for b in batches), int8_ops, fp32_convs, compiled=True)
+    return _Runner(quantized, clip, clip.device), info
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     position = fraction * (len(ordered) - 1)
@@ -261,6 +350,8 @@ def profile_models(
     device = pick_device(settings.device)
     if settings.cuda_graphs and device.type != "cuda":
         raise UsageError(f"--cuda-graphs needs a CUDA device, and this run's is {device}")
+    if "int8" in settings.dtypes:
+        _check_int8(device)
     threads_before = torch.get_num_threads()
     set_threads(settings.threads)
     try:
@@ -271,10 +362,23 @@ def profile_models(
         torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
 
 
+def _check_int8(device: torch.device) -> None:
+    """int8 runs on the CPU with torchao's quantizer: refused in one line otherwise."""
+    from vtempo.fast.quantize import _pt2e
+
+    if device.type != "cpu":
+        raise UsageError(f"--dtype int8 runs on the CPU only, and this run's device is {device}: pass --device cpu")
+    try:
+        _pt2e()
+    except VtempoError as error:
+        raise UsageError(str(error).split(" (")[0]) from None
+
+
 def _profile(resolved, entries, settings: Settings, device: torch.device, user_registry, say) -> list[ModelProfile]:
 
     profiles: list[ModelProfile] = []
     runners: dict[str, _Runner] = {}
+    quantized: dict[str, _Runner] = {}  # the int8 model of each name, when int8 is asked for
     for name, arch, entry in resolved:
         frames = settings.frames or (entry.frames if entry else 8)
         size = settings.size or (entry.input_size if entry else 224)
@@ -291,16 +395,26 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             profile.cost = measure_cost(model, frames, size)
         except Exception as error:  # noqa: BLE001 - a model the meta device cannot run still gets timed
             profile.errors.append(f"MACs: {type(error).__name__}: {error}")
-        model = prepare(model, device, settings.channels_last)
+        model = prepared = prepare(model, device, settings.channels_last)
         if settings.compile:
             model = compile_model(model, device)
         if settings.cuda_graphs:
             model = GraphedModel(model)
         clip = torch.randn(settings.batch, frames, 3, size, size, device=device)
         runners[name] = _Runner(model, clip, device)
+        if "int8" in settings.dtypes:
+            say(f"quantizing {name} to int8")
+            try:
+                quantized[name], profile.int8 = _quantized_runner(prepared, entry, frames, size, settings, clip)
+            except Exception as error:  # noqa: BLE001 - the other dtypes and models are still timed
+                message = str(error) if isinstance(error, VtempoError) else f"{type(error).__name__}: {error}"
+                profile.errors.append(f"int8: {message}")
+
+    def runner(name: str, dtype: str) -> _Runner:
+        return quantized[name] if dtype == "int8" else runners[name]
 
     by_name = {profile.name: profile for profile in profiles}
-    plan = [(name, dtype) for name in runners for dtype in settings.dtypes]
+    plan = [(name, dtype) for name in runners for dtype in settings.dtypes if dtype != "int8" or name in quantized]
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     warmups: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     failed: set[str] = set()
@@ -318,21 +432,21 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         for _ in range(settings.warmup):
             if name in failed:
                 break
-            elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+            elapsed = attempt(name, f"{dtype} run", lambda: runner(name, dtype)(dtype))
             if elapsed is not None:
                 warmups[name, dtype].append(elapsed)
     for round_index in range(settings.iters):
         say(f"timing round {round_index + 1}/{settings.iters}")
         for name, dtype in plan:
             if name not in failed:
-                elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+                elapsed = attempt(name, f"{dtype} run", lambda: runner(name, dtype)(dtype))
                 if elapsed is not None:
                     samples[name, dtype].append(elapsed)
     for name, dtype in plan:
         if name in failed:
             continue
         say(f"peak memory {name} {dtype}")
-        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runners[name](dtype), device))
+        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runner(name, dtype)(dtype), device))
         times = samples[name, dtype]
         median = statistics.median(times)
         clips_per_s = settings.batch / (median / 1000)
@@ -348,8 +462,9 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             times_ms=times,
         )
         if dtype != "fp32" and "fp32" in settings.dtypes:
-            runner = runners[name]
-            agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runner.model, runner.clip, dtype))
+            exact, reduced = runners[name], runner(name, dtype)
+            agreement = attempt(name, f"{dtype} vs fp32",
+                                lambda: logit_agreement(exact.model, exact.clip, dtype, reduced.model))
             if agreement is not None:
                 by_name[name].agreement[dtype] = agreement
     return profiles
@@ -421,5 +536,5 @@ def environment(settings: Settings) -> dict:
     }
 
 
-__all__ = ["Cost", "DEFAULT_NAMES", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",
+__all__ = ["Cost", "DEFAULT_NAMES", "Int8Model", "calibration_batches", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",
            "measure_cost", "paper_figure", "peak_memory_mib", "profile_models", "relative_to", "speedup"]
