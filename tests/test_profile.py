@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,47 @@ def test_int8_without_torchao_is_refused_in_one_line(monkeypatch):
     result = run("tsn-demo", *TINY, "--device", "cpu", "--dtype", "fp32,int8")
     assert result.exit_code == 2
     assert "pip install 'vtempo[int8]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_against_other_runtimes_times_each_exported_model_after_checking_its_logits():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    result = run("tsm-demo", *TINY, "--device", "cpu", "--against", "onnxruntime,openvino", "--against", "compiled",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.stdout)["models"]
+    assert set(model["against"]) == {"onnxruntime", "openvino", "compiled"} and list(model["timings"]) == ["fp32"]
+    for runtime, timing in model["against"].items():
+        assert timing["dtype"] == "fp32" and len(timing["times_ms"]) == 2 and timing["median_ms"] > 0
+        assert 0 <= model["against_parity"][runtime] <= 1e-4
+        assert model["against_ratio"][runtime] > 0
+    table = run("tsm-demo", *TINY, "--device", "cpu", "--against", "onnxruntime")
+    assert table.exit_code == 0 and "vtempo (eager)" in table.stdout and "onnxruntime" in table.stdout
+
+
+def test_the_openvino_model_runs_vtempos_export_like_the_model():
+    pytest.importorskip("openvino")
+    from vtempo.bench.runtimes import OpenVinoModel, export_onnx
+
+    torch.manual_seed(0)
+    model = build("tcm-r10w8", 5, 4).eval()  # TCM: the export forms of its correlation
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(clip)
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, 4, 32, Path(folder), "tcm")
+        got = OpenVinoModel(path, tuple(clip.shape), threads=1)(clip)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--against", "tensorrt"], "unknown --against 'tensorrt'"),
+    (["--against", "onnxruntime", "--dtype", "bf16"], "include --dtype fp32"),
+])
+def test_against_refuses_unknown_runtimes_and_a_run_without_fp32(args, message):
+    result = run("tsn-demo", *TINY, *args)
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_model_is_a_usage_error():

@@ -17,10 +17,13 @@ Peak memory is what one forward pass needs beyond the weights and the input:
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import ctypes
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -42,6 +45,7 @@ from vtempo.runtime import (
 )
 from vtempo.weights.registry import ModelEntry, load_registry
 
+PARITY = 1e-4  # another runtime's logits against eager PyTorch's, relative: the export's own bound
 PAPER_SIZE = 224  # the input side the papers' GMACs are quoted at
 DEFAULT_NAMES = ("tsn-r50", "tsm-r50", "tam-r50", "tcm-r50", "stc-r50", "stc-light-r50", "tefe-r50", "tsi-r50")
 
@@ -60,6 +64,7 @@ class Settings:
     iters: int = 20
     warmup: int = 3
     calibrate: str | None = None  # int8: a folder of videos to calibrate on (None: synthetic clips)
+    against: tuple[str, ...] = ()  # other runtimes timed beside vtempo's fp32 model (vtempo.bench.runtimes)
 
     def check(self) -> None:
         for dtype in self.dtypes:
@@ -70,6 +75,12 @@ class Settings:
             raise UsageError("--calibrate goes with --dtype int8")
         if "int8" in self.dtypes and self.cuda_graphs:
             raise UsageError("--dtype int8 runs on the CPU: drop --cuda-graphs")
+        if self.against:
+            from vtempo.bench.runtimes import check_runtimes
+
+            check_runtimes(list(self.against))
+            if "fp32" not in self.dtypes:
+                raise UsageError("--against compares with vtempo's fp32 model: include --dtype fp32")
         if self.cuda_graphs and self.compile:
             raise UsageError("--cuda-graphs and --compile: choose one (each is timed against eager on its own)")
         limits = (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
@@ -161,6 +172,8 @@ class ModelProfile:
     # the top-1 check belongs on trained weights and real clips.
     agreement: dict[str, Agreement] = field(default_factory=dict)
     int8: Int8Model | None = None  # what the int8 timings ran
+    against: dict[str, Timing] = field(default_factory=dict)  # other runtimes (fp32), timed in the same rounds
+    against_parity: dict[str, float] = field(default_factory=dict)  # their logits vs vtempo's eager fp32, relative
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -315,7 +328,6 @@ def _int8_ops(model: torch.nn.Module) -> tuple[int, int]:
 def _quantized_runner(model: torch.nn.Module, entry, frames: int, size: int, settings: Settings,
                       clip: torch.Tensor) -> tuple[_Runner, Int8Model]:
     """`model` (prepared, fp32, on the CPU) quantized to int8 the way `classify --dtype int8` runs it."""
-    import copy
 
     from vtempo.fast.quantize import quantize
 
@@ -355,9 +367,15 @@ def profile_models(
     threads_before = torch.get_num_threads()
     set_threads(settings.threads)
     try:
-        with torch.random.fork_rng(devices=[]):  # seeded weights and clips, the caller's RNG state kept
+        with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as stack:  # seeded weights and clips
             torch.manual_seed(0)
-            return _profile(resolved, entries, settings, device, user_registry, progress or (lambda message: None))
+            folder = None
+            if settings.against:
+                from vtempo.bench.runtimes import scratch_folder
+
+                folder = Path(stack.enter_context(scratch_folder()))  # the exported files, removed after
+            return _profile(resolved, entries, settings, device, user_registry, progress or (lambda message: None),
+                            folder)
     finally:
         torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
 
@@ -374,11 +392,13 @@ def _check_int8(device: torch.device) -> None:
         raise UsageError(str(error).split(" (")[0]) from None
 
 
-def _profile(resolved, entries, settings: Settings, device: torch.device, user_registry, say) -> list[ModelProfile]:
+def _profile(resolved, entries, settings: Settings, device: torch.device, user_registry, say,
+             folder: Path | None = None) -> list[ModelProfile]:
 
     profiles: list[ModelProfile] = []
     runners: dict[str, _Runner] = {}
     quantized: dict[str, _Runner] = {}  # the int8 model of each name, when int8 is asked for
+    others: dict[tuple[str, str], _Runner] = {}  # (name, runtime) → that runtime's model of it
     for name, arch, entry in resolved:
         frames = settings.frames or (entry.frames if entry else 8)
         size = settings.size or (entry.input_size if entry else 224)
@@ -395,6 +415,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             profile.cost = measure_cost(model, frames, size)
         except Exception as error:  # noqa: BLE001 - a model the meta device cannot run still gets timed
             profile.errors.append(f"MACs: {type(error).__name__}: {error}")
+        reference = copy.deepcopy(model) if settings.against else None  # prepare changes the model in place
         model = prepared = prepare(model, device, settings.channels_last)
         if settings.compile:
             model = compile_model(model, device)
@@ -410,11 +431,37 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
                 message = str(error) if isinstance(error, VtempoError) else f"{type(error).__name__}: {error}"
                 profile.errors.append(f"int8: {message}")
 
-    def runner(name: str, dtype: str) -> _Runner:
-        return quantized[name] if dtype == "int8" else runners[name]
+        if settings.against:
+            with torch.inference_mode():
+                expected = runners[name].model(clip).float()
+        for runtime in settings.against:
+            say(f"{name} in {runtime}")
+            try:
+                from vtempo.bench.runtimes import parity, runtime_model
+
+                other = runtime_model(runtime, reference, prepared, clip, folder, name)
+                error = parity(other, expected, clip)
+                profile.against_parity[runtime] = error
+                if error > PARITY:
+                    raise VtempoError(f"its logits differ from eager PyTorch's by {error:.1e} (relative), "
+                                      f"more than {PARITY:.0e}")
+                others[name, runtime] = _Runner(other, clip, device)
+            except Exception as error:  # noqa: BLE001 - vtempo's own timings and the other runtimes go on
+                message = str(error) if isinstance(error, VtempoError) else f"{type(error).__name__}: {error}"
+                profile.errors.append(f"{runtime}: {message}")
+
+    def runner(name: str, key: str) -> _Runner:
+        """The model timed for a dtype or, under the name of another runtime, that runtime's."""
+        if key in settings.against:
+            return others[name, key]
+        return quantized[name] if key == "int8" else runners[name]
+
+    def arm(name: str, key: str) -> Callable[[], float]:
+        return lambda: runner(name, key)(key if key in settings.dtypes else "fp32")
 
     by_name = {profile.name: profile for profile in profiles}
     plan = [(name, dtype) for name in runners for dtype in settings.dtypes if dtype != "int8" or name in quantized]
+    plan += [(name, runtime) for name in runners for runtime in settings.against if (name, runtime) in others]
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     warmups: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     failed: set[str] = set()
@@ -432,26 +479,27 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         for _ in range(settings.warmup):
             if name in failed:
                 break
-            elapsed = attempt(name, f"{dtype} run", lambda: runner(name, dtype)(dtype))
+            elapsed = attempt(name, f"{dtype} run", arm(name, dtype))
             if elapsed is not None:
                 warmups[name, dtype].append(elapsed)
     for round_index in range(settings.iters):
         say(f"timing round {round_index + 1}/{settings.iters}")
         for name, dtype in plan:
             if name not in failed:
-                elapsed = attempt(name, f"{dtype} run", lambda: runner(name, dtype)(dtype))
+                elapsed = attempt(name, f"{dtype} run", arm(name, dtype))
                 if elapsed is not None:
                     samples[name, dtype].append(elapsed)
     for name, dtype in plan:
         if name in failed:
             continue
         say(f"peak memory {name} {dtype}")
-        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runner(name, dtype)(dtype), device))
+        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(arm(name, dtype), device))
         times = samples[name, dtype]
         median = statistics.median(times)
         clips_per_s = settings.batch / (median / 1000)
-        by_name[name].timings[dtype] = Timing(
-            dtype=dtype,
+        other = dtype in settings.against
+        (by_name[name].against if other else by_name[name].timings)[dtype] = Timing(
+            dtype="fp32" if other else dtype,
             first_ms=(warmups[name, dtype] or times)[0],
             warmup_ms=sum(warmups[name, dtype]),
             median_ms=median,
@@ -461,7 +509,7 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             peak_mib=peak,
             times_ms=times,
         )
-        if dtype != "fp32" and "fp32" in settings.dtypes:
+        if dtype != "fp32" and "fp32" in settings.dtypes and not other:
             exact, reduced = runners[name], runner(name, dtype)
             agreement = attempt(name, f"{dtype} vs fp32",
                                 lambda: logit_agreement(exact.model, exact.clip, dtype, reduced.model))

@@ -39,7 +39,8 @@ def import_onnxruntime():
 class OnnxModel(torch.nn.Module):
     """An exported .onnx file run by onnxruntime, called like the model it was exported from."""
 
-    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None,
+                 spin: bool = True):
         super().__init__()
         ort = import_onnxruntime()
         device = torch.device(device)
@@ -52,6 +53,8 @@ class OnnxModel(torch.nn.Module):
         # as many threads as torch uses, so the two compare on equal terms and share a machine alike
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3
+        if not spin:  # its threads sleep between calls instead of spinning on the cores other work needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
