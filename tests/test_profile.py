@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from vtempo.bench.flops import count_macs
 from vtempo.bench.profile import Settings, Timing, logit_agreement, paired_ratio, profile_models, relative_to
 from vtempo.cli import app
+from vtempo.errors import UsageError
 from vtempo.fast import prepare
 from vtempo.models import FAMILIES, VideoRecognizer, build
 from vtempo.models.backbone import resnet
@@ -285,3 +286,21 @@ def test_the_op_breakdown_sums_to_the_whole_and_finds_the_convolutions():
     shares = op_shares("tsm-r14w16", calls=1, frames=4, size=64)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert sum(share for key, share in shares.items() if key in CONVOLUTIONS) > 0.05, shares
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_load_in_another_runtime_runs_the_export_with_the_eager_logits(runtime, tmp_path, monkeypatch):
+    pytest.importorskip(runtime)
+    import vtempo
+
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    other = vtempo.load("tsn-demo", device="cpu", runtime=runtime)
+    eager = vtempo.load("tsn-demo", device="cpu")
+    assert other.runtime == runtime and other.compile_note == f"run by {runtime}"
+    assert other.provenance()["runtime"] == runtime and list((tmp_path / "exported").glob("*.onnx"))
+    clip = torch.randn(2, eager.frames, 3, eager.preprocess.input_size, eager.preprocess.input_size)
+    with torch.inference_mode():
+        expected = eager.model(clip)
+        assert float((other.model(clip) - expected).abs().max() / expected.abs().max()) <= 1e-4
+    with pytest.raises(UsageError, match="drop dtype"):
+        vtempo.load("tsn-demo", device="cpu", runtime=runtime, dtype="bf16")

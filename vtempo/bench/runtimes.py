@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError
+from vtempo.export.loading import OpenVinoModel
 
 RUNTIMES = ("compiled", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")
@@ -52,31 +53,6 @@ def export_onnx(model: torch.nn.Module, frames: int, size: int, folder: Path, na
     sample = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
     write_onnx(form, sample, path, {"format": FORMAT, "model": name})
     return path
-
-
-class OpenVinoModel(torch.nn.Module):
-    """An .onnx file compiled by OpenVINO for the CPU, fp32, called like the model: clips → logits."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...] | None = None, threads: int | None = None):
-        super().__init__()
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(str(path))
-        if shape is not None:
-            model.reshape({model.input(0).get_any_name(): list(shape)})
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        try:
-            self.compiled = core.compile_model(model, "CPU", config)
-        except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types
-            raise VtempoError(f"{path}: OpenVINO cannot compile it ({str(error).strip().splitlines()[0][:200]})") from None
-        self.request = self.compiled.create_infer_request()
-        self.logits = self.compiled.output("logits")
-
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        result = self.request.infer({0: clips.detach().to("cpu", torch.float32).contiguous().numpy()})
-        return torch.from_numpy(result[self.logits].copy())
 
 
 def runtime_model(runtime: str, reference: torch.nn.Module, prepared: torch.nn.Module, clip: torch.Tensor,
