@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +14,13 @@ from typer.testing import CliRunner
 from vtempo.bench.flops import count_macs
 from vtempo.bench.profile import Settings, Timing, logit_agreement, paired_ratio, profile_models, relative_to
 from vtempo.cli import app
+from vtempo.errors import UsageError
 from vtempo.fast import prepare
 from vtempo.models import FAMILIES, VideoRecognizer, build
 from vtempo.models.backbone import resnet
 
 TINY = ["--size", "64", "--frames", "2", "--iters", "2", "--warmup", "1"]
+CLIPS = Path(__file__).resolve().parent.parent / "examples" / "clips"
 
 # bf16 autocast vs fp32, tiny random-weight models, random clips: the largest logit difference
 # measured was 0.5–1.2 % of the largest |logit| (tsn r10w8…r18); allowed: 3 %. Top-1 cannot change
@@ -102,6 +106,8 @@ def test_time_ratios_pair_the_rounds():
         (["--relative-to", "tsm-r50"], "--relative-to tsm-r50"),
         (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
         (["--cuda-graphs", "--compile"], "--cuda-graphs and --compile"),
+        (["--calibrate", "no-such-folder", "--dtype", "int8"], "--calibrate no-such-folder: no such folder"),
+        (["--calibrate", "examples", "--dtype", "bf16"], "--calibrate goes with --dtype int8"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(args, message):
@@ -109,6 +115,82 @@ def test_bad_options_give_one_line_and_exit_2(args, message):
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_int8_times_the_quantized_model_calibrated_on_synthetic_clips():
+    settings = Settings(frames=2, size=64, iters=2, warmup=1, dtypes=("fp32", "int8"), device="cpu")
+    (profile,) = profile_models(["tsm-demo"], settings)
+    assert not profile.errors and set(profile.timings) == {"fp32", "int8"}
+    assert profile.int8.calibration == "synthetic" and profile.int8.calibration_clips >= 1
+    assert profile.int8.int8_ops > 0 and profile.int8.compiled
+    # the int8 row ran other kernels than the fp32 one: its logits differ, within int8's rounding
+    agreement = profile.agreement["int8"]
+    assert 0 < agreement.relative < 0.5
+
+
+@pytest.mark.slow
+def test_int8_from_the_command_line_calibrates_on_a_folder_and_says_what_it_timed():
+    result = CliRunner().invoke(app, ["profile", "tsn-demo", *TINY, "--device", "cpu", "--dtype", "int8",
+                                      "--calibrate", str(CLIPS), "--json"])
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.stdout)["models"]
+    assert list(model["timings"]) == ["int8"] and model["timings"]["int8"]["median_ms"] > 0
+    assert model["int8"]["calibration"] == str(CLIPS) and model["int8"]["int8_ops"] > 0
+
+
+def test_int8_without_torchao_is_refused_in_one_line(monkeypatch):
+    from vtempo.errors import VtempoError
+    from vtempo.fast import quantize
+
+    def missing():
+        raise VtempoError("int8 needs the torchao package: pip install 'vtempo[int8]' (No module named 'torchao')")
+
+    monkeypatch.setattr(quantize, "_pt2e", missing)
+    result = run("tsn-demo", *TINY, "--device", "cpu", "--dtype", "fp32,int8")
+    assert result.exit_code == 2
+    assert "pip install 'vtempo[int8]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_against_other_runtimes_times_each_exported_model_after_checking_its_logits():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    result = run("tsm-demo", *TINY, "--device", "cpu", "--against", "onnxruntime,openvino", "--against", "compiled",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(result.stdout)["models"]
+    assert set(model["against"]) == {"onnxruntime", "openvino", "compiled"} and list(model["timings"]) == ["fp32"]
+    for runtime, timing in model["against"].items():
+        assert timing["dtype"] == "fp32" and len(timing["times_ms"]) == 2 and timing["median_ms"] > 0
+        assert 0 <= model["against_parity"][runtime] <= 1e-4
+        assert model["against_ratio"][runtime] > 0
+    table = run("tsm-demo", *TINY, "--device", "cpu", "--against", "onnxruntime")
+    assert table.exit_code == 0 and "vtempo (eager)" in table.stdout and "onnxruntime" in table.stdout
+
+
+def test_the_openvino_model_runs_vtempos_export_like_the_model():
+    pytest.importorskip("openvino")
+    from vtempo.bench.runtimes import OpenVinoModel, export_onnx
+
+    torch.manual_seed(0)
+    model = build("tcm-r10w8", 5, 4).eval()  # TCM: the export forms of its correlation
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(clip)
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, 4, 32, Path(folder), "tcm")
+        got = OpenVinoModel(path, tuple(clip.shape), threads=1)(clip)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--against", "tensorrt"], "unknown --against 'tensorrt'"),
+    (["--against", "onnxruntime", "--dtype", "bf16"], "include --dtype fp32"),
+])
+def test_against_refuses_unknown_runtimes_and_a_run_without_fp32(args, message):
+    result = run("tsn-demo", *TINY, *args)
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_model_is_a_usage_error():
@@ -204,3 +286,21 @@ def test_the_op_breakdown_sums_to_the_whole_and_finds_the_convolutions():
     shares = op_shares("tsm-r14w16", calls=1, frames=4, size=64)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert sum(share for key, share in shares.items() if key in CONVOLUTIONS) > 0.05, shares
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_load_in_another_runtime_runs_the_export_with_the_eager_logits(runtime, tmp_path, monkeypatch):
+    pytest.importorskip(runtime)
+    import vtempo
+
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    other = vtempo.load("tsn-demo", device="cpu", runtime=runtime)
+    eager = vtempo.load("tsn-demo", device="cpu")
+    assert other.runtime == runtime and other.compile_note == f"run by {runtime}"
+    assert other.provenance()["runtime"] == runtime and list((tmp_path / "exported").glob("*.onnx"))
+    clip = torch.randn(2, eager.frames, 3, eager.preprocess.input_size, eager.preprocess.input_size)
+    with torch.inference_mode():
+        expected = eager.model(clip)
+        assert float((other.model(clip) - expected).abs().max() / expected.abs().max()) <= 1e-4
+    with pytest.raises(UsageError, match="drop dtype"):
+        vtempo.load("tsn-demo", device="cpu", runtime=runtime, dtype="bf16")

@@ -17,16 +17,19 @@ Peak memory is what one forward pass needs beyond the weights and the input:
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import ctypes
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
 from vtempo.bench.flops import count_macs
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, VtempoError
 from vtempo.fast import prepare
 from vtempo.fast.compile import compile_model
 from vtempo.fast.cudagraph import GraphedModel
@@ -42,6 +45,7 @@ from vtempo.runtime import (
 )
 from vtempo.weights.registry import ModelEntry, load_registry
 
+PARITY = 1e-4  # another runtime's logits against eager PyTorch's, relative: the export's own bound
 PAPER_SIZE = 224  # the input side the papers' GMACs are quoted at
 DEFAULT_NAMES = ("tsn-r50", "tsm-r50", "tam-r50", "tcm-r50", "stc-r50", "stc-light-r50", "tefe-r50", "tsi-r50")
 
@@ -59,12 +63,24 @@ class Settings:
     cuda_graphs: bool = False  # replay captured CUDA graphs (vtempo.fast.cudagraph): batch-1 GPU latency
     iters: int = 20
     warmup: int = 3
+    calibrate: str | None = None  # int8: a folder of videos to calibrate on (None: synthetic clips)
+    against: tuple[str, ...] = ()  # other runtimes timed beside vtempo's fp32 model (vtempo.bench.runtimes)
 
     def check(self) -> None:
         for dtype in self.dtypes:
             check_dtype(dtype)
         if not self.dtypes:
             raise UsageError("give at least one --dtype")
+        if self.calibrate is not None and "int8" not in self.dtypes:
+            raise UsageError("--calibrate goes with --dtype int8")
+        if "int8" in self.dtypes and self.cuda_graphs:
+            raise UsageError("--dtype int8 runs on the CPU: drop --cuda-graphs")
+        if self.against:
+            from vtempo.bench.runtimes import check_runtimes
+
+            check_runtimes(list(self.against))
+            if "fp32" not in self.dtypes:
+                raise UsageError("--against compares with vtempo's fp32 model: include --dtype fp32")
         if self.cuda_graphs and self.compile:
             raise UsageError("--cuda-graphs and --compile: choose one (each is timed against eager on its own)")
         limits = (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
@@ -114,13 +130,26 @@ class Agreement:
     top1_same: float  # fraction of clips whose top-1 class is unchanged
 
 
-def logit_agreement(model: torch.nn.Module, clips: torch.Tensor, dtype: str = "bf16") -> Agreement:
-    """Run `model` (prepared, on the clips' device) in fp32 and in `dtype`; compare the logits."""
+@dataclass
+class Int8Model:
+    """The quantized model that `int8` timings ran: how it was calibrated and what its graph holds."""
+
+    calibration: str  # "synthetic" (rendered clips) or the --calibrate folder
+    calibration_clips: int
+    int8_ops: int  # oneDNN int8 convolutions (and linears) in the lowered graph
+    fp32_convs: int  # convolutions left in floating point (TCM's dynamics)
+    compiled: bool
+
+
+def logit_agreement(model: torch.nn.Module, clips: torch.Tensor, dtype: str = "bf16",
+                    reduced_model: torch.nn.Module | None = None) -> Agreement:
+    """Run `model` (prepared, on the clips' device) in fp32 and `reduced_model` (default: `model`
+    itself) in `dtype`; compare the logits."""
     device = clips.device
     with torch.inference_mode():
         exact = model(clips).float()
         with autocast(device, dtype):
-            reduced = model(clips).float()
+            reduced = (model if reduced_model is None else reduced_model)(clips).float()
     max_abs = float((reduced - exact).abs().max())
     scale = float(exact.abs().max())
     same = float((reduced.argmax(-1) == exact.argmax(-1)).float().mean())
@@ -142,6 +171,9 @@ class ModelProfile:
     # Reduced-precision logits vs fp32 on the (random) profiling clip, random weights: a sanity figure;
     # the top-1 check belongs on trained weights and real clips.
     agreement: dict[str, Agreement] = field(default_factory=dict)
+    int8: Int8Model | None = None  # what the int8 timings ran
+    against: dict[str, Timing] = field(default_factory=dict)  # other runtimes (fp32), timed in the same rounds
+    against_parity: dict[str, float] = field(default_factory=dict)  # their logits vs vtempo's eager fp32, relative
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -239,6 +271,75 @@ class _Runner:
         return (time.perf_counter() - start) * 1000
 
 
+CALIBRATION_CLIPS = 4  # clips an int8 model is calibrated on: activation ranges, for speed figures
+
+
+def calibration_batches(entry: ModelEntry | None, frames: int, size: int, batch: int,
+                        folder: str | None = None) -> tuple[list[torch.Tensor], str]:
+    """Batches of `batch` clips, preprocessed as `entry`'s model tests (default preprocessing without
+    one), to calibrate an int8 model on: rendered synthetic clips, or those of the first videos in
+    `folder` that decode. Returns them and where they came from."""
+    import numpy as np
+
+    from vtempo.video.sampling import clip_indices
+    from vtempo.video.transforms import Preprocess, make_views
+    from vtempo.weights.registry import Protocol
+
+    preprocess = Preprocess.from_entry(entry, size)
+    protocol = entry.protocol if entry is not None else Protocol()
+    wanted = max(CALIBRATION_CLIPS, batch)
+    clips: list[torch.Tensor] = []
+    if folder is None:
+        from vtempo.data.synth import CLASSES, render_clip
+
+        for index in range(wanted):
+            video = render_clip(index % len(CLASSES), seed=[7, index], frames=max(frames, 16),
+                                size=max(preprocess.resize))
+            chosen = clip_indices(protocol, len(video.frames), frames, 1)[0]
+            clips.append(make_views(np.asarray(video.frames)[list(chosen)], preprocess, 1))
+        source = "synthetic"
+    else:
+        from vtempo.inference.decoding import ViewPlan, decode_views
+        from vtempo.video.discovery import collect_videos
+
+        plan = ViewPlan(frames, protocol, 1, "centre", preprocess)
+        for path in collect_videos([folder], recursive=True):
+            views = decode_views(path, plan)["views"]
+            if views is not None:
+                clips.append(views)
+            if len(clips) == wanted:
+                break
+        if not clips:
+            raise UsageError(f"--calibrate {folder}: no video there decodes; int8 needs a few to calibrate on")
+        source = str(folder)
+    joined = torch.cat(clips)
+    joined = torch.cat([joined, joined[torch.arange(-len(joined) % batch) % len(joined)]])  # whole batches
+    return list(joined.split(batch)), source
+
+
+def _int8_ops(model: torch.nn.Module) -> tuple[int, int]:
+    """(oneDNN int8 convolutions and linears, float convolutions) in a quantized model's graph."""
+    graph = getattr(model, "_orig_mod", model).graph  # compiled: the lowered graph it compiles
+    targets = [str(node.target) for node in graph.nodes if node.op == "call_function"]
+    return (sum("onednn.qconv" in t or "onednn.qlinear" in t for t in targets),
+            sum(t.startswith("aten.convolution") or "mkldnn._convolution" in t for t in targets))
+
+
+def _quantized_runner(model: torch.nn.Module, entry, frames: int, size: int, settings: Settings,
+                      clip: torch.Tensor) -> tuple[_Runner, Int8Model]:
+    """`model` (prepared, fp32, on the CPU) quantized to int8 the way `classify --dtype int8` runs it."""
+
+    from vtempo.fast.quantize import quantize
+
+    batches, source = calibration_batches(entry, frames, size, settings.batch, settings.calibrate)
+    quantized = quantize(copy.deepcopy(model), batches)
+    int8_ops, fp32_convs = _int8_ops(quantized)
+    if not int8_ops:
+        raise VtempoError("the quantized graph holds no int8 convolution")
+    info = Int8Model(source, sum(len(b) for b in batches), int8_ops, fp32_convs, compiled=True)
+    return _Runner(quantized, clip, clip.device), info
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     position = fraction * (len(ordered) - 1)
@@ -261,20 +362,43 @@ def profile_models(
     device = pick_device(settings.device)
     if settings.cuda_graphs and device.type != "cuda":
         raise UsageError(f"--cuda-graphs needs a CUDA device, and this run's is {device}")
+    if "int8" in settings.dtypes:
+        _check_int8(device)
     threads_before = torch.get_num_threads()
     set_threads(settings.threads)
     try:
-        with torch.random.fork_rng(devices=[]):  # seeded weights and clips, the caller's RNG state kept
+        with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as stack:  # seeded weights and clips
             torch.manual_seed(0)
-            return _profile(resolved, entries, settings, device, user_registry, progress or (lambda message: None))
+            folder = None
+            if settings.against:
+                from vtempo.bench.runtimes import scratch_folder
+
+                folder = Path(stack.enter_context(scratch_folder()))  # the exported files, removed after
+            return _profile(resolved, entries, settings, device, user_registry, progress or (lambda message: None),
+                            folder)
     finally:
         torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
 
 
-def _profile(resolved, entries, settings: Settings, device: torch.device, user_registry, say) -> list[ModelProfile]:
+def _check_int8(device: torch.device) -> None:
+    """int8 runs on the CPU with torchao's quantizer: refused in one line otherwise."""
+    from vtempo.fast.quantize import _pt2e
+
+    if device.type != "cpu":
+        raise UsageError(f"--dtype int8 runs on the CPU only, and this run's device is {device}: pass --device cpu")
+    try:
+        _pt2e()
+    except VtempoError as error:
+        raise UsageError(str(error).split(" (")[0]) from None
+
+
+def _profile(resolved, entries, settings: Settings, device: torch.device, user_registry, say,
+             folder: Path | None = None) -> list[ModelProfile]:
 
     profiles: list[ModelProfile] = []
     runners: dict[str, _Runner] = {}
+    quantized: dict[str, _Runner] = {}  # the int8 model of each name, when int8 is asked for
+    others: dict[tuple[str, str], _Runner] = {}  # (name, runtime) → that runtime's model of it
     for name, arch, entry in resolved:
         frames = settings.frames or (entry.frames if entry else 8)
         size = settings.size or (entry.input_size if entry else 224)
@@ -291,16 +415,53 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             profile.cost = measure_cost(model, frames, size)
         except Exception as error:  # noqa: BLE001 - a model the meta device cannot run still gets timed
             profile.errors.append(f"MACs: {type(error).__name__}: {error}")
-        model = prepare(model, device, settings.channels_last)
+        reference = copy.deepcopy(model) if settings.against else None  # prepare changes the model in place
+        model = prepared = prepare(model, device, settings.channels_last)
         if settings.compile:
             model = compile_model(model, device)
         if settings.cuda_graphs:
             model = GraphedModel(model)
         clip = torch.randn(settings.batch, frames, 3, size, size, device=device)
         runners[name] = _Runner(model, clip, device)
+        if "int8" in settings.dtypes:
+            say(f"quantizing {name} to int8")
+            try:
+                quantized[name], profile.int8 = _quantized_runner(prepared, entry, frames, size, settings, clip)
+            except Exception as error:  # noqa: BLE001 - the other dtypes and models are still timed
+                message = str(error) if isinstance(error, VtempoError) else f"{type(error).__name__}: {error}"
+                profile.errors.append(f"int8: {message}")
+
+        if settings.against:
+            with torch.inference_mode():
+                expected = runners[name].model(clip).float()
+        for runtime in settings.against:
+            say(f"{name} in {runtime}")
+            try:
+                from vtempo.bench.runtimes import parity, runtime_model
+
+                other = runtime_model(runtime, reference, prepared, clip, folder, name)
+                error = parity(other, expected, clip)
+                profile.against_parity[runtime] = error
+                if error > PARITY:
+                    raise VtempoError(f"its logits differ from eager PyTorch's by {error:.1e} (relative), "
+                                      f"more than {PARITY:.0e}")
+                others[name, runtime] = _Runner(other, clip, device)
+            except Exception as error:  # noqa: BLE001 - vtempo's own timings and the other runtimes go on
+                message = str(error) if isinstance(error, VtempoError) else f"{type(error).__name__}: {error}"
+                profile.errors.append(f"{runtime}: {message}")
+
+    def runner(name: str, key: str) -> _Runner:
+        """The model timed for a dtype or, under the name of another runtime, that runtime's."""
+        if key in settings.against:
+            return others[name, key]
+        return quantized[name] if key == "int8" else runners[name]
+
+    def arm(name: str, key: str) -> Callable[[], float]:
+        return lambda: runner(name, key)(key if key in settings.dtypes else "fp32")
 
     by_name = {profile.name: profile for profile in profiles}
-    plan = [(name, dtype) for name in runners for dtype in settings.dtypes]
+    plan = [(name, dtype) for name in runners for dtype in settings.dtypes if dtype != "int8" or name in quantized]
+    plan += [(name, runtime) for name in runners for runtime in settings.against if (name, runtime) in others]
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     warmups: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     failed: set[str] = set()
@@ -318,26 +479,27 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         for _ in range(settings.warmup):
             if name in failed:
                 break
-            elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+            elapsed = attempt(name, f"{dtype} run", arm(name, dtype))
             if elapsed is not None:
                 warmups[name, dtype].append(elapsed)
     for round_index in range(settings.iters):
         say(f"timing round {round_index + 1}/{settings.iters}")
         for name, dtype in plan:
             if name not in failed:
-                elapsed = attempt(name, f"{dtype} run", lambda: runners[name](dtype))
+                elapsed = attempt(name, f"{dtype} run", arm(name, dtype))
                 if elapsed is not None:
                     samples[name, dtype].append(elapsed)
     for name, dtype in plan:
         if name in failed:
             continue
         say(f"peak memory {name} {dtype}")
-        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(lambda: runners[name](dtype), device))
+        peak = attempt(name, f"{dtype} memory", lambda: peak_memory_mib(arm(name, dtype), device))
         times = samples[name, dtype]
         median = statistics.median(times)
         clips_per_s = settings.batch / (median / 1000)
-        by_name[name].timings[dtype] = Timing(
-            dtype=dtype,
+        other = dtype in settings.against
+        (by_name[name].against if other else by_name[name].timings)[dtype] = Timing(
+            dtype="fp32" if other else dtype,
             first_ms=(warmups[name, dtype] or times)[0],
             warmup_ms=sum(warmups[name, dtype]),
             median_ms=median,
@@ -347,9 +509,10 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
             peak_mib=peak,
             times_ms=times,
         )
-        if dtype != "fp32" and "fp32" in settings.dtypes:
-            runner = runners[name]
-            agreement = attempt(name, f"{dtype} vs fp32", lambda: logit_agreement(runner.model, runner.clip, dtype))
+        if dtype != "fp32" and "fp32" in settings.dtypes and not other:
+            exact, reduced = runners[name], runner(name, dtype)
+            agreement = attempt(name, f"{dtype} vs fp32",
+                                lambda: logit_agreement(exact.model, exact.clip, dtype, reduced.model))
             if agreement is not None:
                 by_name[name].agreement[dtype] = agreement
     return profiles
@@ -421,5 +584,5 @@ def environment(settings: Settings) -> dict:
     }
 
 
-__all__ = ["Cost", "DEFAULT_NAMES", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",
+__all__ = ["Cost", "DEFAULT_NAMES", "Int8Model", "calibration_batches", "ModelProfile", "Ratio", "Settings", "Timing", "environment", "logit_agreement",
            "measure_cost", "paper_figure", "peak_memory_mib", "profile_models", "relative_to", "speedup"]

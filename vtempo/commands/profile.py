@@ -92,6 +92,45 @@ def speed_table(profiles, settings, environment: dict) -> Table:
     return table
 
 
+def against_ratios(profile) -> dict[str, float]:
+    """Each other runtime's time over vtempo's fp32 time (medians of the per-round ratios): above 1,
+    vtempo is faster."""
+    from vtempo.bench.profile import paired_ratio
+
+    base = profile.timings.get("fp32")
+    return {} if base is None else {runtime: paired_ratio(timing, base) for runtime, timing in profile.against.items()}
+
+
+def against_table(profiles, settings) -> Table:
+    table = Table(title="The fp32 model in other runtimes, timed in the same rounds (time ×: theirs ÷ vtempo "
+                  "eager's; above 1, vtempo is faster)", title_justify="left")
+    for column in ("model", "runtime", "median ms", "clips/s", "time ×", "logits vs eager"):
+        table.add_column(column, justify="left" if column in ("model", "runtime") else "right")
+    for profile in profiles:
+        if "fp32" in profile.timings:
+            timing = profile.timings["fp32"]
+            table.add_row(profile.name, "vtempo (eager)", f"{timing.median_ms:.1f}", f"{timing.clips_per_s:.2f}",
+                          "1.000", "")
+        ratios = against_ratios(profile)
+        for runtime in settings.against:
+            timing = profile.against.get(runtime)
+            error = profile.against_parity.get(runtime)
+            if timing is None:
+                table.add_row(profile.name, runtime, "failed", "", "", "" if error is None else f"{error:.1e}")
+                continue
+            table.add_row(profile.name, runtime, f"{timing.median_ms:.1f}", f"{timing.clips_per_s:.2f}",
+                          _g(ratios.get(runtime), 3), "" if error is None else f"{error:.1e}")
+    return table
+
+
+def int8_notes(profiles) -> list[str]:
+    """What each int8 row timed: the quantized model, its calibration and its graph."""
+    return [f"int8 {p.name}: quantized (PT2E, x86, compiled) on {p.int8.calibration_clips} "
+            f"{'synthetic clips' if p.int8.calibration == 'synthetic' else 'clips of ' + p.int8.calibration}; "
+            f"{p.int8.int8_ops} int8 convs/linears, {p.int8.fp32_convs} convs left in fp32"
+            for p in profiles if p.int8 is not None]
+
+
 def ratio_table(profiles, reference: str, ratios: dict) -> Table:
     table = Table(title=f"vs {reference}, same dtype (target: time/MACs ≤ 1.3)", title_justify="left")
     for column in ("model", "dtype", "time ×", "MACs ×", "time/MACs"):
@@ -117,7 +156,15 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", help="Clips per call."),
         device: str = device_option(),
         dtype: Optional[List[str]] = typer.Option(
-            None, "--dtype", help="fp32 (default), bf16 or fp16 (autocast). Repeat or comma-separate to compare."
+            None, "--dtype", help="fp32 (default), bf16 or fp16 (autocast), int8 (quantized on the CPU, as classify "
+            "runs it). Repeat or comma-separate to compare."
+        ),
+        against: Optional[List[str]] = typer.Option(
+            None, "--against", help="Also time the fp32 model in compiled, onnxruntime, openvino (comma-separate): "
+            "exported by vtempo, checked against eager, timed in the same rounds."
+        ),
+        calibrate: Optional[Path] = typer.Option(
+            None, "--calibrate", help="int8: calibrate on videos in DIR (default: rendered synthetic clips)."
         ),
         channels_last: Optional[bool] = typer.Option(
             None, "--channels-last/--no-channels-last", help="Memory format of the weights (default: channels-last)."
@@ -154,7 +201,8 @@ def register(app: typer.Typer) -> None:
         dtypes = _split(dtype) or ["fp32"]
         settings = Settings(frames=frames, size=size, batch=batch, device=device, dtypes=tuple(dtypes),
                             channels_last=channels_last, threads=threads, compile=compile_model,
-                            cuda_graphs=cuda_graphs, iters=iters, warmup=warmup)
+                            cuda_graphs=cuda_graphs, iters=iters, warmup=warmup,
+                            calibrate=None if calibrate is None else str(calibrate), against=tuple(_split(against)))
         settings.check()
         names = list(names or DEFAULT_NAMES)
         references = _split(relative) or ([names[0]] if len(names) > 1 else [])
@@ -163,6 +211,8 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"--relative-to {reference}: not among the profiled models ({', '.join(names)})")
         if pipeline is not None and not pipeline.is_dir():
             raise UsageError(f"--pipeline {pipeline}: no such folder")
+        if calibrate is not None and not calibrate.is_dir():
+            raise UsageError(f"--calibrate {calibrate}: no such folder")
 
         show = err_console.print if sys.stderr.isatty() and not as_json else (lambda message: None)
         profiles = profile_models(names, settings, user_registry=registry,
@@ -176,6 +226,7 @@ def register(app: typer.Typer) -> None:
             for profile in profiles:
                 data = profile.to_dict()
                 data["bf16_speedup"] = speedup(profile)
+                data["against_ratio"] = against_ratios(profile)
                 data["ratios"] = {
                     reference: {dtype: {"time": r.time_ratio, "macs": r.macs_ratio, "time_per_macs": r.time_per_macs}
                                 for (model, dtype), r in by_model.items() if model == profile.name}
@@ -190,6 +241,10 @@ def register(app: typer.Typer) -> None:
             out = console if console.is_terminal else Console(width=160)
             out.print(cost_table(profiles))
             out.print(speed_table(profiles, settings, env))
+            for line in int8_notes(profiles):
+                out.print(line, highlight=False)
+            if settings.against:
+                out.print(against_table(profiles, settings))
             for reference, by_model in ratios.items():
                 out.print(ratio_table(profiles, reference, by_model))
             if pipeline_results is not None:

@@ -2,8 +2,8 @@
 
 The model is called like a vtempo model: `model(clips)` takes float (N, T, 3, S, S) clips, preprocessed
 as the metadata says, and returns logits (N, classes); `model.features(clips)` returns the per-frame
-pooled features (N, T, C). An .onnx file runs in onnxruntime (`OnnxModel`), a .ts file in torch
-(TorchScript). The metadata is the dict `vtempo.export.exporting.metadata` wrote.
+pooled features (N, T, C). An .onnx file runs in onnxruntime (`OnnxModel`), or in OpenVINO
+(`OpenVinoModel`, logits only), a .ts file in torch (TorchScript). The metadata is the dict `vtempo.export.exporting.metadata` wrote.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def import_onnxruntime():
 class OnnxModel(torch.nn.Module):
     """An exported .onnx file run by onnxruntime, called like the model it was exported from."""
 
-    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None,
+                 spin: bool = True):
         super().__init__()
         ort = import_onnxruntime()
         device = torch.device(device)
@@ -52,6 +53,8 @@ class OnnxModel(torch.nn.Module):
         # as many threads as torch uses, so the two compare on equal terms and share a machine alike
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3
+        if not spin:  # its threads sleep between calls instead of spinning on the cores other work needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
@@ -79,6 +82,31 @@ class OnnxModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return str(self.path)
+
+
+class OpenVinoModel(torch.nn.Module):
+    """An .onnx file compiled by OpenVINO for the CPU, fp32, called like the model: clips → logits."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...] | None = None, threads: int | None = None):
+        super().__init__()
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        if shape is not None:
+            model.reshape({model.input(0).get_any_name(): list(shape)})
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types
+            raise VtempoError(f"{path}: OpenVINO cannot compile it ({str(error).strip().splitlines()[0][:200]})") from None
+        self.request = self.compiled.create_infer_request()
+        self.logits = self.compiled.output("logits")
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        result = self.request.infer({0: clips.detach().to("cpu", torch.float32).contiguous().numpy()})
+        return torch.from_numpy(result[self.logits].copy())
 
 
 def load_exported(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

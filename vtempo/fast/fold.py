@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from vtempo.models.resnet import BasicBlock, Bottleneck, ResNet
 
 
 def _output_conv(module: nn.Module) -> nn.Conv2d | None:

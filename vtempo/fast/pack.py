@@ -41,11 +41,14 @@ class _PackedConv:
         self.args = (list(module.padding), list(module.stride), list(module.dilation), module.groups)
         self.key: tuple | None = None  # the weights' (version, data pointer) the packs were made from
         self.packs: dict[tuple[torch.Size, torch.dtype], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # Forms met once: packing costs a reorder and a copy, so the first call of a form (all that a
+        # one-clip run makes) runs plain, which reorders anyway; the outputs are the same bits.
+        self.met: set[tuple] = set()
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors have no storage
         to copy); they are packed again on first use."""
-        return {**vars(self), "key": None, "packs": {}}
+        return {**vars(self), "key": None, "packs": {}, "met": set()}
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
         return self.previous(x) if self.previous is not None else type(self.module).forward(self.module, x)
@@ -69,6 +72,9 @@ class _PackedConv:
         faster = self.chosen.get(form)
         if faster is None:
             faster = self.chosen[form] = self._choose(x, dtype)
+        if faster and form not in self.met and (x.shape, dtype) not in self.packs:
+            self.met.add(form)
+            return self.plain(x)
         return self.packed(x, dtype) if faster else self.plain(x)
 
     def _choose(self, x: torch.Tensor, dtype: torch.dtype) -> bool:

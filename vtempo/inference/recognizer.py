@@ -234,6 +234,7 @@ class Recognizer:
     dtype: str = "fp32"
     calibration: str | None = None  # int8: the digest of the calibration clips
     compiled: str | None = None  # how the model was compiled: None (eager), "on", "auto"
+    runtime: str = "torch"  # what runs the model: torch, or onnxruntime / openvino on vtempo's export of it
 
     @property
     def num_classes(self) -> int:
@@ -267,6 +268,8 @@ class Recognizer:
         clips, crop = self.views(views)
         record = {"model": self.name, "arch": self.arch, "weights_sha256": self.weights_sha256, "frames": self.frames,
                 "views": f"{clips}x{CROPS[crop]}", "dtype": self.dtype, "vtempo": __version__}
+        if self.runtime != "torch":
+            record["runtime"] = self.runtime
         return {**record, "calibration": self.calibration} if self.calibration else record
 
     def compile(self, mode: str = "on", clips: int | None = None) -> Recognizer:
@@ -279,6 +282,10 @@ class Recognizer:
             raise UsageError(f"compile={mode!r}: choose off, on or auto")
         if mode == "off" or self.dtype == "int8" or self.compiled:
             return self
+        if self.runtime != "torch":
+            if mode == "auto":
+                return self
+            raise UsageError(f"{self.name}: runtime={self.runtime!r} runs vtempo's export as it is; drop compile=")
         if self.checkpoint is not None and self.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
             if mode == "auto":
                 return self
@@ -292,6 +299,8 @@ class Recognizer:
         """Whether the model runs compiled, and why."""
         if self.dtype == "int8":
             return "compiled by the quantizer"
+        if self.runtime != "torch":
+            return f"run by {self.runtime}"
         if self.compiled == "auto":
             return f"{'compiled' if self.model.compiled else 'not compiled'} (auto: {self.model.reason})"
         return "compiled (--compile on)" if self.compiled else "not compiled"
@@ -394,6 +403,7 @@ def load(
     labels: str | os.PathLike | Sequence[str] | None = None,
     calibrate: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     compile: bool = False,
+    runtime: str = "torch",
 ) -> Recognizer:
     """A model ready for inference, tested the way it was trained.
 
@@ -403,8 +413,14 @@ def load(
     the protocol; used as it is, in place). `frames` overrides the clip length where the model allows
     it; `labels` (a file, one name a line, or a list) the class names. `dtype="int8"` quantizes the
     model (x86 CPU, torchao) on a few clips of the videos in `calibrate` (a folder or paths), decoded as
-    the model's protocol says; `compile=True` compiles it (`Recognizer.compile`).
+    the model's protocol says; `compile=True` compiles it (`Recognizer.compile`). `runtime="onnxruntime"`
+    or `"openvino"` runs the model's ONNX export (`vtempo.export`, made once and kept under
+    `<vtempo home>/exported/`, its logits checked against eager PyTorch within 1e-4) in that runtime
+    on the CPU, fp32.
     """
+    if runtime != "torch":
+        return _in_runtime(model, weights, registry=registry, device=device, dtype=dtype, frames=frames,
+                           labels=labels, calibrate=calibrate, compile=compile, runtime=runtime)
     if dtype == "int8":
         device = "cpu" if str(device) == "auto" else device  # oneDNN's int8 kernels: x86 CPUs
         _check_int8(calibrate, device)
@@ -460,6 +476,58 @@ def load(
         device=torch_device,
         dtype=dtype,
     )
+
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, calibrate, compile,
+                runtime: str) -> Recognizer:
+    """The model run by onnxruntime or OpenVINO from vtempo's ONNX export of it (see `load`)."""
+    import hashlib
+
+    from vtempo.export.exporting import TOLERANCE, export_model, relative_error
+    from vtempo.weights.registry import home
+
+    if runtime not in RUNTIMES:
+        raise UsageError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if dtype != "fp32" or calibrate is not None or compile:
+        raise UsageError(f"runtime={runtime!r} runs the fp32 export as it is: drop dtype=, calibrate= and compile=")
+    if _device(device).type != "cpu":
+        raise UsageError(f"runtime={runtime!r} runs on the CPU here: pass device='cpu'")
+    if runtime == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise UsageError("runtime='openvino' needs openvino: pip install 'vtempo[runtimes]'") from None
+    exported = isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx"
+    torch_model = load(model, weights, registry=registry, device="cpu", frames=frames, labels=labels)
+    if exported:
+        path = Path(model)
+    else:
+        if torch_model.weights_sha256 is None:
+            raise UsageError(f"{torch_model.name}: runtime={runtime!r} needs a model with a checkpoint to export")
+        key = hashlib.sha256(f"{torch_model.arch} {torch_model.weights_sha256} {torch_model.frames} "
+                             f"{torch_model.preprocess}".encode()).hexdigest()[:24]
+        path = home() / "exported" / f"{key}.onnx"
+        if not path.is_file():
+            export_model(model, "onnx", path, weights=weights, registry=registry, frames=frames)  # parity-checked
+    if runtime == "onnxruntime":
+        from vtempo.export.loading import OnnxModel
+
+        net: nn.Module = OnnxModel(path, "cpu")
+    else:
+        from vtempo.export.loading import OpenVinoModel
+
+        net = OpenVinoModel(path)
+    size = torch_model.preprocess.input_size
+    clip = torch.randn(1, torch_model.frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        error = relative_error(net(clip), torch_model.model(clip))
+    if error > TOLERANCE:
+        raise VtempoError(f"{path}: {runtime}'s logits differ from eager PyTorch's by {error:.1e} (relative), "
+                          f"more than {TOLERANCE:.0e}")
+    return dataclasses.replace(torch_model, model=net, runtime=runtime)
 
 
 def _check_int8(calibrate, device) -> None:

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from vtempo.models.resnet import BasicBlock, Bottleneck
 
 
 def _names(block: nn.Module) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import ResNet
+from vtempo.models.resnet import ResNet
 
 from vtempo.models.backbone import blocks, resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean

@@ -41,7 +41,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.resnet import ResNet
+from vtempo.models.resnet import ResNet
 
 from vtempo.models.backbone import resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean

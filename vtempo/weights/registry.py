@@ -281,6 +281,10 @@ def parse_entry(name: str, raw: Any, source: str) -> ModelEntry:
     return entry
 
 
+# libyaml's safe loader where PyYAML was built with it: the same safe constructors, parsed in C
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_registry_file(path: Path) -> dict[str, ModelEntry]:
     """Every entry of one registry file; any problem is a RegistryError naming the file.
 
@@ -290,7 +294,7 @@ def read_registry_file(path: Path) -> dict[str, ModelEntry]:
     text = _registry_text(path)
     try:
         _check_shape(text, path)
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as error:
         reason = " ".join(str(error).split())[:300]
         raise RegistryError(f"{path}: not valid YAML ({reason})") from None
@@ -336,32 +340,40 @@ def _check_shape(text: str, path: Path) -> None:
         if open_nodes:
             open_nodes[-1][1] += count
 
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            open_nodes.append([event.anchor, 1])
-            if len(open_nodes) > max_depth:
-                raise RegistryError(
-                    f"{path}: nested more than {max_depth} levels deep ({limits.hint('REGISTRY_MAX_DEPTH')})"
-                )
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            anchor, count = open_nodes.pop()
-            if anchor is not None:
-                anchored[anchor] = count
-            add(count)
-        elif isinstance(event, yaml.ScalarEvent):
-            if event.anchor is not None:
-                anchored[event.anchor] = 1
-            add(1)
-        elif isinstance(event, yaml.AliasEvent):
-            if event.anchor not in anchored:
-                raise RegistryError(f"{path}: alias *{event.anchor[:40]} refers to itself or to no anchor")
-            aliased += anchored[event.anchor]
-            if aliased > max_alias:
-                raise RegistryError(
-                    f"{path}: its aliases (*name) expand to more than {max_alias} values; "
-                    f"write the values out ({limits.hint('REGISTRY_MAX_ALIAS_NODES')})"
-                )
-            add(anchored[event.anchor])
+    try:
+        for event in yaml.parse(text, Loader=SAFE_LOADER):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                open_nodes.append([event.anchor, 1])
+                if len(open_nodes) > max_depth:
+                    raise RegistryError(
+                        f"{path}: nested more than {max_depth} levels deep ({limits.hint('REGISTRY_MAX_DEPTH')})"
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, count = open_nodes.pop()
+                if anchor is not None:
+                    anchored[anchor] = count
+                add(count)
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor is not None:
+                    anchored[event.anchor] = 1
+                add(1)
+            elif isinstance(event, yaml.AliasEvent):
+                if event.anchor not in anchored:
+                    raise RegistryError(f"{path}: alias *{event.anchor[:40]} refers to itself or to no anchor")
+                aliased += anchored[event.anchor]
+                if aliased > max_alias:
+                    raise RegistryError(
+                        f"{path}: its aliases (*name) expand to more than {max_alias} values; "
+                        f"write the values out ({limits.hint('REGISTRY_MAX_ALIAS_NODES')})"
+                    )
+                add(anchored[event.anchor])
+    except yaml.YAMLError as error:
+        if "maximum nesting depth" not in str(error):
+            raise
+        # libyaml's own bound (deeper than any registry needs) was met before ours
+        raise RegistryError(
+            f"{path}: nested more than {max_depth} levels deep ({limits.hint('REGISTRY_MAX_DEPTH')})"
+        ) from None
 
 
 def builtin_registry_path() -> Path:
