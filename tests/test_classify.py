@@ -272,7 +272,7 @@ def test_cli_registry_model_without_weights_says_how_to_get_them(mixed_folder, m
     monkeypatch.setenv("VTEMPO_OFFLINE", "1")
     video = str(mixed_folder.good[0])
     result = run_cli(["classify", video, "--model", "stc-r50-sthv1"])  # nothing is published for STC
-    assert result.exit_code == 1 and "no weights are published" in result.stderr
+    assert result.exit_code == 2 and "no weights are published" in result.stderr
     result = run_cli(["classify", video, "--model", "tam-r50-sthv1"])  # a Google Drive folder: by hand
     assert result.exit_code == 1 and "download the checkpoint by hand" in result.stderr
     assert "vtempo download tam-r50-sthv1 --from-file" in result.stderr

@@ -711,7 +711,7 @@ def test_cli_download_all_and_errors(site, tmp_path, monkeypatch):
     result = runner.invoke(app, ["download", "good"])
     assert result.exit_code == 0 and "good: cached" in result.output
     result = runner.invoke(app, ["download", "paper-only"])
-    assert result.exit_code == 1 and "no weights are published" in result.output
+    assert result.exit_code == 2 and "no weights are published" in result.output
     assert runner.invoke(app, ["download", "nonexistent"]).exit_code == 2
     assert runner.invoke(app, ["download"]).exit_code == 2
     assert runner.invoke(app, ["download", "good", "gone", "--from-file", "x"]).exit_code == 2

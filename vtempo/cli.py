@@ -1,6 +1,10 @@
 """The `vtempo` command line: a thin layer over the Python API. Each command lives in vtempo/commands/."""
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import stat
 import sys
 
 import typer
@@ -23,15 +27,19 @@ from vtempo.commands import (
 
 class _Typer(typer.Typer):
     """Typer whose own usage errors (a value that is not a number, a missing argument) are one line on
-    stderr with exit code 2, like the commands' errors, instead of a usage block and a framed panel."""
+    stderr with exit code 2, like the commands' errors, instead of a usage block and a framed panel; a
+    reader of stdout that goes away (`vtempo models | head -1`) ends the run quietly with 141, and Ctrl-C
+    outside a command (while the options are read) with 130, never a traceback."""
 
     def __call__(self, *args, **kwargs):
         from typer.core import _click
 
         if kwargs.get("standalone_mode", True) is False:
             return super().__call__(*args, **kwargs)
+        stdout = _Stdout()
         try:
             code = super().__call__(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # here, not at shutdown, where a closed pipe prints "Exception ignored"
         except _click.exceptions.NoArgsIsHelpError as error:
             error.show()
             sys.exit(error.exit_code)
@@ -41,19 +49,70 @@ class _Typer(typer.Typer):
             context = getattr(error, "ctx", None)
             hint = f" (see `{context.command_path} --help`)" if context is not None else ""
             raise SystemExit(fail(error.format_message() + hint, error.exit_code).exit_code) from None
-        except _click.exceptions.Abort:
+        except typer.Abort:
             sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            stdout.silence()
+            sys.exit(EXIT_PIPE_CLOSED)
+        except SystemExit:
+            # rich and typer turn a write into a closed pipe into SystemExit(1)
+            if stdout.reader_gone():
+                stdout.silence()
+                sys.exit(EXIT_PIPE_CLOSED)
+            raise
         finally:
+            stdout.close()
             _leave_process_group()
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _leave_process_group() -> None:
-    """Under torchrun a command ends inside its process group: leave it while the interpreter is whole."""
-    if "torch.distributed" in sys.modules:
-        from vtempo import distributed
+EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141  # 141 = 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
 
-        distributed.stop()
+
+class _Stdout:
+    """The pipe behind stdout, kept open (rich replaces fd 1 with os.devnull when a write fails), to ask
+    afterwards whether its reader is gone."""
+
+    def __init__(self) -> None:
+        self.fd = None
+        try:
+            if stat.S_ISFIFO(os.fstat(1).st_mode) and hasattr(select, "poll"):
+                self.fd = os.dup(1)
+        except OSError:
+            pass
+
+    def reader_gone(self) -> bool:
+        if self.fd is None:
+            return False
+        poll = select.poll()
+        poll.register(self.fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+
+    @staticmethod
+    def silence() -> None:
+        """What is still buffered for stdout goes nowhere, so the interpreter's exit prints nothing."""
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _leave_process_group() -> None:
+    """Under torchrun a command ends inside its process group: leave it while the interpreter is whole.
+    Only a torch that finished importing can have started one (Ctrl-C may stop its import half-way)."""
+    torch_distributed = sys.modules.get("torch.distributed")
+    if torch_distributed is None or not getattr(torch_distributed, "is_initialized", lambda: False)():
+        return
+    from vtempo import distributed
+
+    distributed.stop()
 
 
 app = _Typer(

@@ -9,6 +9,7 @@ import typer
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    EXIT_USAGE,
     console,
     download_progress,
     err_console,
@@ -56,12 +57,12 @@ def register(app: typer.Typer) -> None:
             targets = [e for e in entries.values() if e.weights is not None and (e.weights.url or e.weights.manual_url)]
         else:
             targets = [entries[name] for name in names]
-        failed = 0
+        failed = unavailable = 0  # unavailable: named entries with no weights to fetch (a usage error)
         for entry in targets:
             state = hub.cache_state(entry)
             if state == "none published":
                 err_console.print(hub.none_published(entry), markup=False, highlight=False, soft_wrap=True)
-                failed += 1
+                unavailable += 1
             elif state == "manual download":
                 # With --all these are reported, not counted: nothing can fetch them automatically.
                 err_console.print(hub.how_to_supply(entry), markup=False, highlight=False, soft_wrap=True)
@@ -79,4 +80,4 @@ def register(app: typer.Typer) -> None:
                     failed += 1
                     continue
                 console.print(f"{entry.name}: downloaded, {path}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+        raise typer.Exit(EXIT_USAGE if unavailable else EXIT_SOME_FAILED if failed else EXIT_OK)

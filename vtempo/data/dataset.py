@@ -99,7 +99,7 @@ def _class_folders(root: Path, labels: str | os.PathLike | None) -> VideoSet:
     for label, name in enumerate(classes):
         videos += [(p, label) for p in sorted((root / name).iterdir()) if _is_video(p)]
     if not videos:
-        raise VtempoError(f"{root}: no videos found in class folders (expected {root}/<class>/<video>)")
+        raise UsageError(f"{root}: no videos found in class folders (expected {root}/<class>/<video>)")
     return VideoSet(videos, classes, str(root))
 
 
@@ -126,7 +126,7 @@ def _list_file(path: Path, labels: str | os.PathLike | None) -> VideoSet:
         video = Path(name.strip())
         videos.append((video if video.is_absolute() else path.parent / video, label))
     if not videos:
-        raise VtempoError(f"{path}: no `path label` lines in the list file")
+        raise UsageError(f"{path}: no `path label` lines in the list file")
     if classes is None:
         classes = [str(i) for i in range(max(label for _, label in videos) + 1)]
     return VideoSet(videos, classes, str(path))

@@ -69,7 +69,7 @@ def frames_per_window(rec: Recognizer, fps: float, window: float | None, hop: fl
     """(window, hop) in frames from seconds (defaults: the model's span, half of it)."""
     window = default_window_seconds(rec, fps) if window is None else window
     hop = window / 2 if hop is None else hop
-    if window <= 0 or hop <= 0:
+    if not (window > 0 and hop > 0):  # NaN compares false
         raise UsageError(f"--window and --hop must be positive, got {window} and {hop}")
     window_frames = max(1, round(window * fps))
     return window_frames, max(1, min(round(hop * fps), window_frames))

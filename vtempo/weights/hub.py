@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 from vtempo import __version__
-from vtempo.errors import VtempoError
+from vtempo.errors import UsageError, VtempoError
 from vtempo.weights import limits
 from vtempo.weights.registry import ModelEntry, home, is_remote
 
@@ -142,7 +142,7 @@ def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
     """
     weights = entry.weights
     if weights is None:
-        raise VtempoError(none_published(entry))
+        raise UsageError(none_published(entry))
     if weights.bundled:
         path = bundled_path(entry)
         if not path.is_file():
@@ -244,7 +244,7 @@ def download(entry: ModelEntry, force: bool = False, progress: Progress | None =
     """
     weights = entry.weights
     if weights is None:
-        raise VtempoError(none_published(entry))
+        raise UsageError(none_published(entry))
     if weights.bundled or (weights.url and not is_remote(weights.url)):
         return weights_path(entry)  # nothing to download
     if not weights.url:
