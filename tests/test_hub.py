@@ -27,11 +27,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from vtempo import create_model
+from vtempo import create_model, limits
 from vtempo.cli import app
 from vtempo.errors import VtempoError
 from vtempo.models import build
-from vtempo.weights import hub, limits, registry
+from vtempo.weights import hub, registry
 from vtempo.weights.checkpoint import save_checkpoint
 
 MANIFESTS = Path(__file__).parent / "data" / "manifests"

@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from vtempo import limits
 from vtempo.bench.flops import count_macs
 from vtempo.errors import UsageError, VtempoError
 from vtempo.fast import prepare
@@ -83,11 +84,13 @@ class Settings:
                 raise UsageError("--against compares with vtempo's fp32 model: include --dtype fp32")
         if self.cuda_graphs and self.compile:
             raise UsageError("--cuda-graphs and --compile: choose one (each is timed against eager on its own)")
-        limits = (("--frames", self.frames, 1), ("--size", self.size, 16), ("--batch", self.batch, 1),
-                  ("--iters", self.iters, 1), ("--warmup", self.warmup, 0))
-        for option, value, least in limits:
+        for option, value, least, bound in (
+                ("--frames", self.frames, 1, "MAX_FRAMES"), ("--size", self.size, 16, "MAX_INPUT_SIZE"),
+                ("--batch", self.batch, 1, "MAX_BATCH"), ("--iters", self.iters, 1, "MAX_ITERS"),
+                ("--warmup", self.warmup, 0, "MAX_ITERS"), ("--threads", self.threads, 1, "MAX_THREADS")):
             if value is not None and value < least:
                 raise UsageError(f"{option} must be at least {least}, got {value}")
+            limits.check_int(option, value, least, bound)
 
 
 @dataclass

@@ -46,7 +46,7 @@ def cam(
         Path("cam.png"), "--out", "-o", help=".png/.jpg contact sheet, or .mp4/.gif with the models side by side."
     ),
     save_maps: Optional[Path] = typer.Option(
-        None, "--save-maps", help=".npz with each model's T×H×W maps at the original resolution and the frame indices."
+        None, "--save-maps", help=".npz with each model's T×H×W maps at the decoded resolution (the video's, its longer side at most twice the model's resize) and the frame indices."
     ),
 ) -> None:
     """Grad-CAM of each model on the sampled frames of VIDEO, drawn on the original frames."""

@@ -101,9 +101,9 @@ def register(app: typer.Typer) -> None:
         from vtempo.video.discovery import collect_videos
 
         check_model_options(frames, dtype, device, calibrate, compile, int8=True)
-        at_least("--topk", topk, 1)
-        at_least("--batch-size", batch_size, 1)
-        at_least("--workers", workers, 0)
+        at_least("--topk", topk, 1, "MAX_CLASSES")
+        at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+        at_least("--workers", workers, 0, "MAX_THREADS")
         if views is not None:
             parse_views(views)
         if output is not None and output.suffix.lower() not in ResultWriter.FORMATS:
@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
 
         if backend != "auto" and backend not in BACKENDS:
             raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-        at_least("--frames", frames, 1)
+        at_least("--frames", frames, 1, "MAX_FRAMES")
         videos = collect_videos(paths, recursive)
         if not videos:
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}")

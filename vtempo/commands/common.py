@@ -6,6 +6,7 @@ set), 2 usage errors (options, arguments); 130 after Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import re
@@ -81,6 +82,11 @@ def friendly_errors(command: Callable) -> Callable:
             raise fail(as_flags(str(error)), EXIT_USAGE) from None
         except VtempoError as error:
             raise fail(as_flags(str(error)), EXIT_SOME_FAILED) from None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            name = error.filename if error.filename is not None else "a path"
+            raise fail(f"{name}: a name in this path is longer than the file system allows", EXIT_USAGE) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
@@ -99,7 +105,11 @@ PARAMETER_FLAGS = {
     "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
     "scales": "--scales", "out": "--out", "jobs": "--jobs", "train_stride": "--train-stride",
     "shift": "--shift", "freeze_backbone": "--freeze-backbone", "calibrate": "--calibrate",
-    "compile": "--compile",
+    "compile": "--compile", "window": "--window", "hop": "--hop", "every": "--every", "size": "--size",
+    "batch": "--batch", "iters": "--iters", "warmup": "--warmup", "threads": "--threads", "lr": "--lr",
+    "weight_decay": "--weight-decay", "dropout": "--dropout", "clip_grad": "--clip-grad",
+    "val_split": "--val-split", "joins": "--joins", "resize": "--resize", "seed": "--seed",
+    "min_duration": "--min-duration", "threshold": "--threshold", "smooth": "--smooth", "clips": "--clips",
 }
 _PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
 
@@ -155,10 +165,14 @@ def compile_option():
                         help="torch.compile the model; auto: when the run is long enough to repay compiling.")
 
 
-def at_least(flag: str, value, minimum: int) -> None:
-    """A count option must be at least `minimum`: one line naming the flag otherwise (exit code 2)."""
+def at_least(flag: str, value, minimum: int, bound: Optional[str] = None) -> None:
+    """A count option must be at least `minimum` and at most the limit named `bound` (vtempo.limits):
+    one line naming the flag otherwise (exit code 2)."""
+    from vtempo import limits
+
     if value is not None and value < minimum:
         raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+    limits.check_int(flag, value, minimum, bound)
 
 
 def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", calibrate=None,
@@ -167,7 +181,7 @@ def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", 
     command has --calibrate and runs int8 models)."""
     from vtempo.runtime import check_dtype, pick_device
 
-    at_least("--frames", frames, 1)
+    at_least("--frames", frames, 1, "MAX_FRAMES")
     check_dtype(dtype)
     pick_device(device)
     if dtype == "int8" and not int8:

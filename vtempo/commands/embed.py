@@ -10,6 +10,7 @@ from rich.markup import escape
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    at_least,
     check_model_options,
     console,
     device_option,
@@ -67,10 +68,14 @@ def embed(
         parse_shard,
         shard_positions,
     )
+    from vtempo.inference.timeline import check_seconds
     from vtempo.runtime import default_workers
     from vtempo.video import display_path
     from vtempo.video.discovery import collect_videos
 
+    at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+    at_least("--workers", workers, 0, "MAX_THREADS")
+    check_seconds(window=window, hop=hop)
     videos = collect_videos(paths, recursive)
     if not videos:
         raise UsageError(f"no videos found in {', '.join(map(str, paths))}")

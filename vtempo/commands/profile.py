@@ -186,9 +186,11 @@ def register(app: typer.Typer) -> None:
         registry: Optional[Path] = registry_option(),
     ) -> None:
         """Parameters, GMACs, latency, clips/s and peak memory of each model, measured in one run."""
-        for flag, value, least in (("--frames", frames, 1), ("--size", size, 16), ("--batch", batch, 1),
-                                   ("--iters", iters, 1), ("--warmup", warmup, 0), ("--threads", threads, 1)):
-            at_least(flag, value, least)  # before importing the profiler, which takes seconds
+        for flag, value, least, bound in (
+                ("--frames", frames, 1, "MAX_FRAMES"), ("--size", size, 16, "MAX_INPUT_SIZE"),
+                ("--batch", batch, 1, "MAX_BATCH"), ("--iters", iters, 1, "MAX_ITERS"),
+                ("--warmup", warmup, 0, "MAX_ITERS"), ("--threads", threads, 1, "MAX_THREADS")):
+            at_least(flag, value, least, bound)  # before importing the profiler, which takes seconds
         from vtempo.bench.profile import (
             DEFAULT_NAMES,
             Settings,

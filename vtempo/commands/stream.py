@@ -14,6 +14,7 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    at_least,
     check_model_options,
     device_option,
     dtype_option,
@@ -60,9 +61,10 @@ def register(app: typer.Typer) -> None:
         """Label a live source every --every seconds; Ctrl-C stops with a summary."""
         from vtempo.inference.recognizer import load
         from vtempo.inference.stream import run_stream
+        from vtempo.limits import check_number
 
-        if topk < 1:
-            raise UsageError("--topk must be at least 1")
+        at_least("--topk", topk, 1, "MAX_CLASSES")
+        check_number("--every", every, 0, "MAX_SECONDS", above=True)
         if output is not None and output.suffix.lower() != ".jsonl":
             raise UsageError(f"--output {output}: the name must end in .jsonl")
         check_model_options(frames, dtype, device)

@@ -62,9 +62,10 @@ def synth(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Write the synthetic tempo benchmark: classes that differ only in temporal order or direction."""
-    at_least("--clips", clips, 1)
-    at_least("--frames", frames, 2)
-    at_least("--size", size, 32)
+    at_least("--clips", clips, 1, "MAX_SYNTH_CLIPS")
+    at_least("--frames", frames, 2, "MAX_FRAMES")
+    at_least("--size", size, 32, "MAX_INPUT_SIZE")
+    at_least("--seed", seed, 0, "MAX_SEED")
     from vtempo.data import synth as synthetic
 
     names = synthetic.class_names(int(classes) if classes.isdigit() else classes)
@@ -134,10 +135,13 @@ def train(
     shift: Optional[str] = typer.Option(None, "--shift", help="TSM only: online (uni-directional, runs frame by frame) or bidirectional."),
 ) -> None:
     """Train a model on a labelled video set (SGD or AdamW, checkpoints each epoch, DDP under torchrun)."""
-    for flag, value, minimum in (("--frames", frames, 1), ("--stride", stride, 1), ("--size", size, 16),
-                                 ("--resize", resize, 16), ("--epochs", epochs, 1), ("--batch-size", batch_size, 1),
-                                 ("--warmup", warmup, 0), ("--workers", workers, 0), ("--threads", threads, 1)):
-        at_least(flag, value, minimum)
+    for flag, value, minimum, bound in (
+            ("--frames", frames, 1, "MAX_FRAMES"), ("--stride", stride, 1, "MAX_STRIDE"),
+            ("--size", size, 16, "MAX_INPUT_SIZE"), ("--resize", resize, 16, "MAX_RESIZE"),
+            ("--epochs", epochs, 1, "MAX_ITERS"), ("--batch-size", batch_size, 1, "MAX_BATCH"),
+            ("--warmup", warmup, 0, "MAX_ITERS"), ("--workers", workers, 0, "MAX_THREADS"),
+            ("--threads", threads, 1, "MAX_THREADS"), ("--seed", seed, 0, "MAX_SEED")):
+        at_least(flag, value, minimum, bound)
     from vtempo.training.train import TrainConfig
     from vtempo.training.train import train as run_training
 
@@ -180,8 +184,8 @@ def evaluate(
     from vtempo.inference.recognizer import parse_views
 
     check_model_options(frames, dtype, device)
-    at_least("--batch-size", batch_size, 1)
-    at_least("--workers", workers, 0)
+    at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+    at_least("--workers", workers, 0, "MAX_THREADS")
     if views is not None:
         parse_views(views)
     with progress_callback("evaluating", progress) as show:
@@ -237,9 +241,9 @@ def robustness(
     from vtempo.evaluation.robustness import parse_strides, run, save
 
     check_model_options(frames, dtype, device)
-    at_least("--batch-size", batch_size, 1)
-    at_least("--workers", workers, 0)
-    at_least("--train-stride", train_stride, 1)
+    at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+    at_least("--workers", workers, 0, "MAX_THREADS")
+    at_least("--train-stride", train_stride, 1, "MAX_STRIDE")
     strides = parse_strides(stride)
     if weights and len(weights) > len(model or []):
         raise UsageError("more --weights than --model")
@@ -279,7 +283,8 @@ def train_demo_zoo(
     jobs: int = typer.Option(2, "--jobs", help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:
     """Retrain every bundled demo model from scratch on a fresh synthetic set (see vtempo/training/demo_zoo.py)."""
-    at_least("--jobs", jobs, 1)
+    at_least("--jobs", jobs, 1, "MAX_THREADS")
+    at_least("--seed", seed, 0, "MAX_SEED")
     from vtempo.training.demo_zoo import retrain
 
     report = retrain(out, seed=seed, families=family or None, install=install, jobs=jobs,

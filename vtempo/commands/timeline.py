@@ -11,6 +11,7 @@ from rich.table import Table
 from vtempo.commands.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    at_least,
     check_model_options,
     console,
     device_option,
@@ -64,12 +65,19 @@ def register(app: typer.Typer) -> None:
         from vtempo import distributed
         from vtempo.inference.recognizer import load
         from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
-        from vtempo.inference.timeline import TimelineWriter, annotate_video, check_smooth, timeline
+        from vtempo.inference.timeline import (
+            TimelineWriter,
+            annotate_video,
+            check_seconds,
+            check_smooth,
+            timeline,
+        )
         from vtempo.video import display_path
         from vtempo.video.readers import VideoError
 
-        if topk < 1 or batch_size < 1:
-            raise UsageError("--topk and --batch-size must be at least 1")
+        at_least("--topk", topk, 1, "MAX_CLASSES")
+        at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+        check_seconds(window=window, hop=hop, min_duration=min_duration)
         check_smooth(smooth)
         if output is not None and output.suffix.lower() not in TimelineWriter.FORMATS:
             raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv")

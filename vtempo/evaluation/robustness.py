@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from vtempo import distributed
+from vtempo import distributed, limits
 from vtempo.data.dataset import VideoSet, read_video_set
 from vtempo.errors import UsageError, VtempoError
 from vtempo.evaluation.evaluate import align_classes, unnamed
@@ -40,6 +40,7 @@ def parse_strides(text: str) -> list[int]:
                     low, high = (int(v) for v in part.split(sep))
                     if low > high:
                         raise UsageError(f"strides={text!r}: in {part}, LOW must not exceed HIGH")
+                    limits.check_int("strides", high, 1, "MAX_STRIDE")  # before the range is made
                     strides.update(range(low, high + 1))
                     break
             else:
@@ -48,6 +49,7 @@ def parse_strides(text: str) -> list[int]:
         raise UsageError(f"strides={text!r}: must look like 2..8, 2-8 or 2,4,8") from None
     if not strides or min(strides) < 1:
         raise UsageError(f"strides={text!r}: strides must be at least 1")
+    limits.check_int("strides", max(strides), 1, "MAX_STRIDE")
     return sorted(strides)
 
 

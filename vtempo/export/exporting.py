@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 from vtempo.export.forms import ExportForm, LogitsAndFeatures, apply_export_forms
 from vtempo.export.loading import (
@@ -227,6 +228,7 @@ def export_model(
                 raise missing_extra(package) from None
     if Path(model).suffix.lower() in EXPORTED_SUFFIXES:
         raise UsageError(f"{model}: already an exported model; export the registry model or checkpoint it came from")
+    limits.check_int("frames", frames, 1, "MAX_FRAMES")
     say = progress or (lambda message: None)
     say("loading the model")
     rec = load(model, weights, registry=registry, device="cpu", dtype="fp32", frames=frames)

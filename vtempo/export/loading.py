@@ -139,7 +139,42 @@ def load_exported(path: str | os.PathLike, *, device: torch.device | str = "cpu"
         raise UsageError(f"{path}: an exported model ends in .onnx or .ts")
     if meta.get("format") != FORMAT:
         raise VtempoError(f"{path}: not exported by vtempo (its metadata has no {FORMAT!r} description)")
-    return model, meta
+    return model, checked_export_metadata(meta, path, model)
+
+
+REQUIRED = ("labels", "frames", "input_size", "resize", "mean", "std")
+
+
+def checked_export_metadata(meta: dict[str, Any], path: Path, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """`meta` with the fields vtempo reads checked as a checkpoint's metadata is (present, bounded,
+    well-formed) and, for an ONNX model, against the shapes of its graph: the clip length and crop
+    of its input, the class count of its logits."""
+    from vtempo.weights.metadata import checked_metadata
+
+    missing = [key for key in REQUIRED if meta.get(key) is None]
+    if missing:
+        raise VtempoError(f"{path}: its metadata lacks {', '.join(missing)}; export the model again")
+    fields = {key: meta[key] for key in ("frames", "input_size", "resize", "mean", "std", "protocol") if key in meta}
+    fields["classes"] = meta["labels"]
+    inputs, classes = _graph_shapes(model)
+    fields["num_classes"] = classes
+    checked = checked_metadata(fields, str(path))
+    for name, expected in (("frames", inputs[1]), ("input_size", inputs[3]), ("input_size", inputs[4])):
+        if isinstance(expected, int) and checked[name] != expected:
+            raise VtempoError(f"{path}: its metadata says {name} {checked[name]}, its graph takes {expected}")
+    checked.pop("num_classes", None)
+    return {**meta, **checked, "labels": checked.pop("classes")}
+
+
+def _graph_shapes(model: torch.nn.Module | None) -> tuple[list, int | None]:
+    """(the input's dimensions, the logits' class count) where the ONNX graph fixes them."""
+    if not isinstance(model, OnnxModel):
+        return [None] * 5, None
+    inputs = list(model.session.get_inputs()[0].shape)
+    inputs = inputs if len(inputs) == 5 else [None] * 5
+    logits = next((output.shape for output in model.session.get_outputs() if output.name == "logits"), None)
+    classes = logits[-1] if logits and isinstance(logits[-1], int) else None
+    return inputs, classes
 
 
 def protocol_of(meta: dict[str, Any]) -> Protocol:

@@ -372,13 +372,16 @@ def explain(
     """Grad-CAM of every model on one video (a file or a folder of frames).
 
     The frames are sampled as the first model's test protocol does (`frames=` overrides its count), and
-    every model sees the same frames, so their maps line up. `load_options` go to `recognizers`:
+    every model sees the same frames, so their maps line up. Frames larger than the models need are
+    decoded smaller (`Recognizer.max_side`); the maps have the decoded frames' size. `load_options` go to `recognizers`:
     weights (one per model), registry, device, dtype, frames.
     """
     from vtempo.video import clip_indices, open_video
 
     loaded = recognizers(models, **load_options)
     first = loaded[0]
-    with open_video(video) as reader:
+    # decoded as classify decodes (the longer side at most twice the largest model's resize): the
+    # maps and sheets are drawn at that size, so a huge video costs no more than a small one
+    with open_video(video, max_side=max(model.max_side for model in loaded)) as reader:
         indices, pictures = reader.sample(lambda count: clip_indices(first.protocol, count, first.frames, clips=1)[0])
     return explain_frames(pictures, indices, loaded, target, layer, method, norm)

@@ -29,6 +29,7 @@ import torch
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.decoding import ViewPlan, decode_loader
+from vtempo.inference.timeline import check_seconds
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
@@ -102,8 +103,7 @@ def embed(
 
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if window is not None and (window <= 0 or (hop is not None and hop <= 0)):
-        raise UsageError("--window and --hop must be positive numbers of seconds")
+    check_seconds(window=window, hop=hop)
     if hop is not None and window is None:
         raise UsageError("--hop needs --window")
     if per_frame and window is not None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.results import NOT_FINITE, Prediction, VideoResult
 from vtempo.video.transforms import Preprocess
@@ -85,12 +86,19 @@ def parse_views(text: str) -> tuple[int, str]:
     return clips, CROP_NAMES[crops]
 
 
+# the bound (vtempo.limits) of each count `at_least` checks
+COUNT_BOUNDS = {"frames": "MAX_FRAMES", "num_classes": "MAX_CLASSES", "topk": "MAX_CLASSES", "batch_size": "MAX_BATCH",
+                "workers": "MAX_THREADS", "train_stride": "MAX_STRIDE"}
+
+
 def at_least(name: str, value: Any, minimum: int) -> None:
-    """A count the caller passed (`frames`, `topk`, ...) must be an int ≥ minimum."""
+    """A count the caller passed (`frames`, `topk`, ...) must be an int ≥ minimum, and at most its
+    bound in `COUNT_BOUNDS`."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UsageError(f"{name}={value!r}: must be a whole number of at least {minimum}")
+    limits.check_int(name, int(value), minimum, COUNT_BOUNDS.get(name))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

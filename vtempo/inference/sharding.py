@@ -32,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
+from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 from vtempo.video import display_path
 
@@ -53,6 +54,8 @@ class Shard:
     def __post_init__(self) -> None:
         if self.count < 1:
             raise UsageError(f"--shard {self}: the shard count must be at least 1")
+        if self.count > limits.get("MAX_SHARDS"):
+            raise UsageError(f"--shard {self}: more than {limits.get('MAX_SHARDS')} shards ({limits.hint('MAX_SHARDS')})")
         if not 0 <= self.index < self.count:
             raise UsageError(f"--shard {self}: K must be 0..{self.count - 1} (shards are numbered from 0)")
 

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vtempo import limits
 from vtempo.errors import UsageError
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
@@ -186,8 +187,7 @@ def run_stream(
     from vtempo.runtime import autocast
     from vtempo.video.sequential import SequentialVideo
 
-    if every <= 0:
-        raise UsageError(f"--every must be positive, got {every}")
+    limits.check_number("every", every, 0, "MAX_SECONDS", above=True)
     video = SequentialVideo(source, rec.max_side, quiet=False)
     live = video.live
     if realtime and live:

@@ -33,6 +33,7 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import torch
 
+from vtempo import limits
 from vtempo.errors import UsageError
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
@@ -65,13 +66,23 @@ def default_window_seconds(rec: Recognizer, fps: float) -> float:
     return DATASET_SECONDS.get(rec.dataset or "", DEFAULT_SECONDS)
 
 
+def check_seconds(**durations: float | None) -> None:
+    """Each duration given (window=, hop=, min_duration=, ...) is a finite number of seconds, positive
+    (min_duration: at least 0) and at most MAX_SECONDS: a UsageError naming it otherwise."""
+    for name, value in durations.items():
+        limits.check_number(name, value, 0, "MAX_SECONDS", above=name != "min_duration")
+
+
 def frames_per_window(rec: Recognizer, fps: float, window: float | None, hop: float | None) -> tuple[int, int]:
     """(window, hop) in frames from seconds (defaults: the model's span, half of it)."""
+    check_seconds(window=window, hop=hop)
     window = default_window_seconds(rec, fps) if window is None else window
     hop = window / 2 if hop is None else hop
-    if not (window > 0 and hop > 0):  # NaN compares false
-        raise UsageError(f"--window and --hop must be positive, got {window} and {hop}")
     window_frames = max(1, round(window * fps))
+    most = limits.get("MAX_WINDOW_FRAMES")
+    if window_frames > most:
+        raise UsageError(f"window={window:g}: {window_frames} frames at {fps:g} fps, more than the {most} a window "
+                         f"may hold at once ({limits.hint('MAX_WINDOW_FRAMES')})")
     return window_frames, max(1, min(round(hop * fps), window_frames))
 
 
@@ -409,8 +420,8 @@ def timeline(
     overrides a rate the container does not give (else 25)."""
     from vtempo.video.sequential import SequentialVideo
 
-    if not 0 <= threshold <= 1 or (min_duration is not None and min_duration < 0):
-        raise UsageError(f"--threshold must be in [0, 1] and --min-duration at least 0, got {threshold}, {min_duration}")
+    limits.check_number("threshold", threshold, 0, 1)
+    check_seconds(min_duration=min_duration)
     check_smooth(smooth)
     with SequentialVideo(video, rec.max_side) as source:
         rate = fps or source.fps or 25.0

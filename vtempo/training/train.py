@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtempo import distributed
+from vtempo import distributed, limits
 from vtempo.data.dataset import (
     TRAIN_SCALES,
     ClipDataset,
@@ -97,6 +97,21 @@ class TrainResult:
     best_top1: float
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_numbers(config: TrainConfig) -> None:
+    """Every count and rate of `config` within its bounds (vtempo.limits): a UsageError naming the field."""
+    for name, low, bound in (("frames", 1, "MAX_FRAMES"), ("stride", 1, "MAX_STRIDE"), ("size", 16, "MAX_INPUT_SIZE"),
+                             ("resize", 16, "MAX_RESIZE"), ("epochs", 1, "MAX_ITERS"), ("batch_size", 1, "MAX_BATCH"),
+                             ("warmup", 0, "MAX_ITERS"), ("workers", 0, "MAX_THREADS"), ("threads", 1, "MAX_THREADS"),
+                             ("seed", 0, "MAX_SEED")):
+        limits.check_int(name, getattr(config, name), low, bound)
+    limits.check_number("lr", config.lr, 0, above=True)
+    limits.check_number("weight_decay", config.weight_decay, 0)
+    limits.check_number("dropout", config.dropout, 0, 1, below=True)
+    limits.check_number("clip_grad", config.clip_grad, 0)
+    limits.check_number("val_split", config.val_split, 0, 1, below=True)
+    limits.check_number("joins", config.joins, 0, 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -328,6 +343,7 @@ def train(config: TrainConfig, say: Callable[[str], None] | None = None,
 
     if config.epochs < 1 or config.batch_size < 1:
         raise UsageError(f"epochs={config.epochs}, batch_size={config.batch_size}: both must be at least 1")
+    check_numbers(config)
     if config.schedule not in SCHEDULES:
         raise UsageError(f"schedule={config.schedule!r}: must be one of {', '.join(SCHEDULES)}")
     if config.optimizer not in OPTIMIZERS:

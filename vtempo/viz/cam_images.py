@@ -156,7 +156,7 @@ def _write_mp4(images: list[np.ndarray], path: Path) -> bool:
 
 def save_maps(clip: ClipCam, path: str | os.PathLike) -> Path:
     """An .npz with `indices` (T,), `models` (names) and, per model NAME: `NAME` (T, H, W) float32 maps at
-    the original resolution, `NAME.crop` (x0, y0, x1, y1) of the region the network saw, `NAME.grid`
+    the decoded frames' resolution, `NAME.crop` (x0, y0, x1, y1) of the region the network saw, `NAME.grid`
     (h, w) of the layer's maps before upsampling, `NAME.target` and `NAME.score`."""
     path = check_maps_path(path)
     arrays: dict[str, np.ndarray] = {

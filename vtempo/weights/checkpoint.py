@@ -27,12 +27,14 @@ import os
 import pickle
 import re
 import stat
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
+from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 
 FORMAT = "vtempo"
@@ -135,6 +137,7 @@ def read_file(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise VtempoError(f"{path}: {_absent(path)}")
+    _check_archive(path)
     try:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -150,6 +153,27 @@ def read_file(path: str | os.PathLike) -> Any:
         loaded = LoadedFile(loaded)
         loaded.path = path
     return loaded
+
+
+def _check_archive(path: Path) -> None:
+    """A zip checkpoint (torch's format) whose records, uncompressed, would exceed CHECKPOINT_MAX_BYTES
+    or that holds more than CHECKPOINT_MAX_ENTRIES records is refused from its directory, before
+    torch inflates anything (a few compressed megabytes can hold gigabytes of zeros)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # the legacy formats: torch.load says what is wrong with them
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load gives the reason
+    most_entries, most_bytes = limits.get("CHECKPOINT_MAX_ENTRIES"), limits.get("CHECKPOINT_MAX_BYTES")
+    if len(entries) > most_entries:
+        raise VtempoError(f"{path}: {len(entries)} records in its archive, more than {most_entries} "
+                          f"({limits.hint('CHECKPOINT_MAX_ENTRIES')})")
+    total = sum(entry.file_size for entry in entries)
+    if total > most_bytes:
+        raise VtempoError(f"{path}: {total} bytes uncompressed (the file has {path.stat().st_size}), more than "
+                          f"{most_bytes} ({limits.hint('CHECKPOINT_MAX_BYTES')})")
 
 
 # torch's weights-only refusal opens with advice to load the file with weights_only=False: never shown.
@@ -216,6 +240,10 @@ def unwrap(obj: Any, name: str = "state dict") -> tuple[dict[str, torch.Tensor],
         raise VtempoError(
             f"{name}: not a model checkpoint (expected a state dict of tensors, or a container with 'state_dict')"
         )
+    for key, tensor in obj.items():
+        if tensor.layout != torch.strided:
+            raise VtempoError(f"{name}: {key} is a {str(tensor.layout).removeprefix('torch.')} tensor; "
+                              f"a model's weights are dense")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     return state, meta
 
@@ -336,6 +364,10 @@ def map_state(
             mismatched.append(f"{key} {list(tensor.shape)} vs {list(expected.shape)}")
             wrong_shape.add(model_key)
             continue
+        if expected.is_floating_point() and not tensor.is_floating_point():
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise VtempoError(f"{name}: {key} holds {kind} values where the model has {str(expected.dtype).removeprefix('torch.')} "
+                              f"weights; a checkpoint of real numbers is needed, not a cast")
         placed[model_key] = tensor.to(expected.dtype) if expected.is_floating_point() else tensor
     missing = [k for k in target if k not in placed and k not in wrong_shape and not k.endswith("num_batches_tracked")]
     problems = []

@@ -18,7 +18,7 @@ A user entry whose url is a local path is used where it is (checked against size
 
 The server is not trusted: a download stops at the registry's `size` (else at DOWNLOAD_MAX_BYTES),
 fails over when it stalls (under DOWNLOAD_MIN_BYTES_PER_S over DOWNLOAD_STALL_WINDOW_S) and gives up
-at DOWNLOAD_DEADLINE_S; see vtempo.weights.limits for the defaults and how to raise them. Progress
+at DOWNLOAD_DEADLINE_S; see vtempo.limits for the defaults and how to raise them. Progress
 goes to a `progress(bytes_done, bytes_total | None)` callback; notices (retries, waiting for another
 process) go to the `vtempo.weights.hub` logger.
 """
@@ -41,9 +41,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
-from vtempo import __version__
+from vtempo import __version__, limits
 from vtempo.errors import UsageError, VtempoError
-from vtempo.weights import limits
 from vtempo.weights.registry import ModelEntry, home, is_remote
 
 try:
@@ -152,7 +151,7 @@ def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
         return _local_file(entry, Path(weights.url))
     cached = cached_file(entry)
     if cached is not None:
-        return _not_a_page(entry, cached)
+        return _intact(entry, _not_a_page(entry, cached))
     if weights.url and not offline():
         if progress is None and first_use_progress is not None:
             with first_use_progress(entry.name) as shown:
@@ -171,6 +170,22 @@ def _not_a_page(entry: ModelEntry, cached: Path) -> Path:
             f"{entry.name}: the cached {cached} is {kind}, not a checkpoint (a login or error page saved in its "
             f"place?); fetch it again with `vtempo download {entry.name} --force`"
         )
+    return cached
+
+
+def _intact(entry: ModelEntry, cached: Path) -> Path:
+    """The cached file, unless its sha256 is no longer the one recorded when it was stored (the
+    download's, checked against the registry then; an import's converted file)."""
+    record = _read_json(_record_path(cached)) or {}
+    expected = record.get("sha256") if record.get("imported") else record.get("source_sha256")
+    if not isinstance(expected, str) or not expected:
+        return cached  # an import recorded before the converted file's hash was kept
+    digest = sha256_file(cached)
+    if digest != expected.lower():
+        again = (f"`vtempo download {entry.name} --from-file {record.get('source')}`" if record.get("imported")
+                 else f"`vtempo download {entry.name} --force`")
+        raise VtempoError(f"{entry.name}: the cached {cached} has changed since it was stored (sha256 {digest[:16]}…, "
+                          f"expected {expected.lower()[:16]}…); fetch it again with {again}")
     return cached
 
 
@@ -204,12 +219,20 @@ def _local_file(entry: ModelEntry, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------ verification
 
 
+_digests: dict[tuple, str] = {}  # (path, inode, size, mtime) → sha256: a file checked at load is not hashed again
+
+
 def sha256_file(path: Path) -> str:
+    info = os.stat(path)
+    key = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key in _digests:
+        return _digests[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(CHUNK):
             digest.update(block)
-    return digest.hexdigest()
+    _digests[key] = digest.hexdigest()
+    return _digests[key]
 
 
 def _verify(entry: ModelEntry, path: Path, what: str, delete: bool) -> str:
@@ -537,6 +560,7 @@ def import_file(entry: ModelEntry, path: str | os.PathLike) -> Path:
                 "source_size": source.stat().st_size,
                 "source_layout": written["layout"],
                 "imported": True,
+                "sha256": sha256_file(converted),
             }
             return _store(entry, converted, record)
         finally:

@@ -3,15 +3,15 @@
 A checkpoint is data from elsewhere: the fields vtempo reads from it (arch, class count, clip length,
 class names, preprocessing, test protocol) are validated here, once, by `checked_metadata`, which
 `vtempo.weights.checkpoint.read_state` applies to every file it reads. Bounds come from
-`vtempo.weights.limits`.
+`vtempo.limits`.
 """
 from __future__ import annotations
 
 import unicodedata
 from typing import Any
 
+from vtempo import limits
 from vtempo.errors import VtempoError
-from vtempo.weights import limits
 from vtempo.weights.registry import (
     MIN_INPUT_SIZE,
     RegistryError,

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from vtempo import limits
 from vtempo.errors import UsageError
-from vtempo.weights import limits
 
 SAMPLINGS = ("uniform", "twice", "dense", "stride")
 CROPS = {"centre": 1, "three": 3, "ten": 10}
@@ -119,7 +119,7 @@ def _typed(mapping: dict, key: str, kind: type | tuple[type, ...], where: str, d
 
 
 def bounded_int(mapping: dict, key: str, where: str, low: int, high: str, default: Any = None) -> Any:
-    """An int field between `low` and the bound named `high` (in vtempo.weights.limits)."""
+    """An int field between `low` and the bound named `high` (in vtempo.limits)."""
     value = _typed(mapping, key, int, where, default)
     if value is not None and not low <= value <= limits.get(high):
         raise _fail(f"{where}.{key}", f"must be between {low} and {limits.shown(limits.get(high))}, got {value} ({limits.hint(high)})")
@@ -288,7 +288,7 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def read_registry_file(path: Path) -> dict[str, ModelEntry]:
     """Every entry of one registry file; any problem is a RegistryError naming the file.
 
-    The file is read with a bounded size, nesting depth and alias expansion (see vtempo.weights.limits)
+    The file is read with a bounded size, nesting depth and alias expansion (see vtempo.limits)
     before YAML builds anything from it.
     """
     text = _registry_text(path)
@@ -386,7 +386,12 @@ def builtin_registry_path() -> Path:
 def home() -> Path:
     """vtempo's cache and configuration folder: $VTEMPO_HOME, else the platform cache dir."""
     if os.environ.get("VTEMPO_HOME"):
-        return Path(os.environ["VTEMPO_HOME"]).expanduser()
+        path = Path(os.environ["VTEMPO_HOME"]).expanduser()
+        existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise UsageError(f"VTEMPO_HOME={os.environ['VTEMPO_HOME']}: {existing} is a file, not a folder; "
+                             f"point VTEMPO_HOME at a folder (it is made when missing)")
+        return path
     base = os.environ.get("XDG_CACHE_HOME") or (
         Path(os.environ.get("LOCALAPPDATA", "~")) if os.name == "nt" else Path("~/.cache")
     )
