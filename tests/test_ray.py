@@ -45,6 +45,9 @@ def _free_port() -> int:
 def cluster():
     """A Ray head with 2 CPUs and its own temp dir; stopped by signalling its own processes only."""
     pytest.importorskip("ray")
+    # a test cluster on 127.0.0.1 without Ray's token: the CLI runs below inherit the setting
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: Ray's socket paths live under it
     ray_exe = Path(sys.executable).with_name("ray")
@@ -68,6 +71,10 @@ def cluster():
                 pass
         time.sleep(2)
     head.wait(timeout=30)
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE")
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
 
 
 def _cluster_processes(temp: str, marker: str) -> list[int]:
