@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
     @app.command("classify")
     @friendly_errors
     def classify_command(
-        paths: List[Path] = typer.Argument(..., metavar="PATH...", readable=False, help="Video files, frame folders, or folders of them."),
+        paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...", readable=False, help="Video files, frame folders, or folders of them."),
         model: str = model_option(DEMO_MODEL),
         weights: Optional[Path] = weights_option(),
         registry: Optional[Path] = registry_option(),
@@ -87,10 +87,13 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", help="Clips (views) per model call."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process; default: the cores the model's threads leave free, half the cores for a GPU model)."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Search subfolders for videos too."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv."),
+        path_list: Optional[Path] = typer.Option(None, "--list", metavar="FILE", help="A file of input paths, one a line (after any PATH...)."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="results.jsonl (written as results come), .json or .csv; .parquet with --engine ray."),
         resume: bool = typer.Option(False, "--resume", help="Go on with an existing .jsonl output: skip the videos it has."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Classify shard K of N (from 0; balanced by size) into OUT.part-K-of-N.jsonl; auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard."),
+        engine: str = typer.Option("local", "--engine", metavar="local|ray", help="local: this process and its decode workers; ray: a Ray cluster (Ray Data; pip install 'vtempo[ray]')."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="auto|HOST:PORT|ray://HOST:PORT", help="The Ray cluster to join (default: start one on this machine's cores)."),
     ) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
         from vtempo import distributed
@@ -100,14 +103,29 @@ def register(app: typer.Typer) -> None:
         from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine must be local or ray, got {engine!r}")
+        if engine == "ray":
+            from vtempo.ray import check_options
+
+            check_options(dtype=dtype, compile=compile, workers=workers, shard=shard)
+        elif ray_address is not None:
+            raise UsageError("--ray-address goes with --engine ray")
+        paths = list(paths or []) + (read_path_list(path_list) if path_list is not None else [])
+        if not paths:
+            raise UsageError("no inputs: name videos or folders (PATH...), or a file of paths (--list FILE)")
         check_model_options(frames, dtype, device, calibrate, compile, int8=True)
         at_least("--topk", topk, 1, "MAX_CLASSES")
         at_least("--batch-size", batch_size, 1, "MAX_BATCH")
         at_least("--workers", workers, 0, "MAX_THREADS")
         if views is not None:
             parse_views(views)
-        if output is not None and output.suffix.lower() not in ResultWriter.FORMATS:
-            raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv")
+        parquet = output is not None and output.suffix.lower() == ".parquet"
+        if parquet and engine != "ray":
+            raise UsageError(f"--output {output}: .parquet is written by --engine ray; here .jsonl, .json or .csv")
+        if output is not None and not parquet and output.suffix.lower() not in ResultWriter.FORMATS:
+            raise UsageError(f"--output {output}: the name must end in .jsonl, .json or .csv"
+                             + (" (or .parquet)" if engine == "ray" else ""))
         videos = collect_videos(paths, recursive)
         if not videos:
             hint = "" if recursive else " (add --recursive to search subfolders)"
@@ -124,12 +142,22 @@ def register(app: typer.Typer) -> None:
         provenance = recognizer.provenance(views)
         # this process's share of the videos, less those a run before finished (--resume)
         run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks, provenance=provenance)
-        writer = ResultWriter(output, topk, provenance) if output is not None and not run.writes else None
         done, failed = [], 0
-        # the decode workers start here, before the progress bar's thread
-        recognizer.compile(compile, clips=len(run.todo) * recognizer.plan(views).views)
-        results = (recognizer.classify_files(run.todo_paths, views=views, topk=topk, batch_size=batch_size, workers=workers)
-                   if run.todo else iter(()))
+        if engine == "ray":
+            from vtempo import ray as on_ray
+
+            writer = (on_ray.ParquetWriter(output, provenance) if parquet else
+                      ResultWriter(output, topk, provenance) if output is not None and not run.writes else None)
+            results = (on_ray.classify_run(run.todo_paths, ray_address, model=model, weights=weights, registry=registry,
+                                           frames=frames, dtype=dtype, labels=recognizer.labels, views=views, topk=topk,
+                                           batch_size=batch_size, device=device)
+                       if run.todo else iter(()))
+        else:
+            writer = ResultWriter(output, topk, provenance) if output is not None and not run.writes else None
+            # the decode workers start here, before the progress bar's thread
+            recognizer.compile(compile, clips=len(run.todo) * recognizer.plan(views).views)
+            results = (recognizer.classify_files(run.todo_paths, views=views, topk=topk, batch_size=batch_size, workers=workers)
+                       if run.todo else iter(()))
         try:
             with _progress(ranks.main) as progress:
                 task = progress.add_task(f"{recognizer.name}", total=len(run.todo))
@@ -222,6 +250,20 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         err_console.print(f"{len(videos) - failed} ok, {failed} failed, of {len(videos)}", highlight=False)
         raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def read_path_list(path: Path) -> list[Path]:
+    """The paths in a list file, one a line (blank lines skipped; names that are not UTF-8 kept as bytes)."""
+    import os
+
+    from vtempo.video import display_path
+
+    try:
+        with open(path, "rb") as handle:
+            lines = [line.rstrip(b"\r\n") for line in handle]
+    except OSError as error:
+        raise UsageError(f"--list {display_path(path)}: cannot read ({error.strerror or error})") from None
+    return [Path(os.fsdecode(line)) for line in lines if line.strip()]
 
 
 def _count(value: int | None) -> str:
