@@ -118,7 +118,7 @@ def test_training_with_joins_runs_and_rejects_a_fraction_outside_0_1(tiny_set, t
     assert train(config).best_epoch == 0
     result = CliRunner().invoke(app, ["train", str(tiny_set), "--model", "tsn-r10w8", "--joins", "1.5",
                                       "--out", str(tmp_path / "bad")])
-    assert result.exit_code == 2 and "joins=1.5" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "--joins 1.5" in result.output and "Traceback" not in result.output
 
 
 def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):
