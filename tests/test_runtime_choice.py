@@ -1,0 +1,57 @@
+"""`load(..., runtime="auto")`: the runtime chosen by timing eager PyTorch against the installed export
+runtimes once per CPU, threads, architecture and clip shape, remembered under the vtempo home."""
+import json
+
+import pytest
+import torch
+
+import vtempo
+from vtempo.fast import choose
+from vtempo.inference.recognizer import installed_runtimes
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("VTEMPO_HOME", str(tmp_path))
+    monkeypatch.setattr(choose, "_shared", None)
+    return tmp_path
+
+
+def _relative_error(recognizer, eager) -> float:
+    size = eager.preprocess.input_size
+    clip = torch.randn(2, eager.frames, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = eager.model(clip)
+        return float((recognizer.model(clip) - expected).abs().max() / expected.abs().max())
+
+
+def test_auto_measures_once_caches_the_choice_and_keeps_the_eager_logits(home, monkeypatch):
+    ways = installed_runtimes()
+    if not ways:
+        pytest.skip("neither onnxruntime nor openvino is installed")
+    chosen = vtempo.load("tsn-demo", device="cpu", runtime="auto")
+    timings = choose.shared_chooser().timings
+    (key,) = [key for key in timings if key.startswith("runtime |")]
+    assert set(timings[key]) == {"torch", *ways}  # every candidate was timed
+    recorded = json.loads((home / "fast-choices.json").read_text())
+    assert recorded[key] == chosen.runtime
+    eager = vtempo.load("tsn-demo", device="cpu")
+    assert _relative_error(chosen, eager) <= 1e-4
+
+    # a later process reads the choice instead of timing again, and runs what was recorded
+    def no_timing(candidates):
+        raise AssertionError("timed again although the choice was cached")
+
+    for way in ["torch", *ways]:
+        others = json.loads((home / "fast-choices.json").read_text())  # the fast paths' own choices
+        (home / "fast-choices.json").write_text(json.dumps({**others, key: way}))
+        monkeypatch.setattr(choose, "_shared", choose.Chooser(home / "fast-choices.json", measure=no_timing))
+        again = vtempo.load("tsn-demo", device="cpu", runtime="auto")
+        assert again.runtime == way
+        assert _relative_error(again, eager) <= 1e-4
+
+
+def test_auto_runs_in_pytorch_where_only_pytorch_can(home):
+    recognizer = vtempo.load("tsn-demo", device="cpu", runtime="auto", dtype="bf16")
+    assert recognizer.runtime == "torch" and recognizer.dtype == "bf16"
+    assert not (home / "fast-choices.json").exists()
