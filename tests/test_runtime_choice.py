@@ -55,3 +55,36 @@ def test_auto_runs_in_pytorch_where_only_pytorch_can(home):
     recognizer = vtempo.load("tsn-demo", device="cpu", runtime="auto", dtype="bf16")
     assert recognizer.runtime == "torch" and recognizer.dtype == "bf16"
     assert not (home / "fast-choices.json").exists()
+
+
+def _classify(args: list[str], out) -> list[dict]:
+    from typer.testing import CliRunner
+
+    from vtempo.cli import app
+
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["classify", *args, "-o", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("runtime", ["auto", *installed_runtimes()])
+def test_classify_runtime_option_gives_the_torch_scores(runtime, home, good_videos, tmp_path):
+    video = str(good_videos["h264.mkv"].path)
+    (torch_line,) = _classify([video, "--device", "cpu"], tmp_path / "torch.jsonl")
+    (line,) = _classify([video, "--device", "cpu", "--runtime", runtime], tmp_path / f"{runtime}.jsonl")
+    ran = line["provenance"].get("runtime", "torch")
+    assert ran == runtime if runtime != "auto" else ran in ("torch", *installed_runtimes())
+    expected = {top["label"]: top["prob"] for top in torch_line["top"]}
+    assert line["top"][0]["label"] == torch_line["top"][0]["label"]
+    for top in line["top"]:
+        assert top["prob"] == pytest.approx(expected.get(top["label"], 0.0), abs=1e-4)
+
+
+def test_classify_runtime_option_refuses_compile_on(home, good_videos):
+    from typer.testing import CliRunner
+
+    from vtempo.cli import app
+
+    result = CliRunner().invoke(app, ["classify", str(good_videos["h264.mkv"].path), "--runtime", "openvino",
+                                      "--compile", "on"])
+    assert result.exit_code == 2 and "--runtime openvino and --compile on" in result.output
