@@ -529,9 +529,10 @@ def _auto_runtime(model, weights, *, registry, device, dtype, frames, labels, ca
     if chosen == "torch":
         return torch_model
     if chosen in ways:
-        return _runtime_model(torch_model, model, weights, registry, frames, chosen)
-    models = {"torch": torch_model, **{way: _runtime_model(torch_model, model, weights, registry, frames, way)
-                                       for way in ways}}
+        return _runtime_model(torch_model, model, weights, registry, frames, chosen, spin=False)
+    # onnxruntime's threads would spin on the cores after each call, slowing whichever candidate runs next
+    models = {"torch": torch_model, **{way: _runtime_model(torch_model, model, weights, registry, frames, way,
+                                                           spin=False) for way in ways}}
     clip = torch.randn(1, torch_model.frames, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def run(net: nn.Module) -> Callable[[], object]:
@@ -562,9 +563,11 @@ def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, cali
     return _runtime_model(torch_model, model, weights, registry, frames, runtime)
 
 
-def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, runtime: str) -> Recognizer:
+def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, runtime: str,
+                   spin: bool = True) -> Recognizer:
     """`torch_model` (loaded from `model`, `weights`) run by `runtime` from its ONNX export, made once
-    under `<vtempo home>/exported/` and checked against eager PyTorch on a clip."""
+    under `<vtempo home>/exported/` and checked against eager PyTorch on a clip (`spin`: onnxruntime's
+    threads spin between calls)."""
     import hashlib
 
     from vtempo.export.exporting import TOLERANCE, export_model, relative_error
@@ -584,7 +587,7 @@ def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, ru
     if runtime == "onnxruntime":
         from vtempo.export.loading import OnnxModel
 
-        net: nn.Module = OnnxModel(path, "cpu")
+        net: nn.Module = OnnxModel(path, "cpu", spin=spin)
     else:
         from vtempo.export.loading import OpenVinoModel
 
