@@ -88,3 +88,17 @@ def test_classify_runtime_option_refuses_compile_on(home, good_videos):
     result = CliRunner().invoke(app, ["classify", str(good_videos["h264.mkv"].path), "--runtime", "openvino",
                                       "--compile", "on"])
     assert result.exit_code == 2 and "--runtime openvino and --compile on" in result.output
+
+
+def test_openvino_model_is_compiled_for_each_batch_size_and_keeps_the_last_few(home):
+    pytest.importorskip("openvino")
+    ov = vtempo.load("tsn-demo", device="cpu", runtime="openvino")
+    eager = vtempo.load("tsn-demo", device="cpu")
+    size = eager.preprocess.input_size
+    for batch in (1, 2, 3, 4, 5, 2):
+        clip = torch.randn(batch, eager.frames, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            expected = eager.model(clip)
+            assert float((ov.model(clip) - expected).abs().max() / expected.abs().max()) <= 1e-4
+    shapes = [shape[0] for shape in ov.model.requests]
+    assert shapes == [3, 4, 5, 2]  # the most recently used last, at most SHAPES kept
