@@ -20,6 +20,7 @@ from vtempo.commands.common import (
     at_least,
     calibrate_option,
     check_model_options,
+    check_runtime,
     compile_option,
     console,
     device_option,
@@ -30,6 +31,7 @@ from vtempo.commands.common import (
     friendly_errors,
     model_option,
     registry_option,
+    runtime_option,
     weights_option,
 )
 from vtempo.errors import UsageError
@@ -81,6 +83,7 @@ def register(app: typer.Typer) -> None:
         dtype: str = dtype_option(int8=True),
         calibrate: Optional[Path] = calibrate_option(),
         compile: str = compile_option(),
+        runtime: str = runtime_option(),
         labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Class names, one a line, in output order."),
         views: Optional[str] = typer.Option(None, "--views", metavar="CLIPSxCROPS", help="Override the test views, e.g. 1x1, 2x3, 10x3."),
         topk: int = typer.Option(5, "--topk", help="Labels to report per video."),
@@ -109,12 +112,15 @@ def register(app: typer.Typer) -> None:
             from vtempo.ray import check_options
 
             check_options(dtype=dtype, compile=compile, workers=workers, shard=shard)
+            if runtime != "torch":
+                raise UsageError("--runtime goes with --engine local (Ray's workers run PyTorch)")
         elif ray_address is not None:
             raise UsageError("--ray-address goes with --engine ray")
         paths = list(paths or []) + (read_path_list(path_list) if path_list is not None else [])
         if not paths:
             raise UsageError("no inputs: name videos or folders (PATH...), or a file of paths (--list FILE)")
         check_model_options(frames, dtype, device, calibrate, compile, int8=True)
+        check_runtime(runtime, compile)
         at_least("--topk", topk, 1, "MAX_CLASSES")
         at_least("--batch-size", batch_size, 1, "MAX_BATCH")
         at_least("--workers", workers, 0, "MAX_THREADS")
@@ -137,7 +143,7 @@ def register(app: typer.Typer) -> None:
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
         recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels,
-                          calibrate=calibrate)
+                          calibrate=calibrate, runtime=runtime)
         topk = min(topk, len(recognizer.labels))
         provenance = recognizer.provenance(views)
         # this process's share of the videos, less those a run before finished (--resume)

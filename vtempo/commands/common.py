@@ -165,6 +165,22 @@ def compile_option():
                         help="torch.compile the model; auto: when the run is long enough to repay compiling.")
 
 
+RUNTIME_CHOICES = ("torch", "auto", "onnxruntime", "openvino")
+
+
+def runtime_option():
+    return typer.Option("torch", "--runtime", metavar="|".join(RUNTIME_CHOICES),
+                        help="What runs the model on the CPU (fp32): torch; onnxruntime or openvino on vtempo's "
+                             "export of it (parity-checked); auto: whichever measured fastest on this CPU (once, cached).")
+
+
+def check_runtime(runtime: str, compile: str) -> None:
+    if runtime not in RUNTIME_CHOICES:
+        raise UsageError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {runtime!r}")
+    if runtime != "torch" and compile == "on":
+        raise UsageError(f"--runtime {runtime} and --compile on: compiling is PyTorch's; choose one")
+
+
 def at_least(flag: str, value, minimum: int, bound: Optional[str] = None) -> None:
     """A count option must be at least `minimum` and at most the limit named `bound` (vtempo.limits):
     one line naming the flag otherwise (exit code 2)."""

@@ -85,28 +85,49 @@ class OnnxModel(torch.nn.Module):
 
 
 class OpenVinoModel(torch.nn.Module):
-    """An .onnx file compiled by OpenVINO for the CPU, fp32, called like the model: clips → logits."""
+    """An .onnx file compiled by OpenVINO for the CPU, fp32, called like the model: clips → logits.
+
+    OpenVINO runs a model compiled for one input shape faster than one compiled for any batch size
+    (its kernels and memory are planned for the shape), so the model is compiled for each input shape
+    it meets, the last `SHAPES` kept; `shape` compiles the first one now."""
+
+    SHAPES = 4
 
     def __init__(self, path: Path, shape: tuple[int, ...] | None = None, threads: int | None = None):
         super().__init__()
         import openvino as ov
 
-        core = ov.Core()
-        model = core.read_model(str(path))
-        if shape is not None:
-            model.reshape({model.input(0).get_any_name(): list(shape)})
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.path, self.core = Path(path), ov.Core()
         try:
-            self.compiled = core.compile_model(model, "CPU", config)
+            self.model = self.core.read_model(str(path))
         except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types
-            raise VtempoError(f"{path}: OpenVINO cannot compile it ({str(error).strip().splitlines()[0][:200]})") from None
-        self.request = self.compiled.create_infer_request()
-        self.logits = self.compiled.output("logits")
+            raise VtempoError(f"{path}: OpenVINO cannot read it ({_first_line(error)[:200]})") from None
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.requests: dict[tuple[int, ...], Any] = {}  # input shape → (infer request, logits output)
+        if shape is not None:
+            self._request(tuple(shape))
+
+    def _request(self, shape: tuple[int, ...]):
+        if shape in self.requests:
+            self.requests[shape] = self.requests.pop(shape)  # most recently used last
+            return self.requests[shape]
+        model = self.model.clone()
+        model.reshape({model.input(0).get_any_name(): list(shape)})
+        try:
+            compiled = self.core.compile_model(model, "CPU", self.config)
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types
+            raise VtempoError(f"{self.path}: OpenVINO cannot compile it for {list(shape)} "
+                              f"({_first_line(error)[:200]})") from None
+        if len(self.requests) >= self.SHAPES:
+            self.requests.pop(next(iter(self.requests)))
+        self.requests[shape] = compiled.create_infer_request(), compiled.output("logits")
+        return self.requests[shape]
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        result = self.request.infer({0: clips.detach().to("cpu", torch.float32).contiguous().numpy()})
-        return torch.from_numpy(result[self.logits].copy())
+        array = clips.detach().to("cpu", torch.float32).contiguous().numpy()
+        request, logits = self._request(tuple(array.shape))
+        return torch.from_numpy(request.infer({0: array})[logits].copy())
 
 
 def load_exported(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -424,8 +424,13 @@ def load(
     the model's protocol says; `compile=True` compiles it (`Recognizer.compile`). `runtime="onnxruntime"`
     or `"openvino"` runs the model's ONNX export (`vtempo.export`, made once and kept under
     `<vtempo home>/exported/`, its logits checked against eager PyTorch within 1e-4) in that runtime
-    on the CPU, fp32.
+    on the CPU, fp32. `runtime="auto"` runs the model in whichever of eager PyTorch and the installed
+    runtimes measured fastest on this CPU (`_auto_runtime`); where only PyTorch can run it (not fp32,
+    not the CPU, compiled, int8, no checkpoint to export, no runtime installed) it runs in PyTorch.
     """
+    if runtime == "auto":
+        return _auto_runtime(model, weights, registry=registry, device=device, dtype=dtype, frames=frames,
+                             labels=labels, calibrate=calibrate, compile=compile)
     if runtime != "torch":
         return _in_runtime(model, weights, registry=registry, device=device, dtype=dtype, frames=frames,
                            labels=labels, calibrate=calibrate, compile=compile, runtime=runtime)
@@ -486,17 +491,63 @@ def load(
     )
 
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "auto")
+EXPORT_RUNTIMES = ("onnxruntime", "openvino")  # run vtempo's ONNX export; each is an optional package
+
+
+def installed_runtimes() -> list[str]:
+    """The export runtimes that can be imported here (onnx is needed to export for either)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        return []
+    return [name for name in EXPORT_RUNTIMES if importlib.util.find_spec(name) is not None]
+
+
+def _auto_runtime(model, weights, *, registry, device, dtype, frames, labels, calibrate, compile) -> Recognizer:
+    """`load(..., runtime="auto")`: the fastest of eager PyTorch and the installed runtimes for this
+    model's architecture and clip shape on this CPU at this thread count, chosen by timing them in
+    alternating rounds on one clip (`vtempo.fast.choose`) the first time that key is met and kept in
+    `<vtempo home>/fast-choices.json`. PyTorch is the reference: a runtime replaces it only when
+    measurably faster. A runtime's model passes the export's parity check before it is timed."""
+    from vtempo.fast.choose import shared_chooser
+    from vtempo.runtime import cpu_name
+
+    torch_model = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels,
+                       calibrate=calibrate, compile=compile)
+    ways = installed_runtimes()
+    exported = torch_model.checkpoint is not None and torch_model.checkpoint.suffix.lower() in EXPORTED_SUFFIXES
+    if (not ways or torch_model.device.type != "cpu" or torch_model.dtype != "fp32" or torch_model.compiled
+            or torch_model.weights_sha256 is None or exported):
+        return torch_model
+    size = torch_model.preprocess.input_size
+    key = (f"runtime | {cpu_name()} | {torch.get_num_threads()} threads | {torch_model.arch} | "
+           f"{len(torch_model.labels)} classes | (1, {torch_model.frames}, 3, {size}, {size}) | fp32 | "
+           f"ways torch,{','.join(ways)}")  # a runtime installed later is measured, not skipped
+    chooser = shared_chooser()
+    chosen = chooser.choices.get(key)
+    if chosen == "torch":
+        return torch_model
+    if chosen in ways:
+        return _runtime_model(torch_model, model, weights, registry, frames, chosen, spin=False)
+    # onnxruntime's threads would spin on the cores after each call, slowing whichever candidate runs next
+    models = {"torch": torch_model, **{way: _runtime_model(torch_model, model, weights, registry, frames, way,
+                                                           spin=False) for way in ways}}
+    clip = torch.randn(1, torch_model.frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def run(net: nn.Module) -> Callable[[], object]:
+        def call() -> object:
+            with torch.inference_mode():
+                return net(clip)
+        return call
+
+    chosen = chooser.choose(key, {way: run(recognizer.model) for way, recognizer in models.items()})
+    return models[chosen]
 
 
 def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, calibrate, compile,
                 runtime: str) -> Recognizer:
     """The model run by onnxruntime or OpenVINO from vtempo's ONNX export of it (see `load`)."""
-    import hashlib
-
-    from vtempo.export.exporting import TOLERANCE, export_model, relative_error
-    from vtempo.weights.registry import home
-
     if runtime not in RUNTIMES:
         raise UsageError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if dtype != "fp32" or calibrate is not None or compile:
@@ -508,8 +559,21 @@ def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, cali
             import openvino  # noqa: F401
         except ImportError:
             raise UsageError("runtime='openvino' needs openvino: pip install 'vtempo[runtimes]'") from None
-    exported = isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx"
     torch_model = load(model, weights, registry=registry, device="cpu", frames=frames, labels=labels)
+    return _runtime_model(torch_model, model, weights, registry, frames, runtime)
+
+
+def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, runtime: str,
+                   spin: bool = True) -> Recognizer:
+    """`torch_model` (loaded from `model`, `weights`) run by `runtime` from its ONNX export, made once
+    under `<vtempo home>/exported/` and checked against eager PyTorch on a clip (`spin`: onnxruntime's
+    threads spin between calls)."""
+    import hashlib
+
+    from vtempo.export.exporting import TOLERANCE, export_model, relative_error
+    from vtempo.weights.registry import home
+
+    exported = isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx"
     if exported:
         path = Path(model)
     else:
@@ -523,7 +587,7 @@ def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, cali
     if runtime == "onnxruntime":
         from vtempo.export.loading import OnnxModel
 
-        net: nn.Module = OnnxModel(path, "cpu")
+        net: nn.Module = OnnxModel(path, "cpu", spin=spin)
     else:
         from vtempo.export.loading import OpenVinoModel
 
