@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import VtempoError
-from vtempo.fast.compile import _drop_forward_caches, _use_cache_folder
+from vtempo.fast.compile import drop_forward_caches, use_cache_folder
 from vtempo.fast.shift import swap_shifts_for_export
 from vtempo.models.tcm import TemporalDynamics
 
@@ -50,6 +50,11 @@ def _pt2e():
     for ops in (x86.int8_in_int8_out_ops, x86.default_quantizable_ops, x86.quantizable_ops):
         ops.add(torch.ops.vtempo.temporal_shift.default)
     return x86, prepare_pt2e, convert_pt2e, lower_pt2e_quantized_to_x86
+
+
+def require_torchao() -> None:
+    """Raises VtempoError, naming the extra to install, when torchao is missing."""
+    _pt2e()
 
 
 # Modules whose convs stay fp32 too: TCM's dynamics (its 1×1 reduction feeds the correlation and a
@@ -162,7 +167,7 @@ def fingerprint(model: nn.Module, clips: list[torch.Tensor]) -> str:
 
 
 def cache_path(key: str) -> Path:
-    from vtempo.weights.registry import home
+    from vtempo.paths import home
 
     return home() / "int8" / f"{key}.pt2"
 
@@ -182,7 +187,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     if len({tuple(clip.shape) for clip in clips}) != 1:
         raise VtempoError("int8 calibration clips must all have one shape (the model is exported for it)")
     lower = _pt2e()[3]
-    _drop_forward_caches(model)
+    drop_forward_caches(model)
     swap_shifts_for_export(model, as_one_op=True)
     model = model.eval()
     path = cache_path(fingerprint(model, clips)) if cache else None
@@ -207,7 +212,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     _shift_in_int8(lowered)
     if not compile:
         return lowered
-    _use_cache_folder()
+    use_cache_folder()
     # Not `compile_model`: freezing would fold the prepacked int8 weights again, which fails.
     return torch.compile(lowered, dynamic=False)
 

@@ -92,6 +92,11 @@ def _canonical(key: str, rules: _Rules) -> str:
     return key
 
 
+def canonical_key(key: str, layout: str) -> str:
+    """`key` of a state dict in `layout` under its canonical name (`fc.weight` for every layout's head)."""
+    return _canonical(key, _LAYOUT_RULES[layout])
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 
@@ -190,7 +195,7 @@ def _load_failure(error: Exception, path: Path | None = None) -> str:
             f"the file asks to run code when loaded (it calls {match.group(1)}), not just to hold weights; "
             f"vtempo will not load it"
         )
-    if path is not None and (kind := _text_kind(path)):
+    if path is not None and (kind := text_kind(path)):
         return f"{kind}, not a PyTorch checkpoint"
     if match := re.search(r"WeightsUnpickler error:\s*(.+)", text):
         return f"not a PyTorch checkpoint ({match.group(1).strip()[:200]})"
@@ -207,7 +212,7 @@ def _load_failure(error: Exception, path: Path | None = None) -> str:
     return f"not a readable PyTorch checkpoint ({sentences[0][:200] if sentences else type(error).__name__})"
 
 
-def _text_kind(path: Path) -> str | None:
+def text_kind(path: Path) -> str | None:
     """'an HTML page' (a login or error page saved in the checkpoint's place) or 'a text file', else None."""
     try:
         with open(path, "rb") as handle:
