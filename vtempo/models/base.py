@@ -8,6 +8,8 @@ length is never silently mixed with its neighbours in the batch.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 
@@ -23,6 +25,10 @@ class TemporalModule(nn.Module):
 
     frames: int = 1
     fixed_frames: int | None = None
+    # How the published checkpoints name this module's weights: per layout (`vtempo`, `official`,
+    # `mmaction2`), (pattern, replacement) pairs that bring a key to vtempo's name for it
+    # (`vtempo.weights.checkpoint` applies them after the backbone's renames of that layout).
+    checkpoint_rules: ClassVar[dict[str, tuple[tuple[str, str], ...]]] = {}
 
     def output_conv(self) -> nn.Conv2d | None:
         """The Conv2d whose output this module returns unchanged, if there is one (a module that wraps a

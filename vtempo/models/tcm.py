@@ -98,6 +98,11 @@ def soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
 class TemporalDynamics(TemporalModule):
     """MTDM: correlation-based motion (flow + confidence) to the next frame and from the first frame."""
 
+    # the official code keeps its one TCM beside the blocks, as `tcm_layer`
+    checkpoint_rules = {
+        "official": ((r"^backbone\.tcm_layer\.mtdm\.chnl_reduction\.", "backbone.layer2.tcm.dynamics.reduce."),),
+    }
+
     def __init__(self, channels: int, reduced: int = 64, radius: int = RADIUS):
         super().__init__()
         self.radius = radius
@@ -133,6 +138,13 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, groups: int = 1) -> list[nn.
 
 class TemporalAttention(TemporalModule):
     """TCM's attention: motion maps (N·T, 6, H, W) → a C-channel residual, gated per channel over time."""
+
+    checkpoint_rules = {
+        "official": (
+            (r"^backbone\.tcm_layer\.tam\.ETA\.conv\.", "backbone.layer2.tcm.attention.temporal_gate."),
+            (r"^backbone\.tcm_layer\.tam\.", "backbone.layer2.tcm.attention."),
+        ),
+    }
 
     def __init__(self, channels: int, frames: int, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()
