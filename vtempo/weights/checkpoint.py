@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
-from vtempo.models import TemporalModule
+from vtempo.models.base import module_classes
 
 FORMAT = "vtempo"
 IGNORED_KEYS = frozenset({"data_preprocessor.mean", "data_preprocessor.std"})
@@ -75,12 +75,7 @@ _BLOCK = re.compile(r"(layer\d\.\d+)\.")
 @functools.cache
 def _layout_rules() -> dict[str, _Rules]:
     """Every layout's rules: the backbone's, with those of every temporal module class in between."""
-    classes, pending = [], [TemporalModule]
-    while pending:
-        cls = pending.pop(0)
-        classes.append(cls)
-        pending.extend(cls.__subclasses__())
-    own = [vars(cls)["checkpoint_rules"] for cls in classes if "checkpoint_rules" in vars(cls)]
+    own = [vars(cls)["checkpoint_rules"] for cls in module_classes() if "checkpoint_rules" in vars(cls)]
     return {
         layout: _rules(*before, *(pair for rules in own for pair in rules.get(layout, ())), *after)
         for layout, (before, after) in _BACKBONE_RULES.items()
