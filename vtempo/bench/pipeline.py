@@ -12,11 +12,11 @@ import torch
 
 from vtempo.errors import UsageError
 from vtempo.inference.decoding import decode_views
+from vtempo.protocol import CROPS
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import Preprocess
-from vtempo.weights.registry import CROPS
 
 
 @dataclass

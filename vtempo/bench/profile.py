@@ -385,12 +385,12 @@ def profile_models(
 
 def _check_int8(device: torch.device) -> None:
     """int8 runs on the CPU with torchao's quantizer: refused in one line otherwise."""
-    from vtempo.fast.quantize import _pt2e
+    from vtempo.fast.quantize import require_torchao
 
     if device.type != "cpu":
         raise UsageError(f"--dtype int8 runs on the CPU only, and this run's device is {device}: pass --device cpu")
     try:
-        _pt2e()
+        require_torchao()
     except VtempoError as error:
         raise UsageError(str(error).split(" (")[0]) from None
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vtempo.errors import UsageError, VtempoError
+from vtempo.protocol import CROPS, Protocol
 from vtempo.video import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -31,7 +32,6 @@ from vtempo.video import (
     open_video,
 )
 from vtempo.video.transforms import Preprocess, make_views, normalise, resize_frames
-from vtempo.weights.registry import CROPS, Protocol
 
 TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSM's multi-scale crop
 

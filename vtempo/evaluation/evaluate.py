@@ -24,7 +24,7 @@ from vtempo.data.dataset import ClipDataset, VideoSet, read_video_set
 from vtempo.errors import VtempoError
 from vtempo.inference.engine import Engine
 from vtempo.inference.recognizer import Recognizer, at_least, load
-from vtempo.weights.registry import CROPS
+from vtempo.protocol import CROPS
 
 
 def unnamed(labels: Sequence[str] | None) -> bool:

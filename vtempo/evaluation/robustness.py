@@ -195,7 +195,7 @@ def synthetic_test_set(clips_per_class: int | None = None, progress: Callable[[]
     """The synthetic benchmark's test set (`vtempo synth`'s classes, clip length, size and speeds, which
     the demo models were trained on), rendered once (fixed seed) into the vtempo cache; its folder."""
     from vtempo.data import synth
-    from vtempo.weights.registry import home
+    from vtempo.paths import home
 
     clips, classes = clips_per_class or SYNTH_TEST_CLIPS, len(synth.CLASSES)
     root = home() / "synth" / f"test-seed{SYNTH_TEST_SEED}-{clips}x{classes}"

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from vtempo.errors import UsageError, VtempoError
+from vtempo.protocol import Protocol
 from vtempo.video.transforms import Preprocess
-from vtempo.weights.registry import Protocol
 
 FORMAT = "vtempo-export"
 TORCHSCRIPT_METADATA = "vtempo.json"  # the `_extra_files` entry

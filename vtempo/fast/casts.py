@@ -6,7 +6,7 @@ import torch
 from vtempo.runtime import autocast_dtype
 
 
-class _CastOnce:
+class CastOnce:
     """A conv's or linear's forward that, under autocast without autograd, uses weights cast to the
     autocast dtype once instead of on every call. Autocast would make exactly these casts (the logits
     are bit-identical), but remaking them reads and writes every weight each forward (~150 MB per
@@ -35,11 +35,11 @@ class _CastOnce:
 
 
 def cache_autocast_casts(model: torch.nn.Module, device: torch.device | None = None) -> int:
-    """Give every Conv2d, Conv3d and Linear of an inference model a `_CastOnce` forward, in place; returns
+    """Give every Conv2d, Conv3d and Linear of an inference model a `CastOnce` forward, in place; returns
     how many. (`device` is unused: the signature of every fast path.)"""
     count = 0
     for module in model.modules():
         if type(module) in (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear) and "forward" not in vars(module):
-            module.forward = _CastOnce(module)
+            module.forward = CastOnce(module)
             count += 1
     return count

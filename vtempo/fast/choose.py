@@ -101,7 +101,7 @@ def shared_chooser() -> Chooser:
     """The process-wide chooser, its choices in `<vtempo home>/fast-choices.json`."""
     global _shared
     if _shared is None:
-        from vtempo.weights.registry import home
+        from vtempo.paths import home
 
         _shared = Chooser(home() / "fast-choices.json")
     return _shared

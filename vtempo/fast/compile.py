@@ -20,30 +20,30 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vtempo.fast.casts import _CastOnce
+from vtempo.fast.casts import CastOnce
 from vtempo.fast.pack import unpack_conv_weights
 
 
 def cache_folder() -> Path:
     """Where inductor keeps its compiled graphs and kernels: $TORCHINDUCTOR_CACHE_DIR, else
     `<vtempo home>/inductor`."""
-    from vtempo.weights.registry import home
+    from vtempo.paths import home
 
     return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or home() / "inductor")
 
 
-def _use_cache_folder() -> None:
+def use_cache_folder() -> None:
     folder = cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # inductor reads it when it first needs the folder
 
 
-def _drop_forward_caches(model: nn.Module) -> None:
+def drop_forward_caches(model: nn.Module) -> None:
     """The cast cache (`vtempo.fast.casts`) and the packed weights (`vtempo.fast.pack`) keep Python state
     that compilation cannot trace; freezing makes the same casts and packs once, as constants."""
     unpack_conv_weights(model)
     for module in model.modules():
-        if isinstance(vars(module).get("forward"), _CastOnce):
+        if isinstance(vars(module).get("forward"), CastOnce):
             del module.forward
 
 
@@ -54,8 +54,8 @@ def compile_model(model: nn.Module, device: torch.device | None = None, *, dynam
     and dtype compiles (or loads from the cache). `dynamic=False` compiles each shape for itself, which
     gives the fastest kernels for the fixed clip shape inference uses."""
     device = device or next(model.parameters()).device
-    _use_cache_folder()
-    _drop_forward_caches(model)
+    use_cache_folder()
+    drop_forward_caches(model)
     compiled = torch.compile(model, dynamic=dynamic)
     return _Freezing(compiled) if device.type == "cpu" else compiled
 

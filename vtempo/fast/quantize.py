@@ -12,7 +12,7 @@ torch dropped `torch.ao.quantization.quantizer`; torchao is an optional dependen
 What stays fp32: every op the quantizer does not annotate, so all the temporal modules' own arithmetic
 (TSM's shift is a copy; TAM's and TEFE's temporal convs, TSI's attention, TCM's correlation and
 soft-argmax are elementwise ops, matmuls and softmaxes); their 1×1/3×3 convs are quantized like the
-backbone's, except TCM's dynamics (`FULL_PRECISION`): its reduction conv and correlation feed a
+backbone's, except TCM's dynamics (`FULL_PRECISION`, from `TemporalModule.int8_keeps_fp32`): its reduction conv and correlation feed a
 soft-argmax with a temperature of 100, which int8 would wreck, so the whole module stays fp32.
 TSM's shift is swapped for one opaque op first (`shift.swap_shifts_for_export(as_one_op=True)`): the
 reference writes into slices, which an exported graph turns into a copy per slice, and inductor turns
@@ -33,9 +33,9 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import VtempoError
-from vtempo.fast.compile import _drop_forward_caches, _use_cache_folder
+from vtempo.fast.compile import drop_forward_caches, use_cache_folder
 from vtempo.fast.shift import swap_shifts_for_export
-from vtempo.models.tcm import TemporalDynamics
+from vtempo.models.base import module_classes
 
 
 def _pt2e():
@@ -52,9 +52,13 @@ def _pt2e():
     return x86, prepare_pt2e, convert_pt2e, lower_pt2e_quantized_to_x86
 
 
-# Modules whose convs stay fp32 too: TCM's dynamics (its 1×1 reduction feeds the correlation and a
-# soft-argmax with a temperature of 100, which amplifies rounding: bf16 alone moved logits by 11%).
-FULL_PRECISION: tuple[type[nn.Module], ...] = (TemporalDynamics,)
+def require_torchao() -> None:
+    """Raises VtempoError, naming the extra to install, when torchao is missing."""
+    _pt2e()
+
+
+# Modules whose convs stay fp32 too (`TemporalModule.int8_keeps_fp32`, set in each paper's file)
+FULL_PRECISION: tuple[type[nn.Module], ...] = tuple(cls for cls in module_classes() if cls.int8_keeps_fp32)
 
 
 def _one_partition_per_call(graph_module: torch.fx.GraphModule) -> None:
@@ -162,7 +166,7 @@ def fingerprint(model: nn.Module, clips: list[torch.Tensor]) -> str:
 
 
 def cache_path(key: str) -> Path:
-    from vtempo.weights.registry import home
+    from vtempo.paths import home
 
     return home() / "int8" / f"{key}.pt2"
 
@@ -182,7 +186,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     if len({tuple(clip.shape) for clip in clips}) != 1:
         raise VtempoError("int8 calibration clips must all have one shape (the model is exported for it)")
     lower = _pt2e()[3]
-    _drop_forward_caches(model)
+    drop_forward_caches(model)
     swap_shifts_for_export(model, as_one_op=True)
     model = model.eval()
     path = cache_path(fingerprint(model, clips)) if cache else None
@@ -207,7 +211,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     _shift_in_int8(lowered)
     if not compile:
         return lowered
-    _use_cache_folder()
+    use_cache_folder()
     # Not `compile_model`: freezing would fold the prepacked int8 weights again, which fails.
     return torch.compile(lowered, dynamic=False)
 

@@ -12,12 +12,12 @@ from typing import Any, Sequence
 import cv2
 import torch
 
+from vtempo.protocol import CROPS, Protocol
 from vtempo.runtime import available_cores, malloc_thresholds, malloc_trim
 from vtempo.video import VideoError, open_video
 from vtempo.video.discovery import FailedInput
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import Preprocess, make_views
-from vtempo.weights.registry import CROPS, Protocol
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ import torch
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.decoding import ViewPlan, decode_loader
 from vtempo.inference.timeline import check_seconds
+from vtempo.protocol import CROPS
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
-from vtempo.weights.registry import CROPS
 
 
 @dataclass(frozen=True)

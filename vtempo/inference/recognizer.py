@@ -127,12 +127,12 @@ class Checkpoint:
         classes = self.meta.get("num_classes")
         if isinstance(classes, int) and not isinstance(classes, bool):
             return classes
-        from vtempo.weights.checkpoint import _LAYOUT_RULES, _canonical
+        from vtempo.weights.checkpoint import canonical_key
 
         if self.layout == "torchvision":
             return None
-        rules = _LAYOUT_RULES[self.layout]
-        head = next((v for k, v in self.state.items() if _canonical(k, rules) == "fc.weight" and v.dim() >= 2), None)
+        head = next((v for k, v in self.state.items()
+                     if canonical_key(k, self.layout) == "fc.weight" and v.dim() >= 2), None)
         return None if head is None else int(head.shape[0])
 
     @property
@@ -604,14 +604,14 @@ def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, ru
 
 def _check_int8(calibrate, device) -> None:
     """What int8 needs before anything is loaded: calibration videos, the CPU, torchao."""
-    from vtempo.fast.quantize import _pt2e
+    from vtempo.fast.quantize import require_torchao
 
     if calibrate is None:
         raise UsageError("dtype='int8' needs calibrate=DIR: a folder of a few videos like the ones to classify")
     if _device(device).type != "cpu":
         raise UsageError("dtype='int8' runs on the CPU only: pass device='cpu'")
     try:
-        _pt2e()
+        require_torchao()
     except VtempoError as error:
         raise UsageError(str(error).split(" (")[0]) from None
 

@@ -20,12 +20,12 @@ DEPTHS: dict[int, tuple[type[nn.Module], list[int]]] = {
     101: (Bottleneck, [3, 4, 23, 3]),
 }
 
-_NAME = re.compile(r"^r(\d+)(?:w(\d+))?$")
+BACKBONE_NAME = re.compile(r"^r(\d+)(?:w(\d+))?$")
 
 
 def resnet(name: str) -> ResNet:
     """A ResNet whose `fc` is an identity: it maps (B, 3, H, W) to pooled features (B, C)."""
-    match = _NAME.match(name)
+    match = BACKBONE_NAME.match(name)
     if not match or int(match.group(1)) not in DEPTHS:
         known = ", ".join(f"r{d}" for d in DEPTHS)
         raise ValueError(f"unknown backbone {name!r}: expected one of {known}, optionally with wN (e.g. r26w16)")

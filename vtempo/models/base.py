@@ -8,6 +8,8 @@ length is never silently mixed with its neighbours in the batch.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 
@@ -23,6 +25,15 @@ class TemporalModule(nn.Module):
 
     frames: int = 1
     fixed_frames: int | None = None
+    # How the published checkpoints name this module's weights: per layout (`vtempo`, `official`,
+    # `mmaction2`), (pattern, replacement) pairs that bring a key to vtempo's name for it
+    # (`vtempo.weights.checkpoint` applies them after the backbone's renames of that layout).
+    checkpoint_rules: ClassVar[dict[str, tuple[tuple[str, str], ...]]] = {}
+    # (method, replacement): a method the exporters cannot trace as written and the method of equal
+    # result that `vtempo.export.forms` puts in its place for an export; None: exported as it is.
+    export_swap: ClassVar[tuple[str, str] | None] = None
+    # True: int8 (`vtempo.fast.quantize`) leaves this module's convs in fp32.
+    int8_keeps_fp32: ClassVar[bool] = False
 
     def output_conv(self) -> nn.Conv2d | None:
         """The Conv2d whose output this module returns unchanged, if there is one (a module that wraps a
@@ -33,6 +44,16 @@ class TemporalModule(nn.Module):
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """(N·T, ...) → (N, T, ...)."""
         return x.view(-1, self.frames, *x.shape[1:])
+
+
+def module_classes() -> list[type[TemporalModule]]:
+    """Every TemporalModule class (`vtempo.models` imports every family), parents before children."""
+    classes, pending = [], [TemporalModule]
+    while pending:
+        cls = pending.pop(0)
+        classes.append(cls)
+        pending.extend(cls.__subclasses__())
+    return classes
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:

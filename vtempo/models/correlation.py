@@ -52,3 +52,25 @@ def spatial_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torc
         out = out.mul_(inside)  # (B, H, Q, W, dy, dx)
     out = out.permute(0, 2, 4, 5, 1, 3)
     return out if queries else out[:, 0]
+
+
+def banded_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
+    """`spatial_correlation` without `as_strided`, which ONNX cannot express (TCM's export form): (B, C, H, W) × (B, C, H, W)
+    → (B, 2R+1, 2R+1, H, W), out[b, dy+R, dx+R, h, w] = Σ_c f1[b, c, h, w]·f2[b, c, h+dy, w+dx], zero
+    outside the map.
+
+    Row h of f1 is multiplied with rows h-R..h+R of f2 (all W columns of each) in one batched matrix
+    product; each position then picks its 2R+1 columns, and the places outside the map are zeroed.
+    """
+    b, c, h, w = f1.shape
+    size = 2 * radius + 1
+    rows = f1.permute(0, 2, 3, 1).reshape(-1, w, c)  # (B·H, W, C)
+    padded = F.pad(f2.permute(0, 2, 3, 1), (0, 0, 0, 0, radius, radius))  # (B, H+2R, W, C), zero rows
+    bands = torch.stack([padded[:, dy : dy + h] for dy in range(size)], 2)  # (B, H, 2R+1, W, C)
+    products = torch.bmm(rows, bands.reshape(-1, size * w, c).transpose(1, 2)).view(b, h, w, size, w)
+    offsets = torch.arange(-radius, radius + 1, device=f1.device)
+    key_rows = torch.arange(h, device=f1.device)[:, None] + offsets  # (H, 2R+1)
+    key_cols = torch.arange(w, device=f1.device)[:, None] + offsets  # (W, 2R+1)
+    out = products.gather(4, key_cols.clamp(0, w - 1).view(1, 1, w, 1, size).expand(b, h, w, size, size))
+    inside = ((key_rows >= 0) & (key_rows < h))[:, None, :, None] & ((key_cols >= 0) & (key_cols < w))[None, :, None, :]
+    return (out * inside.to(out.dtype)).permute(0, 3, 4, 1, 2)

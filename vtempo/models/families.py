@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from vtempo.models.backbone import _NAME as _BACKBONE_NAME
-from vtempo.models.backbone import DEPTHS, resnet
+from vtempo.models.backbone import BACKBONE_NAME, DEPTHS, resnet
 from vtempo.models.base import VideoRecognizer
 
 Builder = Callable[..., VideoRecognizer]
@@ -28,7 +27,7 @@ def split_name(arch: str) -> tuple[str, str]:
     if family not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise ValueError(f"unknown architecture {arch!r}: the family must be one of {known} (e.g. tsm-r50)")
-    match = _BACKBONE_NAME.match(backbone)
+    match = BACKBONE_NAME.match(backbone)
     if not match or int(match.group(1)) not in DEPTHS:
         resnet(backbone)  # raises the error naming the valid backbones (building one per check is slow)
     return family, backbone

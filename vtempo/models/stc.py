@@ -98,6 +98,8 @@ class SpatialRefinement(nn.Module):
 class SpatioTemporalCollaboration(TemporalModule):
     """Drop-in replacement for a 3×3 conv on (N·T, C_in, H, W) → (N·T, C_out, H/s, W/s)."""
 
+    export_swap = ("temporal_conv", "export_temporal_conv")
+
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, light: bool = False):
         super().__init__()
         self.spatial_in = split_width(in_channels)
@@ -114,6 +116,11 @@ class SpatioTemporalCollaboration(TemporalModule):
         self.spatial_refinement = SpatialRefinement(temporal_out, light)
         # channels-last weights (see `temporal_conv`), or oneDNN reorders them on every call
         self.temporal.weight.data = self.temporal.weight.data.contiguous(memory_format=torch.channels_last_3d)
+
+    def export_temporal_conv(self, clip: torch.Tensor) -> torch.Tensor:
+        """`temporal_conv` as the Conv3d itself, on the default layout: the ONNX exporter refuses
+        channels-last-3d."""
+        return self.temporal(clip)
 
     def temporal_conv(self, clip: torch.Tensor) -> torch.Tensor:
         """`self.temporal` (3×1×1, spatial stride s) on (N, C, T, H, W), run as the equal 2D conv (3×1) over

@@ -31,7 +31,23 @@ from vtempo.models.surgery import like
 KERNEL_SIZE = 3
 
 
+_BRANCHES = (
+    (r"\.self_conv\.conv_f\.", ".tam.G."),  # TAM files from before the rename
+    (r"\.self_conv\.conv_g\.", ".tam.L."),
+    (r"\.tam\.G\.", ".tam.global_branch."),
+    (r"\.tam\.L\.", ".tam.local_branch."),
+)
+
+
 class TemporalAdaptiveModule(TemporalModule):
+    # vtempo wraps conv2 (`TemporalAdaptiveConv`); the official code wraps the block as `layerX.Y.net`,
+    # MMAction2's TANet as `layerX.Y.block`
+    checkpoint_rules = {
+        "vtempo": ((r"\.conv2\.tam\.", ".tam."), (r"\.conv2\.conv\.", ".conv2.")),
+        "official": ((r"^(backbone\.layer\d\.\d+)\.net\.", r"\1."), *_BRANCHES),
+        "mmaction2": ((r"^(backbone\.layer\d\.\d+)\.block\.", r"\1."), *_BRANCHES),
+    }
+
     def __init__(self, channels: int, frames: int):
         super().__init__()
         self.fixed_frames = frames

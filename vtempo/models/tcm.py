@@ -45,7 +45,7 @@ from vtempo.models.resnet import ResNet
 
 from vtempo.models.backbone import resnet
 from vtempo.models.base import TemporalModule, VideoRecognizer, spatial_mean
-from vtempo.models.correlation import spatial_correlation
+from vtempo.models.correlation import banded_correlation, spatial_correlation
 from vtempo.models.families import register
 from vtempo.models.tsm import add_temporal_shift
 from vtempo.runtime import full_precision
@@ -98,6 +98,15 @@ def soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
 class TemporalDynamics(TemporalModule):
     """MTDM: correlation-based motion (flow + confidence) to the next frame and from the first frame."""
 
+    export_swap = ("forward", "export_forward")
+    # its reduction conv feeds the correlation and a soft-argmax with a temperature of 100, which
+    # amplifies rounding: int8 would wreck it
+    int8_keeps_fp32 = True
+    # the official code keeps its one TCM beside the blocks, as `tcm_layer`
+    checkpoint_rules = {
+        "official": ((r"^backbone\.tcm_layer\.mtdm\.chnl_reduction\.", "backbone.layer2.tcm.dynamics.reduce."),),
+    }
+
     def __init__(self, channels: int, reduced: int = 64, radius: int = RADIUS):
         super().__init__()
         self.radius = radius
@@ -122,6 +131,20 @@ class TemporalDynamics(TemporalModule):
         motion = torch.cat([motion, motion[:, -1:]], 1)  # T-1 pairs → T frames, repeating the last
         return motion.reshape(n * t, 6, h, w)
 
+    def export_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` with the banded correlation, which slices a padded copy where `spatial_correlation`
+        reads an `as_strided` view."""
+        clip = self.split(l2_normalize(self.reduce(x)))  # (N, T, c, H, W)
+        t, c, h, w = self.frames, *clip.shape[2:]
+        later = clip[:, 1:]
+        earlier = torch.cat([clip[:, :-1], clip[:, :1].expand_as(later)], 1)  # adjacent, then first-frame pairs
+        correlation = banded_correlation(
+            earlier.reshape(-1, c, h, w), torch.cat([later, later], 1).reshape(-1, c, h, w), self.radius
+        )
+        motion = soft_argmax_flow(F.relu(correlation)).reshape(-1, 2, t - 1, 3, h, w)
+        motion = torch.cat([motion, motion[:, :, -1:]], 2)  # T-1 pairs → T frames, repeating the last
+        return motion.permute(0, 2, 1, 3, 4, 5).reshape(-1, 6, h, w)
+
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, groups: int = 1) -> list[nn.Module]:
     return [
@@ -133,6 +156,13 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, groups: int = 1) -> list[nn.
 
 class TemporalAttention(TemporalModule):
     """TCM's attention: motion maps (N·T, 6, H, W) → a C-channel residual, gated per channel over time."""
+
+    checkpoint_rules = {
+        "official": (
+            (r"^backbone\.tcm_layer\.tam\.ETA\.conv\.", "backbone.layer2.tcm.attention.temporal_gate."),
+            (r"^backbone\.tcm_layer\.tam\.", "backbone.layer2.tcm.attention."),
+        ),
+    }
 
     def __init__(self, channels: int, frames: int, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()

@@ -89,6 +89,8 @@ class TemporalExtraction(TemporalModule):
 class FeatureEnhancement(TemporalModule):
     """FE module: Conv1(X) ⊙ Conv2(X) with 3×3×3 convs, inflated from a 2D 3×3 conv."""
 
+    export_swap = ("forward", "export_forward")
+
     def __init__(self, conv2d: nn.Conv2d):
         super().__init__()
         stride, padding = conv2d.stride[0], conv2d.padding[0]
@@ -119,6 +121,11 @@ class FeatureEnhancement(TemporalModule):
         clip = clip.contiguous(memory_format=torch.channels_last_3d)  # free when x is channels-last
         y = self.conv1(clip) * self.conv2(clip)
         return like(y.transpose(1, 2).flatten(0, 1), x)
+
+    def export_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` on the default layout: the ONNX exporter refuses channels-last-3d."""
+        clip = self.split(x).transpose(1, 2)  # (N, C, T, H, W)
+        return (self.conv1(clip) * self.conv2(clip)).transpose(1, 2).flatten(0, 1)
 
 
 def add_tefe(net: nn.Module, frames: int) -> nn.Module:

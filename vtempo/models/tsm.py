@@ -44,6 +44,13 @@ def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = FOLD_DIV) -> to
 class TemporalShift(TemporalModule):
     """Runs the wrapped layer (`net`) on temporally shifted input."""
 
+    # the shift wrapper around conv1 disappears (MMAction2 wraps it inside its ConvModule)
+    checkpoint_rules = {
+        "vtempo": ((r"\.conv1\.net\.", ".conv1."),),
+        "official": ((r"\.conv1\.net\.", ".conv1."),),
+        "mmaction2": ((r"\.conv(\d)\.conv\.net\.", r".conv\1."),),
+    }
+
     def __init__(self, net: nn.Module, fold_div: int = FOLD_DIV):
         super().__init__()
         self.net = net

@@ -40,9 +40,9 @@ from vtempo.data.dataset import (
 )
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.recognizer import create_model, read_checkpoint, resolve
+from vtempo.protocol import Protocol
 from vtempo.runtime import autocast, default_workers
 from vtempo.video.transforms import Preprocess
-from vtempo.weights.registry import Protocol
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -170,7 +170,7 @@ def initial_weights(model: nn.Module, path: str) -> str:
     initialisation; a source tensor whose name fits but whose shape does not is an error (another
     backbone). Returns a one-line summary.
     """
-    from vtempo.weights.checkpoint import _LAYOUT_RULES, _VTEMPO, _canonical
+    from vtempo.weights.checkpoint import key_map
 
     if not Path(path).exists():
         try:
@@ -185,12 +185,11 @@ def initial_weights(model: nn.Module, path: str) -> str:
     checkpoint = read_checkpoint(path, imagenet=True)
     state, layout = checkpoint.state, checkpoint.layout
     target = model.state_dict()
-    by_canonical = {_canonical(k, _VTEMPO): k for k in target}
-    rules = _LAYOUT_RULES["vtempo" if layout == "torchvision" else layout]
+    model_keys = key_map(list(target), list(state), "vtempo" if layout == "torchvision" else layout)
     placed: dict[str, torch.Tensor] = {}
     unused, mismatched = [], []
     for key, tensor in state.items():
-        model_key = by_canonical.get(_canonical(key, rules))
+        model_key = model_keys[key]
         if model_key is None or model_key.startswith("fc."):
             unused.append(key)
             continue

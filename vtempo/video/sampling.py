@@ -18,7 +18,7 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vtempo.weights.registry import Protocol
+    from vtempo.protocol import Protocol
 
 DENSE_WINDOW = 64
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from vtempo.weights.registry import CROPS, IMAGENET_MEAN, IMAGENET_STD
+from vtempo.protocol import CROPS, IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from vtempo.weights.registry import ModelEntry

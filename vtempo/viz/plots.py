@@ -28,7 +28,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
-def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.5, colour=BLACK,
+def draw_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.5, colour=BLACK,
           thickness: int = 1, anchor: str = "left") -> None:
     """Draw text with its baseline at origin; anchor left, right or centre."""
     (width, _), _ = cv2.getTextSize(text, FONT, scale, thickness)
@@ -37,7 +37,7 @@ def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 
     cv2.putText(image, text, (int(x), int(y)), FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
-def _nice_step(span: float, target_ticks: int = 6) -> float:
+def nice_step(span: float, target_ticks: int = 6) -> float:
     raw = span / max(target_ticks, 1)
     power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
@@ -52,12 +52,12 @@ def line_plot(series: dict[str, Sequence[tuple[float, float]]], title: str, x_la
     xs = [x for points in series.values() for x, _ in points]
     ys = [y for points in series.values() for _, y in points if not math.isnan(y)]
     if not xs or not ys:
-        _text(image, "no data", (width // 2, height // 2), 0.8, anchor="centre")
+        draw_text(image, "no data", (width // 2, height // 2), 0.8, anchor="centre")
         return image
     x_min, x_max = min(xs), max(xs)
     if x_max == x_min:
         x_min, x_max = x_min - 1, x_max + 1
-    step = _nice_step(max(ys) - min(ys) or 10)
+    step = nice_step(max(ys) - min(ys) or 10)
     y_min = math.floor((min(ys) - 0.5 * step) / step) * step
     y_max = math.ceil((max(ys) + 0.5 * step) / step) * step
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -70,12 +70,12 @@ def line_plot(series: dict[str, Sequence[tuple[float, float]]], title: str, x_la
     while tick <= y_max + 1e-9:
         _, py = to_px(x_min, tick)
         cv2.line(image, (left, py), (left + plot_w, py), LIGHT, 1)
-        _text(image, f"{tick:g}", (left - 8, py + 5), 0.45, GREY, anchor="right")
+        draw_text(image, f"{tick:g}", (left - 8, py + 5), 0.45, GREY, anchor="right")
         tick += step
     for x in sorted(set(xs)):
         px, _ = to_px(x, y_min)
         cv2.line(image, (px, top), (px, top + plot_h), LIGHT, 1)
-        _text(image, f"{x:g}", (px, top + plot_h + 20), 0.45, GREY, anchor="centre")
+        draw_text(image, f"{x:g}", (px, top + plot_h + 20), 0.45, GREY, anchor="centre")
     if marker_x is not None and x_min <= marker_x <= x_max:
         px, _ = to_px(marker_x, y_min)
         for y in range(top, top + plot_h, 12):
@@ -91,11 +91,11 @@ def line_plot(series: dict[str, Sequence[tuple[float, float]]], title: str, x_la
         ly = top + 12 + 24 * number
         cv2.line(image, (width - right + 15, ly - 4), (width - right + 45, ly - 4), colour, 2, cv2.LINE_AA)
         cv2.circle(image, (width - right + 30, ly - 4), 4, colour, -1, cv2.LINE_AA)
-        _text(image, name[:24], (width - right + 52, ly), 0.45)
-    _text(image, title, (left + plot_w // 2, 30), 0.6, anchor="centre", thickness=1)
-    _text(image, x_label, (left + plot_w // 2, height - 20), 0.5, anchor="centre")
+        draw_text(image, name[:24], (width - right + 52, ly), 0.45)
+    draw_text(image, title, (left + plot_w // 2, 30), 0.6, anchor="centre", thickness=1)
+    draw_text(image, x_label, (left + plot_w // 2, height - 20), 0.5, anchor="centre")
     label = np.full((30, plot_h, 3), 255, np.uint8)
-    _text(label, y_label, (plot_h // 2, 20), 0.5, anchor="centre")
+    draw_text(label, y_label, (plot_h // 2, 20), 0.5, anchor="centre")
     image[top : top + plot_h, 10:40] = np.rot90(label)
     return image
 
@@ -116,14 +116,14 @@ def confusion_image(counts: np.ndarray, classes: Sequence[str], title: str = "",
             colour = tuple(int(c) for c in colours[i, j])
             cv2.rectangle(image, (x0, y0), (x0 + cell - 1, y0 + cell - 1), colour, -1)
             ink = BLACK if rates[i, j] > 0.6 else WHITE
-            _text(image, str(int(counts[i, j])), (x0 + cell // 2, y0 + cell // 2 + 5), 0.42, ink, anchor="centre")
-        _text(image, classes[i], (label_w - 8, top + i * cell + cell // 2 + 5), 0.45, anchor="right")
+            draw_text(image, str(int(counts[i, j])), (x0 + cell // 2, y0 + cell // 2 + 5), 0.42, ink, anchor="centre")
+        draw_text(image, classes[i], (label_w - 8, top + i * cell + cell // 2 + 5), 0.45, anchor="right")
     strip = np.full((n * cell, label_w, 3), 255, np.uint8)  # one band per column, rotated upright below
     for j, name in enumerate(classes):
-        _text(strip, name, (8, j * cell + cell // 2 + 5), 0.45)
+        draw_text(strip, name, (8, j * cell + cell // 2 + 5), 0.45)
     image[top - label_w : top, label_w : label_w + n * cell] = np.rot90(strip)
-    _text(image, "predicted", (label_w + n * cell // 2, 20), 0.5, anchor="centre")
-    _text(image, "true", (10, top - 8), 0.5)
+    draw_text(image, "predicted", (label_w + n * cell // 2, 20), 0.5, anchor="centre")
+    draw_text(image, "true", (10, top - 8), 0.5)
     if title:
-        _text(image, title, (width // 2, height - 14), 0.5, anchor="centre")
+        draw_text(image, title, (width // 2, height - 14), 0.5, anchor="centre")
     return image

@@ -6,7 +6,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from vtempo.viz.plots import GREY, LIGHT, PALETTE, _nice_step, _text
+from vtempo.viz.plots import GREY, LIGHT, PALETTE, draw_text, nice_step
 
 
 def timeline_image(times: Sequence[float], scores: np.ndarray, labels: Sequence[str], segments, duration: float,
@@ -20,7 +20,7 @@ def timeline_image(times: Sequence[float], scores: np.ndarray, labels: Sequence[
     duration = max(duration, max(times, default=0.0), 1e-6)
     scores = np.asarray(scores, np.float32).reshape(len(times), -1)
     if len(times) == 0:
-        _text(image, "no windows", (width // 2, height // 2), 0.8, anchor="centre")
+        draw_text(image, "no windows", (width // 2, height // 2), 0.8, anchor="centre")
         return image
     shown = [int(i) for i in np.argsort(-scores.max(0))[:classes]]
     colour_of = {index: PALETTE[n % len(PALETTE)] for n, index in enumerate(shown)}
@@ -31,13 +31,13 @@ def timeline_image(times: Sequence[float], scores: np.ndarray, labels: Sequence[
     for p in (0.0, 0.25, 0.5, 0.75, 1.0):
         _, y = px(0, p)
         cv2.line(image, (left, y), (left + plot_w, y), LIGHT, 1)
-        _text(image, f"{p:g}", (left - 6, y + 5), 0.42, GREY, anchor="right")
-    step = _nice_step(duration, 8)
+        draw_text(image, f"{p:g}", (left - 6, y + 5), 0.42, GREY, anchor="right")
+    step = nice_step(duration, 8)
     tick = 0.0
     while tick <= duration + 1e-9:
         x, _ = px(tick)
         cv2.line(image, (x, top), (x, top + plot_h), LIGHT, 1)
-        _text(image, f"{tick:g}", (x, height - 12), 0.42, GREY, anchor="centre")
+        draw_text(image, f"{tick:g}", (x, height - 12), 0.42, GREY, anchor="centre")
         tick += step
     cv2.rectangle(image, (left, top), (left + plot_w, top + plot_h), GREY, 1)
     for n, index in enumerate(shown):
@@ -45,7 +45,7 @@ def timeline_image(times: Sequence[float], scores: np.ndarray, labels: Sequence[
         cv2.polylines(image, [points], False, colour_of[index], 2, cv2.LINE_AA)
         y = top + 12 + 22 * n
         cv2.line(image, (width - right + 12, y - 4), (width - right + 40, y - 4), colour_of[index], 2, cv2.LINE_AA)
-        _text(image, labels[index][:20], (width - right + 46, y), 0.45)
+        draw_text(image, labels[index][:20], (width - right + 46, y), 0.45)
     bar_top = top + plot_h + 14
     for segment in segments:
         x0, _ = px(segment.start)
@@ -55,8 +55,8 @@ def timeline_image(times: Sequence[float], scores: np.ndarray, labels: Sequence[
         cv2.rectangle(image, (x0, bar_top), (max(x1 - 1, x0), bar_top + bar), (255, 255, 255), 1)
         (text_w, _), _ = cv2.getTextSize(segment.label, cv2.FONT_HERSHEY_SIMPLEX, 0.38, 1)
         if text_w < x1 - x0 - 4:
-            _text(image, segment.label, ((x0 + x1) // 2, bar_top + bar // 2 + 4), 0.38, (255, 255, 255), anchor="centre")
-    _text(image, "segments", (width - right + 12, bar_top + bar // 2 + 4), 0.45, GREY)
-    _text(image, "time (s)", (left + plot_w // 2, height - 30), 0.45, GREY, anchor="centre")
-    _text(image, title, (left + plot_w // 2, 26), 0.55, anchor="centre")
+            draw_text(image, segment.label, ((x0 + x1) // 2, bar_top + bar // 2 + 4), 0.38, (255, 255, 255), anchor="centre")
+    draw_text(image, "segments", (width - right + 12, bar_top + bar // 2 + 4), 0.45, GREY)
+    draw_text(image, "time (s)", (left + plot_w // 2, height - 30), 0.45, GREY, anchor="centre")
+    draw_text(image, title, (left + plot_w // 2, 26), 0.55, anchor="centre")
     return image

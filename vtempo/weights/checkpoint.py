@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import os
 import pickle
 import re
@@ -36,6 +37,7 @@ import torch.nn as nn
 
 from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
+from vtempo.models.base import module_classes
 
 FORMAT = "vtempo"
 IGNORED_KEYS = frozenset({"data_preprocessor.mean", "data_preprocessor.std"})
@@ -48,48 +50,47 @@ def _rules(*pairs: tuple[str, str]) -> _Rules:
     return [(re.compile(pattern), replacement) for pattern, replacement in pairs]
 
 
-# vtempo module paths → canonical (the wrappers that TSM and TAM put around conv1/conv2 disappear).
-_VTEMPO = _rules(
-    (r"\.conv1\.net\.", ".conv1."),
-    (r"\.conv2\.tam\.", ".tam."),
-    (r"\.conv2\.conv\.", ".conv2."),
-)
-_TAM_BRANCHES = (
-    (r"\.self_conv\.conv_f\.", ".tam.G."),  # TAM files from before the rename
-    (r"\.self_conv\.conv_g\.", ".tam.L."),
-    (r"\.tam\.G\.", ".tam.global_branch."),
-    (r"\.tam\.L\.", ".tam.local_branch."),
-)
-_OFFICIAL = _rules(
-    (r"^base_model\.", "backbone."),
-    (r"^new_fc\.", "fc."),
-    (r"^backbone\.tcm_layer\.mtdm\.chnl_reduction\.", "backbone.layer2.tcm.dynamics.reduce."),
-    (r"^backbone\.tcm_layer\.tam\.ETA\.conv\.", "backbone.layer2.tcm.attention.temporal_gate."),
-    (r"^backbone\.tcm_layer\.tam\.", "backbone.layer2.tcm.attention."),
-    (r"^(backbone\.layer\d\.\d+)\.net\.", r"\1."),  # TAM's block wrapper
-    (r"\.conv1\.net\.", ".conv1."),  # TSM's shift wrapper
-    *_TAM_BRANCHES,
-)
-_MMACTION2 = _rules(
-    (r"^cls_head\.fc_cls\.", "fc."),
-    (r"^backbone\.conv1\.conv\.", "backbone.conv1."),
-    (r"^backbone\.conv1\.bn\.", "backbone.bn1."),
-    (r"^(backbone\.layer\d\.\d+)\.block\.", r"\1."),  # TANet's block wrapper
-    (r"\.conv(\d)\.conv\.net\.", r".conv\1."),  # TSM's shift wrapper
-    (r"\.conv(\d)\.conv\.", r".conv\1."),
-    (r"\.conv(\d)\.bn\.", r".bn\1."),
-    (r"\.downsample\.conv\.", ".downsample.0."),
-    (r"\.downsample\.bn\.", ".downsample.1."),
-    *_TAM_BRANCHES,
-)
-_LAYOUT_RULES = {"official": _OFFICIAL, "mmaction2": _MMACTION2, "vtempo": _VTEMPO}
+# What each layout names differently from torchvision's ResNet, around the temporal modules' own rules
+# (`TemporalModule.checkpoint_rules`, in each paper's file): (rules before theirs, rules after theirs).
+_BACKBONE_RULES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {
+    "vtempo": ((), ()),
+    "official": (((r"^base_model\.", "backbone."), (r"^new_fc\.", "fc.")), ()),
+    "mmaction2": (
+        (
+            (r"^cls_head\.fc_cls\.", "fc."),
+            (r"^backbone\.conv1\.conv\.", "backbone.conv1."),
+            (r"^backbone\.conv1\.bn\.", "backbone.bn1."),
+        ),
+        (
+            (r"\.conv(\d)\.conv\.", r".conv\1."),
+            (r"\.conv(\d)\.bn\.", r".bn\1."),
+            (r"\.downsample\.conv\.", ".downsample.0."),
+            (r"\.downsample\.bn\.", ".downsample.1."),
+        ),
+    ),
+}
 _BLOCK = re.compile(r"(layer\d\.\d+)\.")
+
+
+@functools.cache
+def _layout_rules() -> dict[str, _Rules]:
+    """Every layout's rules: the backbone's, with those of every temporal module class in between."""
+    own = [vars(cls)["checkpoint_rules"] for cls in module_classes() if "checkpoint_rules" in vars(cls)]
+    return {
+        layout: _rules(*before, *(pair for rules in own for pair in rules.get(layout, ())), *after)
+        for layout, (before, after) in _BACKBONE_RULES.items()
+    }
 
 
 def _canonical(key: str, rules: _Rules) -> str:
     for pattern, replacement in rules:
         key = pattern.sub(replacement, key)
     return key
+
+
+def canonical_key(key: str, layout: str) -> str:
+    """`key` of a state dict in `layout` under its canonical name (`fc.weight` for every layout's head)."""
+    return _canonical(key, _layout_rules()[layout])
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -190,7 +191,7 @@ def _load_failure(error: Exception, path: Path | None = None) -> str:
             f"the file asks to run code when loaded (it calls {match.group(1)}), not just to hold weights; "
             f"vtempo will not load it"
         )
-    if path is not None and (kind := _text_kind(path)):
+    if path is not None and (kind := text_kind(path)):
         return f"{kind}, not a PyTorch checkpoint"
     if match := re.search(r"WeightsUnpickler error:\s*(.+)", text):
         return f"not a PyTorch checkpoint ({match.group(1).strip()[:200]})"
@@ -207,7 +208,7 @@ def _load_failure(error: Exception, path: Path | None = None) -> str:
     return f"not a readable PyTorch checkpoint ({sentences[0][:200] if sentences else type(error).__name__})"
 
 
-def _text_kind(path: Path) -> str | None:
+def text_kind(path: Path) -> str | None:
     """'an HTML page' (a login or error page saved in the checkpoint's place) or 'a text file', else None."""
     try:
         with open(path, "rb") as handle:
@@ -335,8 +336,8 @@ def _listing(keys: list[str]) -> str:
 
 def key_map(model_keys: list[str], source_keys: list[str], layout: str) -> dict[str, str | None]:
     """For each source key (in `layout`), the model key it belongs to, or None."""
-    by_canonical = {_canonical(k, _VTEMPO): k for k in model_keys}
-    rules = _LAYOUT_RULES[layout]
+    by_canonical = {_canonical(k, _layout_rules()["vtempo"]): k for k in model_keys}
+    rules = _layout_rules()[layout]
     return {key: by_canonical.get(_canonical(key, rules)) for key in source_keys}
 
 
@@ -477,7 +478,7 @@ def infer_arch(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
     """`<family>-<backbone>` read off the keys (TSN/TSM/TAM/TCM on any vtempo ResNet), else None."""
     from vtempo.models.backbone import DEPTHS
 
-    rules = _LAYOUT_RULES[layout]
+    rules = _layout_rules()[layout]
     canonical = {_canonical(k, rules): v for k, v in state.items()}
     if "backbone.conv1.weight" not in canonical:
         return None
@@ -505,7 +506,7 @@ def infer_arch(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
 
 def infer_frames(state: Mapping[str, torch.Tensor], layout: str) -> int | None:
     """The clip length TAM's global branch was built for (its first layer is [2T, T]), else None."""
-    rules = _LAYOUT_RULES[layout]
+    rules = _layout_rules()[layout]
     for key, tensor in state.items():
         if _canonical(key, rules).endswith(".tam.global_branch.0.weight"):
             return int(tensor.shape[1])
@@ -529,7 +530,7 @@ def convert_file(
     arch = arch or infer_arch(state, layout)
     if arch is None:
         raise UsageError(f"{src}: cannot tell the architecture from the keys; pass --arch (e.g. tsm-r50)")
-    head = next((v for k, v in state.items() if _canonical(k, _LAYOUT_RULES[layout]) == "fc.weight"), None)
+    head = next((v for k, v in state.items() if _canonical(k, _layout_rules()[layout]) == "fc.weight"), None)
     if head is None:
         raise VtempoError(f"{src}: no classifier weights found (expected new_fc, cls_head.fc_cls or fc)")
     num_classes = int(head.shape[0])

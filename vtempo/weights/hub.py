@@ -43,7 +43,8 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from vtempo import __version__, limits
 from vtempo.errors import UsageError, VtempoError
-from vtempo.weights.registry import ModelEntry, home, is_remote
+from vtempo.paths import home
+from vtempo.weights.registry import ModelEntry, is_remote
 
 try:
     import fcntl
@@ -162,9 +163,9 @@ def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
 
 def _not_a_page(entry: ModelEntry, cached: Path) -> Path:
     """The cached file, unless it is a web page (saved by a download from before checks existed)."""
-    from vtempo.weights.checkpoint import _text_kind
+    from vtempo.weights.checkpoint import text_kind
 
-    kind = _text_kind(cached)
+    kind = text_kind(cached)
     if kind is not None:
         raise VtempoError(
             f"{entry.name}: the cached {cached} is {kind}, not a checkpoint (a login or error page saved in its "

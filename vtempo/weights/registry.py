@@ -20,12 +20,9 @@ import yaml
 
 from vtempo import limits
 from vtempo.errors import UsageError
+from vtempo.paths import home
+from vtempo.protocol import AVERAGES, CROPS, IMAGENET_MEAN, IMAGENET_STD, SAMPLINGS, Protocol
 
-SAMPLINGS = ("uniform", "twice", "dense", "stride")
-CROPS = {"centre": 1, "three": 3, "ten": 10}
-AVERAGES = ("logits", "prob")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # How a published file is laid out (a hint: vtempo.weights.checkpoint reads the layout off the keys, and reads
 # the three official repositories' files with one reader); `vtempo` is vtempo's own format.
 LAYOUTS = ("vtempo", "tsm_official", "tam_official", "tcm_official", "mmaction2")
@@ -35,21 +32,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 
 class RegistryError(UsageError, ValueError):
     """A registry file that does not follow the schema; the message names the entry and field."""
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How a model is tested: which frames, which views, how view scores are combined."""
-
-    sampling: str = "uniform"
-    clips: int = 1
-    crop: str = "centre"
-    average: str = "logits"
-    stride: int | None = None  # frame stride for `stride` sampling; dense uses 64 // frames
-
-    @property
-    def views(self) -> str:
-        return f"{self.clips}x{CROPS[self.crop]}"
 
 
 @dataclass(frozen=True)
@@ -381,21 +363,6 @@ def builtin_registry_path() -> Path:
     if packaged.is_file():
         return Path(str(packaged))
     return Path(__file__).resolve().parents[2] / "checkpoints.yaml"  # source checkout
-
-
-def home() -> Path:
-    """vtempo's cache and configuration folder: $VTEMPO_HOME, else the platform cache dir."""
-    if os.environ.get("VTEMPO_HOME"):
-        path = Path(os.environ["VTEMPO_HOME"]).expanduser()
-        existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
-        if existing is not None and not existing.is_dir():
-            raise UsageError(f"VTEMPO_HOME={os.environ['VTEMPO_HOME']}: {existing} is a file, not a folder; "
-                             f"point VTEMPO_HOME at a folder (it is made when missing)")
-        return path
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        Path(os.environ.get("LOCALAPPDATA", "~")) if os.name == "nt" else Path("~/.cache")
-    )
-    return Path(base).expanduser() / "vtempo"
 
 
 def user_registry_path(explicit: str | os.PathLike | None = None) -> Path | None:
