@@ -101,13 +101,13 @@ def embed(
                              f"write to another --out, or pass --overwrite")
         if ranks.distributed and not resume:
             for existing in (out, out.with_suffix(".jsonl")):
-                check_output(existing, resume=False, overwrite=overwrite)
+                check_output(existing, resume=False, overwrite=overwrite, flag="--out")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
     for existing in (target, target.with_suffix(".jsonl") if chosen is not None else index or (
             out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)):
         if existing is not None and not resume:
-            check_output(existing, resume=False, overwrite=overwrite)
+            check_output(existing, resume=False, overwrite=overwrite, flag="--out")
     index_path = target.with_suffix(".jsonl") if chosen is not None else index or (
         out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)
     for path in (target, index_path):

@@ -44,8 +44,8 @@ def _view(label, summary_source: str) -> Table:
 
 def _line(label) -> str:
     """A label as one line of text: the video time, then each label and its probability."""
-    top = "\t".join(f"{p.label} {100 * p.prob:.1f}%" for p in label.top)
-    return f"{label.media_time:.2f}\t{top}"
+    top = "  ".join(f"{p.label} {100 * p.prob:.1f}%" for p in label.top)
+    return f"{label.media_time:.2f} s  {top}"
 
 
 def register(app: typer.Typer) -> None:

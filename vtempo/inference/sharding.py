@@ -280,7 +280,7 @@ def check_same_setup(path: str | os.PathLike, provenance: dict[str, Any] | None)
             return
 
 
-def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool, flag: str = "--output") -> None:
     """Refuse to overwrite or mix into an existing output unless told which, and an output that is not
     a regular file (a link, a FIFO, a device, a folder: `check_target`)."""
     if resume and overwrite:
@@ -289,7 +289,7 @@ def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> N
         raise UsageError(f"{display_path(path)} exists: pass --resume to go on with it, or --overwrite to start again")
     if resume and Path(path).suffix.lower() != ".jsonl":
         raise UsageError(f"--resume needs a .jsonl output (a line per result), got {display_path(path)}")
-    check_target(path)
+    check_target(path, flag)
 
 
 # ----------------------------------------------------------------------------------------------- merge

@@ -5,8 +5,9 @@
   never blocks on a pipe.
 - The folder takes a file before any work starts (`check_writable`): a read-only folder, a name under
   a file or a file-size limit fails the run at once, not after the videos are decoded.
-- One run at a time per output: a `Sink` holds a lock beside it (`.NAME.lock`, `filelock`) while it
-  writes, and a second run on the same output stops with one line (a usage error).
+- One run at a time per output: a `Sink` holds a lock beside it (`.NAME.lock`, `filelock`, removed
+  when the run ends) while it writes, and a second run on the same output stops with one line (a
+  usage error).
 - A whole-file output is written into `NAME.part` beside it, flushed record by record (a killed
   process leaves its results there), fsynced and renamed over `NAME` when complete: an existing file
   stays whole until the new one is. An output that is appended to (`--resume`, a shard's part) is
@@ -45,8 +46,8 @@ def check_target(path: str | os.PathLike, flag: str = "--output") -> None:
     """Refuse an existing `path` that is not a regular file (a link, even to one, included)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there (whether it can be written is `check_writable`'s question)
     except OSError as error:
         raise UsageError(f"{flag} {display_path(path)}: cannot be looked at ({_reason(error)})") from None
     if stat.S_ISREG(mode):
@@ -98,7 +99,11 @@ class OutputLock:
             raise UsageError(f"{flag} {display_path(self.path)}: cannot write there ({_reason(error)})") from None
 
     def release(self) -> None:
+        """Let go, leaving no lock file behind (removed while still held, so no run takes a lock on a
+        file that is about to go)."""
         if self._lock.is_locked:
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock.lock_file)
             self._lock.release()
 
 
