@@ -356,11 +356,11 @@ class ParquetWriter:
     def close(self, complete: bool = True) -> None:
         if self._writer is None:
             return
-        writer, self._writer = self._writer, None
         try:
             if not self.sink.failed:
                 self._flush()
                 with self.sink.guard():
-                    writer.close()
+                    self._writer.close()
         finally:
+            self._writer = None
             self.sink.close(complete)
