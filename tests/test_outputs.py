@@ -123,10 +123,13 @@ def test_two_classify_processes_on_one_output(tiny, good_videos, tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not part.exists() or part.read_text().count("\n") < 2):
             time.sleep(0.1)
-        assert part.exists(), "the first run never started writing"
-        second = subprocess.run([*command, "--overwrite"], env=environment(), capture_output=True, text=True,
-                                timeout=300)
-        assert first.poll() is None, "the first run ended before the second one tried"
+        assert part.exists() and first.poll() is None, "the first run never started writing"
+        os.killpg(first.pid, signal.SIGSTOP)  # held mid-run, with its output open, while the second one tries
+        try:
+            second = subprocess.run([*command, "--overwrite"], env=environment(), capture_output=True, text=True,
+                                    timeout=300)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         os.killpg(first.pid, signal.SIGINT)
         _, first_err = first.communicate(timeout=120)
     finally:
