@@ -312,31 +312,35 @@ def classify_run(paths: Sequence[str | os.PathLike], address: str | None, *, dev
 
 
 class ParquetWriter:
-    """Writes records (`RECORD_FIELDS`) to a Parquet file, in row groups as they come, into `<path>.part`
-    renamed to `path` at close (as `ResultWriter` does; a part cut short by a kill is not readable)."""
+    """Writes records (`RECORD_FIELDS`) to a Parquet file, in row groups as they come, through a `Sink`
+    (`vtempo.inference.sink`, as `ResultWriter` does): into `<path>.part`, renamed over `path` at close;
+    a write error is one line naming the file. (A part cut short by a kill is not readable Parquet.)"""
 
     ROWS = 1024  # records per row group
 
     def __init__(self, path: str | os.PathLike, provenance: dict[str, Any]):
         import pyarrow.parquet as pq
 
-        from vtempo.video import display_path
+        from vtempo.inference.sink import Sink
 
         self.path, self.provenance, self.schema = Path(path), provenance, _schema(provenance)
-        if self.path.is_dir():
-            raise UsageError(f"--output {display_path(self.path)}: is a folder")
-        self.part = self.path.with_name(self.path.name + ".part")
+        self.sink = Sink(self.path)
+        self.part = self.sink.part
         self.rows: list[dict[str, Any]] = []
-        self.count = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.part, self.schema)
-        except OSError as error:
-            raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
+            with self.sink.guard():
+                self._writer = pq.ParquetWriter(self.sink.handle, self.schema)
+        except BaseException:
+            self.sink.close(complete=False)
+            raise
+
+    @property
+    def count(self) -> int:
+        return self.sink.records
 
     def write(self, result: VideoResult) -> None:
         self.rows.append(_row(result.to_dict(), self.provenance))
-        self.count += 1
+        self.sink.records += 1
         if len(self.rows) >= self.ROWS:
             self._flush()
 
@@ -344,16 +348,19 @@ class ParquetWriter:
         import pyarrow as pa
 
         if self.rows:
-            self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            with self.sink.guard():
+                self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+                self.sink.handle.flush()
             self.rows = []
 
     def close(self, complete: bool = True) -> None:
         if self._writer is None:
             return
-        self._flush()
-        self._writer.close()
-        self._writer = None
-        if complete or self.count:
-            os.replace(self.part, self.path)
-        else:
-            os.unlink(self.part)
+        try:
+            if not self.sink.failed:
+                self._flush()
+                with self.sink.guard():
+                    self._writer.close()
+        finally:
+            self._writer = None
+            self.sink.close(complete)

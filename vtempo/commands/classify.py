@@ -102,7 +102,8 @@ def register(app: typer.Typer) -> None:
         from vtempo import distributed
         from vtempo.inference.recognizer import load, parse_views
         from vtempo.inference.results import ResultWriter
-        from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
+        from vtempo.inference.runner import BatchRunner, Interrupted
+        from vtempo.inference.sink import check_writable
         from vtempo.runtime import default_workers
         from vtempo.video.discovery import collect_videos
 
@@ -136,60 +137,60 @@ def register(app: typer.Typer) -> None:
         if not videos:
             hint = "" if recursive else " (add --recursive to search subfolders)"
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}{hint}")
-        ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
+        runner = BatchRunner(device)  # one process unless torchrun started this
+        ranks = runner.ranks
         if ranks.distributed:
-            device = str(ranks.device)
+            device = runner.device
             workers = max(1, default_workers(device=ranks.device) // distributed.local_world()) if workers is None else workers
+        if output is not None:
+            check_writable(output)
         # Everything that can fail for the whole run (model, weights, labels, options) fails here, before
         # any decoding.
         recognizer = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels,
                           calibrate=calibrate, runtime=runtime)
         topk = min(topk, len(recognizer.labels))
         provenance = recognizer.provenance(views)
+
+        def writer(run):
+            if parquet:
+                from vtempo.ray import ParquetWriter
+
+                return ParquetWriter(output, provenance)
+            return None if run.writes else ResultWriter(output, topk, provenance)
+
         # this process's share of the videos, less those a run before finished (--resume)
-        run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks, provenance=provenance)
+        run = runner.start(videos, output, shard=shard, resume=resume, overwrite=overwrite, provenance=provenance,
+                           writer=writer, record=lambda result: result.to_dict())
         done, failed = [], 0
         if engine == "ray":
             from vtempo import ray as on_ray
 
-            writer = (on_ray.ParquetWriter(output, provenance) if parquet else
-                      ResultWriter(output, topk, provenance) if output is not None and not run.writes else None)
             results = (on_ray.classify_run(run.todo_paths, ray_address, model=model, weights=weights, registry=registry,
                                            frames=frames, dtype=dtype, labels=recognizer.labels, views=views, topk=topk,
                                            batch_size=batch_size, device=device)
                        if run.todo else iter(()))
         else:
-            writer = ResultWriter(output, topk, provenance) if output is not None and not run.writes else None
             # the decode workers start here, before the progress bar's thread
             recognizer.compile(compile, clips=len(run.todo) * recognizer.plan(views).views)
             results = (recognizer.classify_files(run.todo_paths, views=views, topk=topk, batch_size=batch_size, workers=workers)
                        if run.todo else iter(()))
         try:
-            with _progress(ranks.main) as progress:
+            with runner.writing(), _progress(ranks.main) as progress:
                 task = progress.add_task(f"{recognizer.name}", total=len(run.todo))
                 for position, result in enumerate(results):
-                    if run.writes:
-                        run.write(position, result.to_dict())
-                    elif writer is not None:
-                        writer.write(result)
+                    runner.write(position, result)
                     if not result.ok:
                         failed += 1
                         err_console.print(f"[bold red]failed:[/] {_short(result.path)}: {escape(result.error)}",
                                           highlight=False, soft_wrap=True)
                     done.append(result)
                     progress.advance(task)
-        except KeyboardInterrupt:
-            if writer is not None:
-                writer.close(complete=False)
-            run.close()
-            where = f"; their results are in {run.target}" + (" (--resume goes on)" if run.writes else "") if output is not None else ""
-            err_console.print(f"interrupted: {len(done)} of {len(run.todo)} videos done{where}", highlight=False)
+        except Interrupted as interrupted:
+            where = f"; their results are in {interrupted.where}" if interrupted.where else ""
+            err_console.print(f"interrupted: {len(done)} of {len(run.todo)} videos done{escape(where)}", highlight=False)
             raise typer.Exit(130) from None
-        finally:
-            if writer is not None:
-                writer.close()
-        classified, failed, before = (round(n) for n in distributed.all_sum([len(done) - failed, failed, run.done_before], ranks))
-        run.finish()  # under torchrun: every rank done, rank 0 merges the parts
+        classified, failed, before = runner.totals(len(done) - failed, failed, run.done_before)
+        runner.finish()  # under torchrun: every rank done, rank 0 merges the parts
         if run.shard is None:
             console.print(results_table(done, topk))
         if not ranks.main:
@@ -204,7 +205,7 @@ def register(app: typer.Typer) -> None:
             f"{protocol.sampling} sampling, {protocol.average} averaged · {recognizer.dtype}, {recognizer.compile_note}"
         )
         if output is not None:
-            summary += f" · results in {output if run.shard is None or ranks.distributed else run.target}"
+            summary += f" · results in {runner.summary_target()}"
         err_console.print(summary, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 

@@ -22,7 +22,7 @@ from vtempo.commands.common import (
     registry_option,
     weights_option,
 )
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -61,13 +61,15 @@ def embed(
     )
     from vtempo.inference.embed import embed as run_embed
     from vtempo.inference.recognizer import load
+    from vtempo.inference.runner import BatchRunner, Interrupted
     from vtempo.inference.sharding import (
-        RANKS_TIMEOUT,
         Shard,
         check_output,
+        input_key,
         parse_shard,
         shard_positions,
     )
+    from vtempo.inference.sink import check_target, check_writable
     from vtempo.inference.timeline import check_seconds
     from vtempo.runtime import default_workers
     from vtempo.video import display_path
@@ -79,11 +81,12 @@ def embed(
     videos = collect_videos(paths, recursive)
     if not videos:
         raise UsageError(f"no videos found in {', '.join(map(str, paths))}")
-    ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
+    runner = BatchRunner(device)  # one process unless torchrun started this
+    ranks = runner.ranks
     if ranks.distributed:
         if shard not in (None, "auto"):
             raise UsageError("--shard with torchrun: each rank already takes its share; leave --shard out")
-        device = str(ranks.device)
+        device = runner.device
     chosen = Shard(ranks.rank, ranks.world) if ranks.distributed else parse_shard(shard) if shard else None
     positions = list(range(len(videos)))
     target = out
@@ -98,54 +101,58 @@ def embed(
                              f"write to another --out, or pass --overwrite")
         if ranks.distributed and not resume:
             for existing in (out, out.with_suffix(".jsonl")):
-                check_output(existing, resume=False, overwrite=overwrite)
+                check_output(existing, resume=False, overwrite=overwrite, flag="--out")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
     for existing in (target, target.with_suffix(".jsonl") if chosen is not None else index or (
             out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)):
         if existing is not None and not resume:
-            check_output(existing, resume=False, overwrite=overwrite)
+            check_output(existing, resume=False, overwrite=overwrite, flag="--out")
+    index_path = target.with_suffix(".jsonl") if chosen is not None else index or (
+        out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)
+    for path in (target, index_path):
+        if path is not None:
+            check_target(path, "--out")
+            check_writable(path, "--out")
     distributed.barrier(ranks)  # every rank looks at the files before any rank writes its part
     check_model_options(frames, dtype, device)
     rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)
-    writer = EmbeddingWriter(target, {"model": rec.name, "weights_sha256": rec.weights_sha256},
-                             None if chosen is not None else index, resume=resume)
-    before = sum(display_path(videos[i]) in writer.finished for i in positions)
-    positions = [i for i in positions if display_path(videos[i]) not in writer.finished]
+    writer = runner.writer = EmbeddingWriter(target, {"model": rec.name, "weights_sha256": rec.weights_sha256},
+                                             None if chosen is not None else index, resume=resume)
+    runner.output = target
+    before = sum(input_key(videos[i]) in writer.finished for i in positions)
+    positions = [i for i in positions if input_key(videos[i]) not in writer.finished]
     mine = [videos[i] for i in positions]
     failed = 0
     try:
-        embedded = run_embed(rec, mine, per_frame=per_frame, window=window, hop=hop, views=views,
-                             batch_size=batch_size, workers=default_workers(len(mine), rec.device) if workers is None else workers,
-                             normalize=normalize) if mine else iter(())
-        for position, video in zip(positions, embedded):
-            if not video.ok:
-                failed += 1
-                err_console.print(f"[bold red]failed:[/] {escape(display_path(video.path))}: {escape(video.error)}",
-                                  highlight=False, soft_wrap=True)
-            writer.write(video, position if chosen is not None else None)
-    finally:
-        written = writer.close()
+        with runner.writing():
+            embedded = run_embed(rec, mine, per_frame=per_frame, window=window, hop=hop, views=views,
+                                 batch_size=batch_size, workers=default_workers(len(mine), rec.device) if workers is None else workers,
+                                 normalize=normalize) if mine else iter(())
+            for position, video in zip(positions, embedded):
+                if not video.ok:
+                    failed += 1
+                    err_console.print(f"[bold red]failed:[/] {escape(display_path(video.path))}: {escape(video.error)}",
+                                      highlight=False, soft_wrap=True)
+                writer.write(video, position if chosen is not None else None)
+    except Interrupted as interrupted:
+        err_console.print(f"interrupted: {writer.rows} vector(s) in {escape(interrupted.where)}", highlight=False)
+        raise typer.Exit(130) from None
+    written = writer.out
     where = f" and {writer.index_path}" if writer.index_path else ""
     console.print(f"{writer.rows} vector(s) of {writer.dim or 0} from {len(mine) - failed} video(s), {failed} failed · "
                   f"{rec.name} · {written}{where}" + (f" ({before} video(s) done before)" if before else ""),
                   highlight=False, soft_wrap=True)
     if ranks.distributed:
-        distributed.barrier(ranks)
-        failure = ""
-        if ranks.main:
+        def merge():
             parts = [embedding_part(out, k, ranks.world) for k in range(ranks.world)]
-            try:
-                rows = merge_embedding_parts(parts, out, videos)
-                for part in parts:
-                    part.unlink(missing_ok=True)
-                    part.with_suffix(".jsonl").unlink(missing_ok=True)
-                console.print(f"{rows} vector(s) from {ranks.world} ranks in {out} and {out.with_suffix('.jsonl')}",
-                              highlight=False, soft_wrap=True)
-            except VtempoError as error:
-                failure = str(error)
-        failure = distributed.all_gather_objects(failure, ranks)[0]  # every rank leaves together
-        if failure:
-            raise VtempoError(failure)
-        failed = round(distributed.all_sum([failed], ranks)[0])
+            rows = merge_embedding_parts(parts, out, videos)
+            for part in parts:
+                part.unlink(missing_ok=True)
+                part.with_suffix(".jsonl").unlink(missing_ok=True)
+            console.print(f"{rows} vector(s) from {ranks.world} ranks in {out} and {out.with_suffix('.jsonl')}",
+                          highlight=False, soft_wrap=True)
+
+        runner.merge_ranks(merge)
+        (failed,) = runner.totals(failed)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)

@@ -16,6 +16,7 @@ from vtempo.commands.common import (
     EXIT_SOME_FAILED,
     at_least,
     check_model_options,
+    console,
     device_option,
     dtype_option,
     err_console,
@@ -41,6 +42,12 @@ def _view(label, summary_source: str) -> Table:
     return table
 
 
+def _line(label) -> str:
+    """A label as one line of text: the video time, then each label and its probability."""
+    top = "  ".join(f"{p.label} {100 * p.prob:.1f}%" for p in label.top)
+    return f"{label.media_time:.2f} s  {top}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("stream")
     @friendly_errors
@@ -54,48 +61,59 @@ def register(app: typer.Typer) -> None:
         realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own frame rate, as a camera would deliver it."),
         topk: int = typer.Option(3, "--topk", help="Labels shown and written per tick."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="JSONL: a line per label (capture timestamps, latency), then the summary."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output (once this run has labels)."),
         device: str = device_option(),
         dtype: str = dtype_option(),
         registry: Optional[Path] = registry_option(),
     ) -> None:
         """Label a live source every --every seconds; Ctrl-C stops with a summary."""
         from vtempo.inference.recognizer import load
+        from vtempo.inference.sink import Sink, check_target, check_writable
         from vtempo.inference.stream import run_stream
         from vtempo.limits import check_number
+        from vtempo.video import display_path
 
         at_least("--topk", topk, 1, "MAX_CLASSES")
         check_number("--every", every, 0, "MAX_SECONDS", above=True)
         if output is not None and output.suffix.lower() != ".jsonl":
             raise UsageError(f"--output {output}: the name must end in .jsonl")
+        if output is not None:
+            check_target(output)
+            if not overwrite and output.exists():
+                raise UsageError(f"{display_path(output)} exists: pass --overwrite to replace it")
+            check_writable(output)
         check_model_options(frames, dtype, device)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
-        handle = None
-        if output is not None:
-            try:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(output, "w", encoding="utf-8")
-            except OSError as error:
-                raise UsageError(f"--output {output}: cannot write ({error.strerror or error})") from None
+        # the labels go into OUT.part, renamed over OUT at the end: a source that fails leaves OUT as it was
+        sink = Sink(output) if output is not None else None
         stop = threading.Event()
         live = Live(console=err_console, transient=False, auto_refresh=False) if err_console.is_terminal else None
 
         def on_label(label) -> None:
-            if handle is not None:
-                handle.write(json.dumps(label.to_dict(), ensure_ascii=False) + "\n")
-                handle.flush()
+            if sink is not None:
+                sink.write(json.dumps(label.to_dict(), ensure_ascii=False) + "\n")
+                sink.records += 1
             if live is not None:
                 live.update(_view(label, str(source)), refresh=True)
+            elif sink is None:  # piped: a line per label on stdout
+                console.print(_line(label), markup=False, highlight=False, soft_wrap=True)
 
         try:
             if live is not None:
                 live.start()
             summary = run_stream(source, rec, every=every, realtime=realtime, topk=topk, on_label=on_label, stop=stop)
+        except BaseException:
+            if sink is not None:
+                sink.close(complete=False)
+            raise
         finally:
             if live is not None:
                 live.stop()
-        if handle is not None:
-            handle.write(json.dumps(summary.to_dict(), ensure_ascii=False) + "\n")
-            handle.close()
+        if sink is not None:
+            try:
+                sink.write(json.dumps(summary.to_dict(), ensure_ascii=False) + "\n")
+            finally:
+                sink.close(complete=bool(sink.records))
         median, p90 = summary.latency(0.5), summary.latency(0.9)
         latency = "no labels" if median is None else f"latency median {1000 * median:.0f} ms, p90 {1000 * p90:.0f} ms"
         line = (f"{escape(summary.source)}: {summary.reason} · {summary.labels} labels, {summary.frames} frames read, "

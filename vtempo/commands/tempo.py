@@ -188,6 +188,10 @@ def evaluate(
     at_least("--workers", workers, 0, "MAX_THREADS")
     if views is not None:
         parse_views(views)
+    if out is not None:
+        from vtempo.inference.sink import check_writable
+
+        check_writable(out / "evaluation.json", "--out")
     with progress_callback("evaluating", progress) as show:
         result = run_evaluation(data, model, weights, registry=registry, views=views, frames=frames, labels=labels,
                                 batch_size=batch_size, workers=workers, device=device, dtype=dtype, progress=show)
@@ -247,6 +251,9 @@ def robustness(
     strides = parse_strides(stride)
     if weights and len(weights) > len(model or []):
         raise UsageError("more --weights than --model")
+    from vtempo.inference.sink import check_writable
+
+    check_writable(out / "robustness.json", "--out")
     with progress_callback("sweeping", progress) as show:
         result = run(data, model or [], [str(w) for w in weights or []], strides, frames, train_stride, labels,
                      batch_size, workers, device, dtype, registry, progress=show)

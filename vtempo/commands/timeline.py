@@ -62,9 +62,9 @@ def register(app: typer.Typer) -> None:
         """Slide the model's clip over each video: labels over time, then action segments."""
         import numpy as np
 
-        from vtempo import distributed
         from vtempo.inference.recognizer import load
-        from vtempo.inference.sharding import RANKS_TIMEOUT, start_run
+        from vtempo.inference.runner import BatchRunner, Interrupted
+        from vtempo.inference.sink import check_target, check_writable
         from vtempo.inference.timeline import (
             TimelineWriter,
             annotate_video,
@@ -85,81 +85,80 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--plot {plot}: the name must end in .png")
         if annotate is not None and annotate.suffix.lower() != ".mp4":
             raise UsageError(f"--annotate {annotate}: the name must end in .mp4")
-        ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this
-        if ranks.distributed:
-            device = str(ranks.device)
+        runner = BatchRunner(device)  # one process unless torchrun started this
+        ranks, device = runner.ranks, runner.device
         check_model_options(frames, dtype, device)
+        for path, flag in ((output, "--output"), (plot, "--plot"), (annotate, "--annotate")):
+            if path is not None:
+                check_target(path, flag)
+                check_writable(path, flag)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
         setup = {**rec.provenance(), "window": window, "hop": hop, "threshold": threshold,
                  "min_duration": min_duration, "smooth": smooth, "topk": topk}
-        # this process's share of the videos, less those a run before finished (--resume)
-        run = start_run(videos, output, shard=shard, resume=resume, overwrite=overwrite, ranks=ranks,
-                        provenance=setup, key="video", final=TimelineWriter.is_final)
         position = 0  # of the video being written, in run.todo
 
         def emit(record):
             run.write(position, record)
 
-        writer = (TimelineWriter(output, emit) if run.writes else TimelineWriter(output)) if output is not None else None
+        # this process's share of the videos, less those a run before finished (--resume)
+        run = runner.start(videos, output, shard=shard, resume=resume, overwrite=overwrite, provenance=setup,
+                           key="video", final=TimelineWriter.is_final,
+                           writer=lambda run: TimelineWriter(output, emit if run.writes else None))
+        writer = runner.writer
         many, failed = len(videos) > 1, 0
         try:
-            for position, video in enumerate(run.todo_paths):
-                name = display_path(video)
-                windows: list = []  # (centre, top label, prob) for --annotate
-                scores: list = []  # per-window probabilities for --plot
+            with runner.writing():
+                for position, video in enumerate(run.todo_paths):
+                    name = display_path(video)
+                    windows: list = []  # (centre, top label, prob) for --annotate
+                    scores: list = []  # per-window probabilities for --plot
 
-                def on_window(scored, name=name, windows=windows, scores=scores):
+                    def on_window(scored, name=name, windows=windows, scores=scores):
+                        if writer is not None:
+                            writer.window(name, scored)
+                        windows.append((scored.centre, scored.top[0].label, scored.top[0].prob))
+                        if plot is not None:
+                            scores.append(scored.probs.numpy().astype(np.float16))
+
                     if writer is not None:
-                        writer.window(name, scored)
-                    windows.append((scored.centre, scored.top[0].label, scored.top[0].prob))
+                        writer.start_video(name)
+                    try:
+                        with err_console.status(f"{escape(name)}: reading", spinner="dots") if err_console.is_terminal else _Null():
+                            result = timeline(video, rec, window=window, hop=hop, threshold=threshold,
+                                              min_duration=min_duration, smooth=smooth, topk=topk, batch_size=batch_size,
+                                              on_window=on_window)
+                    except VideoError as error:
+                        failed += 1
+                        err_console.print(f"[bold red]failed:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+                        if writer is not None:
+                            writer.finish_failed(name, error.reason)
+                        continue
+                    if writer is not None:
+                        writer.finish_video(result)
+                    _print_segments(result)
                     if plot is not None:
-                        scores.append(scored.probs.numpy().astype(np.float16))
+                        from vtempo.viz.plots import write_png
+                        from vtempo.viz.timeline import timeline_image
 
-                if writer is not None:
-                    writer.start_video(name)
-                try:
-                    with err_console.status(f"{escape(name)}: reading", spinner="dots") if err_console.is_terminal else _Null():
-                        result = timeline(video, rec, window=window, hop=hop, threshold=threshold,
-                                          min_duration=min_duration, smooth=smooth, topk=topk, batch_size=batch_size,
-                                          on_window=on_window)
-                except VideoError as error:
-                    failed += 1
-                    err_console.print(f"[bold red]failed:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-                    if writer is not None:
-                        writer.finish_failed(name, error.reason)
-                    continue
-                if writer is not None:
-                    writer.finish_video(result)
-                _print_segments(result)
-                if plot is not None:
-                    from vtempo.viz.plots import write_png
-                    from vtempo.viz.timeline import timeline_image
-
-                    image = timeline_image([c for c, _, _ in windows], np.stack(scores), rec.labels, result.segments,
-                                           result.duration, title=f"{video.name} · {rec.name}")
-                    err_console.print(f"plot: {write_png(_numbered(plot, video, many), image)}", highlight=False)
-                if annotate is not None:
-                    path = annotate_video(video, _numbered(annotate, video, many), windows, result.segments, result.fps)
-                    err_console.print(f"annotated: {path}", highlight=False)
-                err_console.print(
-                    f"{escape(name)}: {result.duration:.1f} s, {result.frames} frames at {result.fps:g} fps, "
-                    f"{result.stats.windows} windows of {result.window_frames} frames every {result.hop_frames} "
-                    f"({result.window_frames / result.fps:.2f} s, hop {result.hop_frames / result.fps:.2f} s), "
-                    f"{len(result.segments)} segments · {rec.name}", highlight=False, soft_wrap=True)
-        except KeyboardInterrupt:
-            where = f"; what was done is in {run.target}" + (" (--resume goes on)" if run.writes else "") if output is not None else ""
-            err_console.print(f"interrupted{where}", highlight=False)
-            if writer is not None:
-                writer.close()
-            run.close()
+                        image = timeline_image([c for c, _, _ in windows], np.stack(scores), rec.labels, result.segments,
+                                               result.duration, title=f"{video.name} · {rec.name}")
+                        err_console.print(f"plot: {write_png(_numbered(plot, video, many), image)}", highlight=False)
+                    if annotate is not None:
+                        path = annotate_video(video, _numbered(annotate, video, many), windows, result.segments, result.fps)
+                        err_console.print(f"annotated: {path}", highlight=False)
+                    err_console.print(
+                        f"{escape(name)}: {result.duration:.1f} s, {result.frames} frames at {result.fps:g} fps, "
+                        f"{result.stats.windows} windows of {result.window_frames} frames every {result.hop_frames} "
+                        f"({result.window_frames / result.fps:.2f} s, hop {result.hop_frames / result.fps:.2f} s), "
+                        f"{len(result.segments)} segments · {rec.name}", highlight=False, soft_wrap=True)
+        except Interrupted as interrupted:
+            where = f"; what was done is in {interrupted.where}" if interrupted.where else ""
+            err_console.print(f"interrupted{escape(where)}", highlight=False)
             raise typer.Exit(130) from None
-        finally:
-            if writer is not None:
-                writer.close()
-        done, failed, before = (round(n) for n in distributed.all_sum([len(run.todo) - failed, failed, run.done_before], ranks))
-        run.finish()  # under torchrun: every rank done, rank 0 merges the parts
+        done, failed, before = runner.totals(len(run.todo) - failed, failed, run.done_before)
+        runner.finish()  # under torchrun: every rank done, rank 0 merges the parts
         if ranks.main and (before or run.shard is not None):
-            where = f" · results in {output if run.shard is None or ranks.distributed else run.target}" if output else ""
+            where = f" · results in {runner.summary_target()}" if output else ""
             err_console.print(f"{done} done, {failed} failed" + (f", {before} done before" if before else "")
                               + f", of {len(videos)}{where}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)

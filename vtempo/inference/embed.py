@@ -29,6 +29,7 @@ import torch
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.decoding import ViewPlan, decode_loader
+from vtempo.inference.sink import OutputError
 from vtempo.inference.timeline import check_seconds
 from vtempo.protocol import CROPS
 from vtempo.video import VideoError, display_path, open_video
@@ -173,7 +174,12 @@ def _embed_windows(rec, path: Path, window: float, hop: float, batch_size: int, 
 
 class EmbeddingWriter:
     """Streams rows to `out`: .npy (float32 N×D) with an index file beside it (.jsonl, or .csv with
-    `index=`), or .npz holding `embeddings` and `index` (one JSON object per row, as strings)."""
+    `index=`), or .npz holding `embeddings` and `index` (one JSON object per row, as strings).
+
+    Through `Sink`s (`vtempo.inference.sink`): the rows go into `OUT.part` and the index lines into
+    the index file, each flushed as a video comes (what `--resume` goes on from); at close the .npy or
+    .npz is written from the rows into a part of its own, fsynced and renamed over `out`. A write
+    error is one line naming the file and where the rows so far are."""
 
     FORMATS = (".npy", ".npz")
 
@@ -181,6 +187,8 @@ class EmbeddingWriter:
 
     def __init__(self, out: str | os.PathLike, describe: dict[str, Any], index: str | os.PathLike | None = None,
                  resume: bool = False):
+        from vtempo.inference.sink import Sink, check_target
+
         self.out = Path(out)
         if self.out.suffix.lower() not in self.FORMATS:
             raise UsageError(f"--out {out}: the name must end in .npy or .npz")
@@ -188,51 +196,71 @@ class EmbeddingWriter:
         if self.index_path is not None and self.index_path.suffix.lower() not in (".jsonl", ".csv"):
             raise UsageError(f"--index {index}: the name must end in .jsonl or .csv")
         self.describe = describe  # model, weights_sha256: on every index row
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.raw_path = self.out.with_name(self.out.name + ".part")
+        for path in (self.out, self.raw_path, self.index_path):
+            if path is not None:
+                check_target(path, "--out")
         self.rows, self.dim = 0, None
         self.index_records: list[str] = []  # .npz only: the index goes into the archive at the end
-        self.index_file = None
-        self.csv = None
+        self.index = None
+        self.csv_fields = None
         self.finished: set[str] = set()  # with `resume`: the inputs whose rows are already there
-        if resume:
-            self._resume()
-            return
-        self.raw = self.raw_path.open("wb")
-        if self.index_path is not None:
-            self.index_file = self.index_path.open("w", encoding="utf-8", newline="")
-            if self.index_path.suffix.lower() == ".csv":
-                self.csv = csv.DictWriter(self.index_file, ["row", "path", "clip", "frame", "time", "start", "end",
-                                                            "model", "weights_sha256"])
-                self.csv.writeheader()
+        # the final file: its part opened (and the output locked) now, filled at close
+        self.final = Sink(self.out, flag="--out", part=self.out.with_name(f".{self.out.name}.writing"))
+        try:
+            keep, offset = self._resume() if resume else (0, 0)
+            self.raw = Sink(self.raw_path, flag="--out", append_at=keep)
+            if self.index_path is not None:
+                self.index = Sink(self.index_path, flag="--index", append_at=offset)
+                if self.index_path.suffix.lower() == ".csv":
+                    self.csv_fields = ["row", "path", "clip", "frame", "time", "start", "end", "model", "weights_sha256"]
+                    self._csv_row({name: name for name in self.csv_fields})
+        except BaseException:
+            self.final.close(complete=False)
+            raise
+
+    def _csv_row(self, record: dict[str, Any]) -> None:
+        import io
+
+        text = io.StringIO(newline="")
+        csv.DictWriter(text, self.csv_fields, extrasaction="ignore").writerow(record)
+        self.index.write(text.getvalue())
 
     def write(self, video: EmbeddedVideo, input: int | None = None) -> None:
         """Append a video's rows; `input`, the video's position among all inputs, goes into the index rows
         of a shard's part (`merge_embedding_parts` restores input order by it)."""
+        from vtempo.inference.sharding import name_fields
+
         if not video.ok or not len(video.rows):
             return
         if self.dim is None:
             self.dim = video.vectors.shape[1]
             self.raw.write(self.dim.to_bytes(self.DIM_BYTES, "little"))
+        # the rows before their index lines: a crash leaves no index line without its row
         self.raw.write(np.ascontiguousarray(video.vectors, dtype="<f4").tobytes())
-        self.raw.flush()  # the rows before their index lines: a crash leaves no index line without its row
         position = {} if input is None else {"input": input}
+        lines = []
         for extra in video.rows:
-            record = {"row": self.rows, "path": display_path(video.path), **position, **extra, **self.describe}
+            record = {"row": self.rows, "path": display_path(video.path), **name_fields(video.path), **position,
+                      **extra, **self.describe}
             self.rows += 1
-            if self.csv is not None:
-                self.csv.writerow(record)
-            elif self.index_file is not None:
-                self.index_file.write(json.dumps(record) + "\n")
+            if self.csv_fields is not None:
+                self._csv_row(record)
+            elif self.index is not None:
+                lines.append(json.dumps(record) + "\n")
             else:
                 self.index_records.append(json.dumps(record))
-        if self.index_file is not None:
-            self.index_file.flush()
+        if lines:
+            self.index.write("".join(lines))
+        self.final.records += 1
 
-    def _resume(self) -> None:
+    def _resume(self) -> tuple[int, int]:
         """Go on from what a run before left: the rows of a cut run (OUT.npy.part) or of a finished one
         (OUT.npy), and the index lines that have their rows. The last video in the index of a cut run may
-        lack rows that a crash kept from its index, so it is dropped and done again."""
+        lack rows that a crash kept from its index, so it is dropped and done again. Returns (the bytes
+        of the rows file to keep, the index's offset to go on from)."""
+        from vtempo.inference.sharding import record_key
+
         if self.index_path is None or self.index_path.suffix.lower() != ".jsonl":
             raise UsageError(f"--resume needs --out FILE.npy with a .jsonl index, got {display_path(self.out)}"
                              + (f" and {display_path(self.index_path)}" if self.index_path else ""))
@@ -270,8 +298,9 @@ class EmbeddingWriter:
             while records and records[-1]["path"] == last:
                 records.pop()
         raw_size = self.raw_path.stat().st_size if self.raw_path.exists() else 0
-        with (self.raw_path.open("r+b") if raw_size else self.raw_path.open("wb")) as raw:
-            self.dim = int.from_bytes(raw.read(self.DIM_BYTES), "little") if raw_size >= self.DIM_BYTES else None
+        if raw_size >= self.DIM_BYTES:
+            with self.raw_path.open("rb") as raw:
+                self.dim = int.from_bytes(raw.read(self.DIM_BYTES), "little")
         if records and not self.dim:
             raise VtempoError(f"{display_path(self.raw_path)} holds no rows for {display_path(self.index_path)}: "
                               f"pass --overwrite to start again")
@@ -279,34 +308,45 @@ class EmbeddingWriter:
         if raw_size < keep:
             raise VtempoError(f"{display_path(self.raw_path)} holds fewer rows than {display_path(self.index_path)}: "
                               f"not the rows of that index; pass --overwrite to start again")
-        self.raw = self.raw_path.open("r+b")
-        self.raw.truncate(keep)
-        self.raw.seek(keep)
         if not keep:
             self.dim = None
-        self.index_path.touch()
-        self.index_file = self.index_path.open("r+", encoding="utf-8", newline="")
-        self.index_file.truncate(offsets[len(records)])
-        self.index_file.seek(offsets[len(records)])
         self.rows = len(records)
-        self.finished = {record["path"] for record in records}
+        self.finished = {record_key(record) for record in records}
+        return keep, offsets[len(records)]
 
-    def close(self) -> Path:
+    def close(self, complete: bool = True) -> Path:
         """Write the .npy (or .npz) from the rows on disk, a chunk at a time; returns its path."""
         self.raw.close()
-        if self.index_file is not None:
-            self.index_file.close()
+        if self.index is not None:
+            self.index.close()
         shape = (self.rows, self.dim or 0)
-        if self.out.suffix.lower() == ".npy":
-            with self.out.open("wb") as out:
-                self._copy_npy(out, shape)
-        else:
-            with zipfile.ZipFile(self.out, "w", zipfile.ZIP_STORED) as archive:
-                with archive.open("embeddings.npy", "w", force_zip64=True) as out:
-                    self._copy_npy(out, shape)
-                with archive.open("index.npy", "w") as out:
-                    np.lib.format.write_array(out, np.array(self.index_records, dtype=str), allow_pickle=False)
-        self.raw_path.unlink(missing_ok=True)
+        final = self.final
+        if final.handle.closed:
+            return self.out
+        try:
+            with final.guard():
+                if self.out.suffix.lower() == ".npy":
+                    self._copy_npy(final.handle, shape)
+                else:
+                    with zipfile.ZipFile(final.handle, "w", zipfile.ZIP_STORED) as archive:
+                        with archive.open("embeddings.npy", "w", force_zip64=True) as out:
+                            self._copy_npy(out, shape)
+                        with archive.open("index.npy", "w") as out:
+                            np.lib.format.write_array(out, np.array(self.index_records, dtype=str), allow_pickle=False)
+        except OutputError as error:
+            final.close(complete=False)
+            final.part.unlink(missing_ok=True)
+            raise OutputError(f"--out {display_path(self.out)}: cannot write ({error.reason}); the rows so far are in "
+                              f"{display_path(self.raw_path)}" + (f" and {display_path(self.index_path)}" if self.index_path
+                                                                   else "") + ", and --resume goes on from them",
+                              error.reason) from None
+        except BaseException:
+            final.close(complete=False)
+            raise
+        final.records = max(final.records, 1 if complete or self.rows else 0)
+        final.close(complete)
+        if final.path.exists() and not final.part.exists():
+            self.raw_path.unlink(missing_ok=True)
         return self.out
 
     def _copy_npy(self, out, shape: tuple[int, int]) -> None:
@@ -395,7 +435,11 @@ def merge_embedding_parts(
     spans.sort()
     for previous, span in zip(spans, spans[1:]):
         if previous[0] == span[0]:
-            path = indexes[span[1]][span[2]]["path"]
+            path, before = indexes[span[1]][span[2]]["path"], indexes[previous[1]][previous[2]]["path"]
+            if path != before:
+                raise VtempoError(f"input {span[0]} is {before} in {display_path(parts[previous[1]])} but {path} in "
+                                  f"{display_path(parts[span[1]])}: the shards ran on different inputs (files added "
+                                  f"or removed between their runs); run them again on the same inputs")
             raise VtempoError(f"{path} appears twice (input {span[0]}): in {display_path(parts[previous[1]])} "
                               f"and {display_path(parts[span[1]])}")
     if expected is not None:

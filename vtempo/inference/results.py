@@ -79,7 +79,10 @@ class VideoResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"path": display_path(self.path), "status": "ok" if self.ok else "error"}
+        data: dict[str, Any] = {"path": display_path(self.path)}
+        if data["path"] != str(self.path):  # bytes that are not UTF-8: the real name, for --resume
+            data["path_bytes"] = os.fsencode(self.path).hex()
+        data["status"] = "ok" if self.ok else "error"
         if self.ok:
             data["top"] = [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)} for p in self.top]
             data.update(num_frames=self.num_frames, header_frames=self.header_frames, fps=self.fps,
@@ -94,15 +97,13 @@ class VideoResult:
 
 
 class ResultWriter:
-    """Writes results to .jsonl (a line per result), .csv (a row per result) or .json (one document, a
-    result a line).
-
-    Nothing is written at `path` itself until the writer closes. Results stream into `<path>.part`
-    beside it, flushed as each comes (so a process killed outright leaves them there), and at close that
-    file replaces `path` in one rename: an existing file at `path` stays whole until the new one is
-    complete. After an interruption (`close(complete=False)`, or leaving a `with` block by an
-    exception) the finished results replace it all the same, as a well-formed file, so that none is
-    lost; only when there are none is the old file kept (and the empty part removed).
+    """Results to .jsonl (a line per result), .csv (a row per result) or .json (one document, a result
+    a line), through a `Sink` (`vtempo.inference.sink`): into `<path>.part`, flushed as each result
+    comes, renamed over `path` at close; an existing file at `path` stays whole until then. After an
+    interruption (`close(complete=False)`, or leaving a `with` block by an exception) the finished
+    results replace it all the same, as a well-formed file; only when there are none is the old file
+    kept (and the empty part removed). A write error is one line naming the file and the part that
+    holds the results so far.
 
     `provenance` (`Recognizer.provenance()`: model, weights' sha256, frames, views, dtype, vtempo
     version) goes into every JSONL line as `provenance`, into the JSON document beside `results`, and
@@ -113,40 +114,39 @@ class ResultWriter:
     PART_SUFFIX = ".part"
 
     def __init__(self, path: str | os.PathLike, topk: int, provenance: dict[str, Any] | None = None):
+        from vtempo.inference.sink import Sink
+
         self.path, self.topk = Path(path), topk
         self.provenance = dict(provenance or {})
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
             raise UsageError(f"--output {display_path(self.path)}: the name must end in .jsonl, .json or .csv")
-        if self.path.is_dir():
-            raise UsageError(f"--output {display_path(self.path)}: is a folder")
-        # a link is followed, so the file it points to is the one replaced (not the link)
-        self.target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
-        self.part = self.target.with_name(self.target.name + self.PART_SUFFIX)
-        self.count = 0
-        try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.part, "w", encoding="utf-8", newline="")
-        except OSError as error:
-            raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
+        self.sink = Sink(self.path)
+        self.part = self.sink.part
         self._begin()
 
-    def _begin(self) -> None:
-        """What a new file starts with. (Appending to an existing file would copy it into the part
-        file here instead, less its JSON closing bracket.)"""
-        if self.kind == ".csv":
-            import csv
+    @property
+    def count(self) -> int:
+        return self.sink.records
 
-            self._csv = csv.writer(self._handle)
+    def _begin(self) -> None:
+        if self.kind == ".csv":
             ranks = [f"top{r}_{part}" for r in range(1, self.topk + 1) for part in ("label", "prob")]
-            self._csv.writerow(["path", "status", *ranks, "num_frames", "header_frames", "backend", "error",
-                                *self.provenance])
+            self._row(["path", "status", *ranks, "num_frames", "header_frames", "backend", "error", *self.provenance])
         elif self.kind == ".json":
             if self.provenance:
                 import json
 
-                self._handle.write('{"provenance": ' + json.dumps(self.provenance, ensure_ascii=False) + ',\n"results": ')
-            self._handle.write("[")
+                self.sink.write('{"provenance": ' + json.dumps(self.provenance, ensure_ascii=False) + ',\n"results": ')
+            self.sink.write("[")
+
+    def _row(self, row: list[Any]) -> None:
+        import csv
+        import io
+
+        text = io.StringIO(newline="")
+        csv.writer(text).writerow(row)
+        self.sink.write(text.getvalue())
 
     def write(self, result: VideoResult) -> None:
         import json
@@ -154,43 +154,31 @@ class ResultWriter:
         data = result.to_dict()
         if self.kind == ".jsonl" and self.provenance:
             data["provenance"] = self.provenance
-        try:
-            if self.kind == ".csv":
-                ranks: list[Any] = []
-                for rank in range(self.topk):
-                    p = result.top[rank] if rank < len(result.top) else None
-                    ranks += [p.label, f"{p.prob:.6f}"] if p else ["", ""]
-                self._csv.writerow([data["path"], data["status"], *ranks, result.num_frames or "",
-                                    result.header_frames or "", result.backend or "", result.error or "",
-                                    *("" if v is None else v for v in self.provenance.values())])
-            else:
-                line = json.dumps(data, ensure_ascii=False, allow_nan=False)
-                self._handle.write(line + "\n" if self.kind == ".jsonl" else ("," if self.count else "") + "\n  " + line)
-            self._handle.flush()
-        except OSError as error:
-            raise VtempoError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error}); "
-                              f"the results so far are in {display_path(self.part)}") from None
-        self.count += 1
+        if self.kind == ".csv":
+            ranks: list[Any] = []
+            for rank in range(self.topk):
+                p = result.top[rank] if rank < len(result.top) else None
+                ranks += [p.label, f"{p.prob:.6f}"] if p else ["", ""]
+            self._row([data["path"], data["status"], *ranks, result.num_frames or "", result.header_frames or "",
+                       result.backend or "", result.error or "",
+                       *("" if v is None else v for v in self.provenance.values())])
+        else:
+            line = json.dumps(data, ensure_ascii=False, allow_nan=False)
+            self.sink.write(line + "\n" if self.kind == ".jsonl" else ("," if self.count else "") + "\n  " + line)
+        self.sink.records += 1
 
     def close(self, complete: bool = True) -> None:
         """Finish the file and put it in place (see the class notes for `complete=False`)."""
-        if self._handle.closed:
+        if self.sink.handle.closed:
             return
-        try:
-            if self.kind == ".json":
-                self._handle.write("\n]" if self.count else "]")
-                self._handle.write("}\n" if self.provenance else "\n")
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            if complete or self.count:
-                os.replace(self.part, self.target)
-            else:
-                os.unlink(self.part)
-        except OSError as error:
-            self._handle.close()
-            raise VtempoError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error}); "
-                              f"the results so far are in {display_path(self.part)}") from None
+        if self.kind == ".json" and not self.sink.failed:
+            try:
+                self.sink.write("\n]" if self.count else "]")
+                self.sink.write("}\n" if self.provenance else "\n")
+            except VtempoError:
+                self.sink.close()
+                raise
+        self.sink.close(complete)
 
     def __enter__(self) -> ResultWriter:
         return self

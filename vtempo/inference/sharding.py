@@ -30,15 +30,39 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.sink import check_target
 from vtempo.video import display_path
 
 RANKS_TIMEOUT = timedelta(days=7)  # torchrun ranks of a long run wait this long for each other at the end
 Final = Callable[[dict], bool]  # whether a record is an input's last (None: every record is)
 PART_NAME = re.compile(r"(?P<stem>.*)\.part-(?P<index>\d+)-of-(?P<count>\d+)\.jsonl")
+
+
+def input_key(path: str | os.PathLike) -> str:
+    """What names an input in `--resume`: its real file name (bytes that are not UTF-8 kept, as
+    surrogates), so a name with a raw byte and one with that byte's `\\xNN` escape are two inputs."""
+    return os.fsdecode(os.fsencode(path))
+
+
+def name_fields(path: str | os.PathLike, key: str = "path") -> dict[str, str]:
+    """The record field `KEY_bytes` (the name's bytes in hex) for a name the printable `key` field
+    cannot hold exactly (bytes that are not UTF-8), else nothing."""
+    return {} if display_path(path) == str(path) else {f"{key}_bytes": os.fsencode(path).hex()}
+
+
+def record_key(record: Mapping[str, Any], key: str = "path") -> str:
+    """The `input_key` of the input a record is about (`KEY_bytes` when it has one, else `key`)."""
+    raw = record.get(f"{key}_bytes")
+    if isinstance(raw, str):
+        try:
+            return os.fsdecode(bytes.fromhex(raw))
+        except ValueError:
+            pass
+    return record[key]
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -188,7 +212,7 @@ def read_finished(path: str | os.PathLike, key: str = "path", final: Final | Non
                 if not isinstance(record, dict) or not isinstance(record.get(key), str):
                     raise VtempoError(f"{display_path(path)}: line {number} is not a result record (no \"{key}\")")
                 if final is None or final(record):
-                    finished.add(record[key])
+                    finished.add(record_key(record, key))
                     offset = read
     except OSError as error:
         raise VtempoError(f"{display_path(path)}: cannot read ({error.strerror or error})") from None
@@ -197,33 +221,25 @@ def read_finished(path: str | os.PathLike, key: str = "path", final: Final | Non
 
 class JsonlAppender:
     """Appends records to a JSON Lines file from `offset` on (what lies beyond is cut away first), one
-    flushed line per record, so a killed process leaves at most its last line incomplete."""
+    flushed line per record, so a killed process leaves at most its last line incomplete: a `Sink`
+    (`vtempo.inference.sink`) in place, holding the output's lock while it is open."""
 
     def __init__(self, path: str | os.PathLike, offset: int = 0):
+        from vtempo.inference.sink import Sink
+
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle: IO[bytes] = open(self.path, "r+b" if offset else "wb")
-            if offset:
-                self._handle.truncate(offset)
-                self._handle.seek(offset)
-        except OSError as error:
-            raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
+        self.sink = Sink(self.path, append_at=offset)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
             line = json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
         except ValueError:
             raise VtempoError(f"{record.get('path')}: its result holds a number JSON cannot (NaN or infinity)") from None
-        try:
-            self._handle.write(line)
-            self._handle.flush()
-        except OSError as error:
-            raise VtempoError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error}); "
-                              f"the results so far are in it, and --resume goes on from them") from None
+        self.sink.write(line)
+        self.sink.records += 1
 
     def close(self) -> None:
-        self._handle.close()
+        self.sink.close()
 
     def __enter__(self) -> JsonlAppender:
         return self
@@ -264,14 +280,16 @@ def check_same_setup(path: str | os.PathLike, provenance: dict[str, Any] | None)
             return
 
 
-def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to overwrite or mix into an existing output unless told which."""
+def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool, flag: str = "--output") -> None:
+    """Refuse to overwrite or mix into an existing output unless told which, and an output that is not
+    a regular file (a link, a FIFO, a device, a folder: `check_target`)."""
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
     if not resume and not overwrite and os.path.lexists(path):
         raise UsageError(f"{display_path(path)} exists: pass --resume to go on with it, or --overwrite to start again")
     if resume and Path(path).suffix.lower() != ".jsonl":
         raise UsageError(f"--resume needs a .jsonl output (a line per result), got {display_path(path)}")
+    check_target(path, flag)
 
 
 # ----------------------------------------------------------------------------------------------- merge
@@ -368,7 +386,7 @@ def merge_parts(
     temporary = out.with_name(f".{out.name}.merging")
     streams = [_indexed_records(part, k, key, final) for k, part in enumerate(parts)]
     written = 0
-    last: tuple[int, str, int, bool] | None = None  # (input index, where, part, final) of the record written last
+    last: tuple | None = None  # (input index, where, part, final, key, path) of the record written last
     first_setup: tuple[dict[str, Any] | None, str] | None = None  # (setup, where) of the first record
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -376,9 +394,13 @@ def merge_parts(
             for index, k, number, record, is_final in heapq.merge(*streams, key=lambda item: item[:2]):
                 path, where = record[key], f"{display_path(parts[k])} line {number}"
                 if last is not None and index == last[0]:
+                    if last[2] != k and last[4] != record_key(record, key):
+                        raise VtempoError(f"input {index} is {last[5]} in {last[1]} but {path} in {where}: the shards "
+                                          f"ran on different inputs (files added or removed between their runs); "
+                                          f"run them again on the same inputs")
                     if last[2] != k:  # the same input in two parts (a part's own records were checked)
                         raise VtempoError(f"{path} appears twice (input {index}): {last[1]} and {where}")
-                    last = (index, where, k, is_final)
+                    last = (index, where, k, is_final, record_key(record, key), path)
                     handle.write(_merged_line(record))
                     written += 1
                     continue
@@ -403,7 +425,7 @@ def merge_parts(
                     raise VtempoError(f"the parts come from different setups: {difference}")
                 handle.write(_merged_line(record))
                 written += 1
-                last = (index, where, k, is_final)
+                last = (index, where, k, is_final, record_key(record, key), path)
         inputs = 0 if last is None else last[0] + 1
         if expected is not None and inputs < len(expected):
             raise VtempoError(f"{expected[inputs]} is missing from the parts"
@@ -454,6 +476,9 @@ class ShardedRun:
         """Append the record of `todo[position]`; a part's records carry their input index."""
         if self._writer is None:
             raise VtempoError("this run has no JSON Lines output to write to")
+        name = name_fields(self.inputs[self.todo[position]], self.key)
+        if name.keys() - record.keys():
+            record = {self.key: record[self.key], **name, **{k: v for k, v in record.items() if k != self.key}}
         if self.shard is not None:
             record = {self.key: record[self.key], "input": self.todo[position],
                       **{k: v for k, v in record.items() if k != self.key}}
@@ -542,7 +567,7 @@ def start_run(
         # a torchrun run that finished: its parts were merged into the output and deleted
         finished, _ = read_finished(output, key, final)
         check_same_setup(output, provenance)
-        missing = [display_path(path) for path in inputs if display_path(path) not in finished]
+        missing = [display_path(path) for path in inputs if input_key(path) not in finished]
         if missing:
             raise UsageError(f"{display_path(output)} holds a finished run without {missing[0]}"
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
@@ -552,7 +577,7 @@ def start_run(
     if resume and target.exists():
         finished, offset = read_finished(target, key, final)
         check_same_setup(target, provenance)
-    todo = [i for i in mine if display_path(inputs[i]) not in finished]
+    todo = [i for i in mine if input_key(inputs[i]) not in finished]
     return ShardedRun(inputs, output, target, todo, len(mine) - len(todo), shard, ranks, merge=torchrun,
                       provenance=provenance, key=key, final=final, _writer=JsonlAppender(target, offset))
 
@@ -560,15 +585,20 @@ def start_run(
 def _adopt_unfinished(output: Path) -> None:
     """A run without --resume that was killed outright left its results in `OUT.part` (`ResultWriter`
     renames it to OUT only when it closes): --resume takes them up from there."""
-    from vtempo.inference.results import ResultWriter
+    from vtempo.inference.sink import PART_SUFFIX, OutputLock
 
-    unfinished = output.with_name(output.name + ResultWriter.PART_SUFFIX)
+    unfinished = output.with_name(output.name + PART_SUFFIX)
     if not unfinished.exists():
         return
-    if output.exists():
-        raise UsageError(f"{display_path(unfinished)} holds the results of a run that was cut off while replacing "
-                         f"{display_path(output)}: keep one of the two (rename it to {display_path(output)}), then --resume")
-    os.replace(unfinished, output)
+    lock = OutputLock(output)  # a part that a running run writes is not taken from it
+    try:
+        if output.exists():
+            raise UsageError(f"{display_path(unfinished)} holds the results of a run that was cut off while replacing "
+                             f"{display_path(output)}: keep one of the two (rename it to {display_path(output)}), then --resume")
+        check_target(unfinished)
+        os.replace(unfinished, output)
+    finally:
+        lock.release()
 
 
 def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite: bool, torchrun: bool) -> None:

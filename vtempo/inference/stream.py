@@ -230,6 +230,18 @@ def run_stream(
         if on_label is not None:
             on_label(result)
 
+    if paced:  # the model's first call (allocations, kernel choices) before the source's clock starts
+        try:
+            with torch.inference_mode(), autocast(rec.device, rec.dtype):
+                size = rec.preprocess.input_size
+                if online:
+                    runner.step(torch.zeros(3, size, size, device=rec.device))
+                    runner.reset()
+                else:
+                    rec.model(torch.zeros(1, rec.frames, 3, size, size, device=rec.device))
+        except BaseException:
+            video.close()
+            raise
     capture.start()
     try:
         while not stop.is_set():

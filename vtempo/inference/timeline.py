@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vtempo import limits
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
 from vtempo.video.sampling import DENSE_WINDOW, clip_indices
@@ -453,7 +453,9 @@ def window_dict(video: str, window: Window) -> dict:
 
 class TimelineWriter:
     """Windows and segments to .jsonl (a line each), .csv (a row each) or .json (a list of videos, each
-    with its windows and segments), every one written and flushed as it comes.
+    with its windows and segments), every one written and flushed as it comes, through a `Sink`
+    (`vtempo.inference.sink`): into `<path>.part`, renamed over `path` at close; a write error is one
+    line naming the file and the part that holds what was written.
 
     In JSON Lines a video's records are its windows, its segments, then one `"kind": "summary"` record
     (or a single `"kind": "error"` record when it cannot be read): a video is complete once that last
@@ -468,6 +470,7 @@ class TimelineWriter:
         return record.get("kind") in ("summary", "error")
 
     def __init__(self, path: str | os.PathLike, emit: Callable[[dict], None] | None = None):
+        from vtempo.inference.sink import Sink
         from vtempo.video import display_path
 
         self.path = Path(path)
@@ -479,27 +482,23 @@ class TimelineWriter:
         self._emit = emit
         self._videos = 0
         self._windows = 0
-        if emit is not None:
-            self._handle = None
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "w", encoding="utf-8", newline="")
-        except OSError as error:
-            raise UsageError(f"--output {display_path(self.path)}: cannot write ({error.strerror or error})") from None
-        self._videos = 0
-        self._windows = 0
+        self._open = False  # a .json video whose windows list is not closed yet
+        self.sink = None if emit is not None else Sink(self.path)
         if self.kind == ".csv":
-            import csv
-
-            self._csv = csv.writer(self._handle)
-            self._csv.writerow(["video", "kind", "start", "end", "label", "score", "top"])
+            self._row(["video", "kind", "start", "end", "label", "score", "top"])
         elif self.kind == ".json":
-            self._handle.write("[")
+            self._line("[")
 
     def _line(self, text: str) -> None:
-        self._handle.write(text)
-        self._handle.flush()
+        self.sink.write(text)
+
+    def _row(self, row: list) -> None:
+        import csv
+        import io
+
+        text = io.StringIO(newline="")
+        csv.writer(text).writerow(row)
+        self._line(text.getvalue())
 
     def _record(self, record: dict) -> None:
         import json
@@ -514,8 +513,11 @@ class TimelineWriter:
 
         if self.kind == ".json":
             self._line(("," if self._videos else "") + f'\n{{"video": {json.dumps(video, ensure_ascii=False)}, "windows": [')
+            self._open = True
         self._videos += 1
         self._windows = 0
+        if self.sink is not None:
+            self.sink.records += 1
 
     def window(self, video: str, window: Window) -> None:
         import json
@@ -525,9 +527,7 @@ class TimelineWriter:
             self._record(data)
         elif self.kind == ".csv":
             top = ";".join(f"{p.label}:{p.prob:.4f}" for p in window.top)
-            self._csv.writerow([video, "window", data["start"], data["end"], window.top[0].label,
-                                f"{window.top[0].prob:.4f}", top])
-            self._handle.flush()
+            self._row([video, "window", data["start"], data["end"], window.top[0].label, f"{window.top[0].prob:.4f}", top])
         else:
             del data["video"], data["kind"]
             self._line(("," if self._windows else "") + "\n  " + json.dumps(data, ensure_ascii=False))
@@ -545,12 +545,12 @@ class TimelineWriter:
                           "windows": self._windows, "segments": len(result.segments)})
         elif self.kind == ".csv":
             for r in rows:
-                self._csv.writerow([r["video"], "segment", r["start"], r["end"], r["label"], f"{r['score']:.4f}", ""])
-            self._handle.flush()
+                self._row([r["video"], "segment", r["start"], r["end"], r["label"], f"{r['score']:.4f}", ""])
         else:
             info = {"fps": result.fps, "frames": result.frames, "window_frames": result.window_frames,
                     "hop_frames": result.hop_frames, "segments": [s.to_dict() for s in result.segments]}
             self._line("],\n " + json.dumps(info, ensure_ascii=False)[1:])
+            self._open = False
 
     def finish_failed(self, video: str, reason: str) -> None:
         import json
@@ -558,23 +558,31 @@ class TimelineWriter:
         if self.kind == ".jsonl":
             self._record({"video": video, "kind": "error", "error": reason})
         elif self.kind == ".csv":
-            self._csv.writerow([video, "error", "", "", reason, "", ""])
-            self._handle.flush()
+            self._row([video, "error", "", "", reason, "", ""])
         else:
             self._line("], " + json.dumps({"error": reason}, ensure_ascii=False)[1:])
+            self._open = False
 
-    def close(self) -> None:
-        if self._handle is None or self._handle.closed:
+    def close(self, complete: bool = True) -> None:
+        """Finish the file and put it in place; after an interruption (`complete=False`) what was
+        written replaces the old file all the same, a .json video cut off marked "interrupted"."""
+        if self.sink is None or self.sink.handle.closed:
             return
-        if self.kind == ".json":
-            self._handle.write("\n]\n")
-        self._handle.close()
+        if self.kind == ".json" and not self.sink.failed:
+            try:
+                if self._open:
+                    self.finish_failed("", "interrupted")
+                self._line("\n]\n")
+            except VtempoError:
+                self.sink.close()
+                raise
+        self.sink.close(complete)
 
     def __enter__(self) -> TimelineWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(complete=exc_type is None)
 
 
 def annotate_video(video: str | os.PathLike, out: str | os.PathLike, windows: Sequence[tuple[float, str, float]],
