@@ -200,7 +200,7 @@ def classify(
     concurrency: int | tuple[int, int] = 1,
     num_gpus: float | None = None,
     model_threads: int | None = None,
-    decode_cpus: float = 1,
+    decode_cpus: float = 0.5,
     backend: str = "auto",
     recursive: bool = False,
 ):
@@ -215,8 +215,10 @@ def classify(
     actor's batch holds whole videos, `batch_size // views` of them, at least one). `concurrency`:
     model actors (n, or (min, max) to autoscale). `num_gpus`: GPUs per actor (default: 1 when the
     cluster has GPUs, else 0, CPU). `model_threads`: torch threads per CPU actor (default: the cores
-    of the node it runs on). `decode_cpus`: CPUs each decoding task reserves. `backend`: the video
-    reader (auto, pyav, sequential, opencv, ...).
+    of the node it runs on). `decode_cpus`: CPUs each decoding task reserves; below the model stage's
+    1 Ray keeps decoding in tasks of its own, running beside the actors, instead of fusing it into
+    them, where each batch would be decoded and then scored in turn. `backend`: the video reader
+    (auto, pyav, sequential, opencv, ...).
     """
     ray = require_ray()
     from vtempo.inference.recognizer import at_least, load
