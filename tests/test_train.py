@@ -251,3 +251,10 @@ def test_ddp_ranks_skip_together_when_one_rank_has_no_decodable_clip(tiny_set, t
     assert run.stdout.count("skipped") == 1 and "broken.mp4" in run.stdout
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r.get("epoch") for r in records[1:]] == [0] and records[1]["steps"] == 6
+
+
+def test_resume_with_a_checkpoint_of_another_architecture_names_both(tiny_set, tmp_path):
+    common = dict(data=str(tiny_set), out=str(tmp_path / "run"), epochs=1, val_split=0.25, device="cpu", **TINY)
+    train(TrainConfig(model="tsn-r10w8", **common))
+    with pytest.raises(VtempoError, match="a tsn-r10w8 checkpoint, not tsm-r10w8"):
+        train(TrainConfig(model="tsm-r10w8", resume=True, **common))

@@ -7,22 +7,25 @@ import select
 import stat
 import sys
 
-import typer
+try:  # Ctrl-C while the modules import (torch takes seconds): exit 130, no traceback
+    import typer
 
-from vtempo.commands import (
-    cam,
-    classify,
-    convert,
-    download,
-    embed,
-    export,
-    merge,
-    models,
-    profile,
-    stream,
-    tempo,
-    timeline,
-)
+    from vtempo.commands import (
+        cam,
+        classify,
+        convert,
+        download,
+        embed,
+        export,
+        merge,
+        models,
+        profile,
+        stream,
+        tempo,
+        timeline,
+    )
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 
 class _Typer(typer.Typer):

@@ -412,8 +412,10 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
         from vtempo.weights.checkpoint import read_training_state
 
         state = read_training_state(last_path)  # weights-only; a bad file is one line naming it
-        if state.get("arch") != arch or state.get("classes") != classes:
-            raise VtempoError(f"{last_path}: trained {state.get('arch')} on other classes; use another out=DIR")
+        if state.get("arch") != arch:
+            raise VtempoError(f"{last_path}: a {state.get('arch')} checkpoint, not {arch}; use another out=DIR")
+        if state.get("classes") != classes:
+            raise VtempoError(f"{last_path}: trained {arch} on other classes; use another out=DIR")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
