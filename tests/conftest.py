@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import videogen  # noqa: E402
+
+# The suite keeps vtempo's cache (fast-path choices, int8 archives, exported models) in a home of its
+# own, made here, before any test or subprocess reads VTEMPO_HOME, and removed when the run ends.
+SUITE_HOME = Path(tempfile.mkdtemp(prefix="vtempo-suite-home-"))
+os.environ["VTEMPO_HOME"] = str(SUITE_HOME)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SUITE_HOME, ignore_errors=True)
+
 
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
 VP9 = ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-b:v", "0", "-crf", "30"]

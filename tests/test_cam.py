@@ -5,6 +5,8 @@ known in every frame. The frames are landscape (96×128) so the centre crop and 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -274,3 +276,12 @@ def test_untrained_control_misses_the_object():
     fresh = build(untrained.arch, untrained.num_classes, untrained.frames)
     untrained.model.load_state_dict(prepare(fresh, torch.device("cpu")).state_dict())  # folded like the demo
     assert hit_rate(untrained, seed=31337) < trained - 0.2
+
+
+def test_cam_without_a_model_explains_classifys_default_model(tmp_path):
+    from vtempo.commands.classify import DEMO_MODEL
+
+    video = sorted((Path(__file__).parents[1] / "examples" / "clips").glob("*.mp4"))[0]
+    result = CliRunner().invoke(app, ["cam", str(video), "-o", str(tmp_path / "a.png")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{DEMO_MODEL}: top ") and (tmp_path / "a.png").stat().st_size > 0

@@ -126,3 +126,12 @@ def test_cli_writes_a_set_and_rejects_bad_options(tmp_path):
     assert result.exit_code == 2 and "speed" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["synth", str(tmp_path / "t"), "--classes", "jump"])
     assert result.exit_code == 2 and "jump" in result.output
+
+
+def test_help_names_the_suffix_the_clips_are_written_with(tmp_path):
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "s"), "--classes", "grow,shrink", "--clips", "1",
+                                      "--frames", "4", "--size", "32", "--no-progress"])
+    suffixes = {path.suffix for path in (tmp_path / "s").rglob("*_0000.*")}
+    assert result.exit_code == 0 and len(suffixes) == 1
+    help_text = " ".join(CliRunner().invoke(app, ["synth", "--help"], terminal_width=200).output.split())
+    assert f"class folders of {suffixes.pop()} clips" in help_text

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from vtempo.commands.classify import DEMO_MODEL
 from vtempo.commands.common import (
     check_model_options,
     console,
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
 @friendly_errors
 def cam(
     video: Path = typer.Argument(..., help="A video file or a folder of frames."),
-    model: List[str] = model_option(many=True),
+    model: List[str] = model_option([DEMO_MODEL], many=True),
     weights: Optional[List[Path]] = weights_option(many=True),
     registry: Optional[Path] = registry_option(),
     frames: Optional[int] = frames_option(help_text="Frames to sample (default: the first model's)."),

@@ -52,7 +52,7 @@ def _speed(text: str) -> tuple[float, float]:
 
 @friendly_errors
 def synth(
-    out: Path = typer.Argument(..., help="Folder to write: class folders of .avi clips, list.txt, labels.txt."),
+    out: Path = typer.Argument(..., help="Folder to write: class folders of .mp4 clips, list.txt, labels.txt."),
     classes: str = typer.Option("10", "--classes", help="How many classes (2-10), or a comma-separated list of names."),
     clips: int = typer.Option(40, "--clips", help="Clips per class."),
     frames: int = typer.Option(32, "--frames", help="Frames per clip."),
