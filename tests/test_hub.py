@@ -384,42 +384,6 @@ def test_two_processes_downloading_one_file_leave_one_intact_file(site, tmp_path
     assert not list(registry.home().rglob("*.part"))
 
 
-def test_fallback_lock_file_without_fcntl(site, monkeypatch):
-    monkeypatch.setattr(hub, "fcntl", None)
-    lock = registry.home() / "downloads" / "x.lock"
-    order: list[str] = []
-    held, release = threading.Event(), threading.Event()
-
-    def holder():
-        with hub._lock(lock, "x"):
-            order.append("first in")
-            held.set()
-            release.wait(10)
-            order.append("first out")
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    held.wait(10)
-    def waiter():
-        with hub._lock(lock, "x"):
-            order.append("second in")
-
-    second = threading.Thread(target=waiter)
-    second.start()
-    time.sleep(0.3)
-    assert order == ["first in"]  # the second waits while the lock file exists
-    release.set()
-    thread.join(10)
-    second.join(10)
-    assert order == ["first in", "first out", "second in"] and not lock.exists()
-
-    lock.touch()
-    os.utime(lock, (time.time() - 2 * hub.STALE_LOCK_S,) * 2)  # left by a dead process
-    with hub._lock(lock, "x"):
-        pass
-    assert not lock.exists()
-
-
 # ------------------------------------------------------------------------------------------ hostile servers
 
 

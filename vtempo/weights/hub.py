@@ -46,16 +46,10 @@ from vtempo.errors import UsageError, VtempoError
 from vtempo.paths import home
 from vtempo.weights.registry import ModelEntry, is_remote
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: fall back to an exclusive lock file
-    fcntl = None  # type: ignore[assignment]
-
 OFFLINE_VARIABLE = "VTEMPO_OFFLINE"
 RETRIES = 4  # further attempts after network errors, timeouts, 5xx, 408 and 429 answers
 BACKOFF_S = 1.0  # wait before retry k: BACKOFF_S * 2**k
 CHUNK = 1 << 20
-STALE_LOCK_S = 3600.0  # a fallback lock file older than this was left by a dead process
 STATES = ("bundled", "cached", "local file", "downloadable", "manual download", "none published")
 
 Progress = Callable[[int, "int | None"], None]  # progress(bytes_done, bytes_total or None when unknown)
@@ -618,39 +612,17 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _lock(path: Path, name: str) -> Iterator[None]:
-    """An exclusive inter-process lock on `path`: flock where available, else an O_EXCL lock file."""
+    """An exclusive inter-process lock on `path` (filelock); a wait for another process is logged once."""
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is not None:
-        with open(path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.warning("%s: waiting for another vtempo process using %s", name, path.name)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    announced = False
-    while True:
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                if time.time() - path.stat().st_mtime > STALE_LOCK_S:
-                    path.unlink(missing_ok=True)
-                    continue
-            except FileNotFoundError:
-                continue
-            if not announced:
-                log.warning("%s: waiting for another vtempo process using %s", name, path.name)
-                announced = True
-            time.sleep(0.2)
+    lock = FileLock(path)
     try:
-        os.write(descriptor, str(os.getpid()).encode())
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.warning("%s: waiting for another vtempo process using %s", name, path.name)
+        lock.acquire()
+    try:
         yield
     finally:
-        os.close(descriptor)
-        path.unlink(missing_ok=True)
+        lock.release()
