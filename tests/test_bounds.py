@@ -304,7 +304,7 @@ def test_an_unchanged_export_still_loads(exported, tmp_path):
 def test_cam_on_a_huge_frame_works_at_the_models_size(tmp_path):
     video = videogen.write_ffmpeg(tmp_path / "wide.avi", 12, size=(16, 4000), codec=["-c:v", "mjpeg", "-q:v", "5"])
     maps = tmp_path / "maps.npz"
-    result = runner.invoke(app, ["cam", str(video), "-m", "tsn-demo", "-m", "tsm-demo", "--out", str(tmp_path / "cam.jpg"),
+    result = runner.invoke(app, ["cam", str(video), "-m", "tsn-demo", "-m", "tsm-demo", "--output", str(tmp_path / "cam.jpg"),
                                  "--save-maps", str(maps)])
     assert result.exit_code == 0, result.output
     most = max(load(name).max_side for name in ("tsn-demo", "tsm-demo"))

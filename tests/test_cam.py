@@ -156,7 +156,7 @@ def test_cli_contact_sheet_and_maps(video, checkpoints, tmp_path):
     result = CliRunner().invoke(app, [
         "cam", str(video), "--model", "tsm-r14w16", "--model", "tcm-r14w16",
         "--weights", str(checkpoints["tsm-r14w16"]), "--weights", str(checkpoints["tcm-r14w16"]),
-        "--target", "down", "--frames", str(FRAMES), "--device", "cpu", "--out", str(sheet), "--save-maps", str(maps),
+        "--target", "down", "--frames", str(FRAMES), "--device", "cpu", "--output", str(sheet), "--save-maps", str(maps),
     ])
     assert result.exit_code == 0, result.output
     image = cv2.imread(str(sheet))
@@ -193,8 +193,8 @@ def test_videos_have_one_frame_per_sampled_frame(clip, tmp_path):
 def test_cli_usage_errors_are_one_line_with_exit_code_2(video, checkpoints, tmp_path):
     base = ["cam", str(video), "--model", "tsm-r14w16", "--weights", str(checkpoints["tsm-r14w16"]), "--device", "cpu"]
     cases = {
-        ("--layer", "layer9.0", "--out", str(tmp_path / "a.png")): "backbone.layer4.0",
-        ("--out", str(tmp_path / "a.webp")): ".mp4 or .gif",
+        ("--layer", "layer9.0", "--output", str(tmp_path / "a.png")): "backbone.layer4.0",
+        ("--output", str(tmp_path / "a.webp")): ".mp4 or .gif",
         ("--save-maps", str(tmp_path / "m.txt")): ".npz",
         ("--method", "scorecam"): "gradcam++",
     }
@@ -204,7 +204,7 @@ def test_cli_usage_errors_are_one_line_with_exit_code_2(video, checkpoints, tmp_
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
-    result = CliRunner().invoke(app, ["cam", str(video), "--model", "tsm-r14w16", "--out", str(tmp_path / "a.png")])
+    result = CliRunner().invoke(app, ["cam", str(video), "--model", "tsm-r14w16", "--output", str(tmp_path / "a.png")])
     assert result.exit_code == 2 and "--weights" in result.output
 
 

@@ -156,7 +156,7 @@ def test_robustness_without_data_or_models_sweeps_the_demo_zoo(tmp_path, monkeyp
     monkeypatch.setenv("VTEMPO_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(robustness, "SYNTH_TEST_CLIPS", 1)  # 10 clips keep the test short
     out = tmp_path / "rob"
-    result = run_cli(["robustness", "--stride", "3..4", "--workers", "0", "--out", out, "--no-progress"])
+    result = run_cli(["robustness", "--stride", "3..4", "--workers", "0", "--output", out, "--no-progress"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "robustness.json").read_text())
     demos = sorted(name for name in load_registry() if name.endswith("-demo"))
@@ -165,14 +165,14 @@ def test_robustness_without_data_or_models_sweeps_the_demo_zoo(tmp_path, monkeyp
     assert cv2.imread(str(out / "robustness.png")) is not None
     rendered = next((tmp_path / "home" / "synth").iterdir())
     stamp = (rendered / "synth.json").stat().st_mtime_ns
-    again = run_cli(["robustness", "--model", "tsm-demo", "--stride", "4", "--workers", "0", "--out", out,
+    again = run_cli(["robustness", "--model", "tsm-demo", "--stride", "4", "--workers", "0", "--output", out,
                      "--no-progress"])
     assert again.exit_code == 0, again.output
     assert (rendered / "synth.json").stat().st_mtime_ns == stamp  # rendered once, then reused
 
 
 @pytest.mark.parametrize("command", [["timeline", str(CLIPS / "grow.mp4")], ["stream", str(CLIPS / "grow.mp4")],
-                                     ["embed", str(CLIPS / "grow.mp4"), "--model", "tsn-demo", "--out", "x.npy"]])
+                                     ["embed", str(CLIPS / "grow.mp4"), "--model", "tsn-demo", "--output", "x.npy"]])
 def test_commands_without_calibration_refuse_int8_in_one_line(command, tmp_path):
     result = run_cli([*command, "--dtype", "int8"])
     assert result.exit_code == 2 and "classify runs int8" in result.output and "Traceback" not in result.output

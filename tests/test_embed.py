@@ -83,7 +83,7 @@ def test_cli_writes_npz_or_npy_with_csv_index_and_skips_bad_files(tmp_path):
     bad.write_bytes(b"not a video")
     runner = CliRunner()
     npz = tmp_path / "all.npz"
-    result = runner.invoke(app, ["embed", str(CLIPS[0]), str(bad), str(CLIPS[1]), "--model", MODEL, "--out", str(npz),
+    result = runner.invoke(app, ["embed", str(CLIPS[0]), str(bad), str(CLIPS[1]), "--model", MODEL, "--output", str(npz),
                                  "--workers", "0", "--normalize"])
     assert result.exit_code == 1, result.output
     assert "broken.mp4" in result.output and "2 vector(s)" in result.output
@@ -94,7 +94,7 @@ def test_cli_writes_npz_or_npy_with_csv_index_and_skips_bad_files(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(archive["embeddings"], axis=1), 1.0, rtol=1e-5)
 
     npy, table = tmp_path / "win.npy", tmp_path / "win.csv"
-    result = runner.invoke(app, ["embed", str(CLIPS[0]), "--model", MODEL, "--out", str(npy), "--index", str(table),
+    result = runner.invoke(app, ["embed", str(CLIPS[0]), "--model", MODEL, "--output", str(npy), "--index", str(table),
                                  "--window", "0.5", "--workers", "0"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(table.open()))

@@ -113,7 +113,7 @@ def test_train_stopped_by_a_signal_is_one_line(tmp_path, signum, code):
     data = tmp_path / "data"
     synth.generate(data, classes="grow,shrink", clips_per_class=10, frames=10, size=32, seed=0)
     out = tmp_path / "run"
-    process = start(["train", str(data), "--model", "tsn-r10w8", "--out", str(out), "--epochs", "100000", "--frames", "2",
+    process = start(["train", str(data), "--model", "tsn-r10w8", "--output", str(out), "--epochs", "100000", "--frames", "2",
                      "--size", "32", "--workers", "0", "--device", "cpu"], tmp_path / "home")
     wait_for(lambda: (out / "log.jsonl").exists() or process.poll() is not None)
     assert process.poll() is None, process.communicate()

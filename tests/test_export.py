@@ -216,7 +216,7 @@ def test_export_form_leaves_the_batch_size_free_and_the_clip_length_fixed():
 
 def test_without_onnxruntime_the_command_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
-    result = CliRunner().invoke(app, ["export", "tsn-demo", "--out", str(tmp_path / "m.onnx")])
+    result = CliRunner().invoke(app, ["export", "tsn-demo", "--output", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
     assert "pip install 'vtempo[export]'" in result.output and len(result.output.strip().splitlines()) == 1
     with pytest.raises(UsageError, match=r"vtempo\[export\]"):
@@ -252,11 +252,11 @@ def test_an_onnx_file_not_written_by_vtempo_is_refused(tmp_path):
 
 def test_cli_usage_errors(tmp_path):
     runner = CliRunner()
-    wrong_suffix = runner.invoke(app, ["export", "tsn-demo", "--format", "onnx", "--out", str(tmp_path / "m.ts")])
+    wrong_suffix = runner.invoke(app, ["export", "tsn-demo", "--format", "onnx", "--output", str(tmp_path / "m.ts")])
     assert wrong_suffix.exit_code == 2 and "must end in .onnx" in wrong_suffix.output
-    no_format = runner.invoke(app, ["export", "tsn-demo", "--out", str(tmp_path / "m.bin")])
+    no_format = runner.invoke(app, ["export", "tsn-demo", "--output", str(tmp_path / "m.bin")])
     assert no_format.exit_code == 2 and "--format" in no_format.output
-    unknown = runner.invoke(app, ["export", "nope-demo", "--out", str(tmp_path / "m.onnx")])
+    unknown = runner.invoke(app, ["export", "nope-demo", "--output", str(tmp_path / "m.onnx")])
     assert unknown.exit_code == 2 and "unknown model" in unknown.output
     assert list(tmp_path.iterdir()) == []
 
@@ -264,7 +264,7 @@ def test_cli_usage_errors(tmp_path):
 @pytest.mark.slow
 def test_cli_exports_and_reports_the_parity(tiny, tmp_path):
     out = tmp_path / "tiny.ts"
-    result = CliRunner().invoke(app, ["export", str(tiny), "--out", str(out)])
+    result = CliRunner().invoke(app, ["export", str(tiny), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "max relative error" in result.output and "example clip" in result.output
     _, meta = load_exported(out)

@@ -86,5 +86,5 @@ def test_usage_errors_before_any_training(data, tmp_path):
         train(config(data, tmp_path / "b", freeze_backbone=True))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     result = CliRunner().invoke(app, ["train", str(data["train"]), "--model", "tsm-demo", "--freeze-backbone",
-                                      "--out", str(tmp_path / "c")])
+                                      "--output", str(tmp_path / "c")])
     assert result.exit_code == 2 and "--freeze-backbone trains only the new head on a trained backbone: pass --weights FILE" in result.output

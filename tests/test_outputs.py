@@ -210,9 +210,9 @@ def test_unwritable_outputs_are_found_before_the_work(tiny, videos, unwritable, 
         "timeline --plot": ["timeline", clip, "--model", "tsn-demo", "--device", "cpu", "--window", "1",
                             "--plot", unwritable / "p.png"],
         "evaluate": ["evaluate", data, "--model", "tsn-demo", "--device", "cpu", "--workers", "0",
-                     "--out", unwritable / "eval"],
+                     "--output", unwritable / "eval"],
         "robustness": ["robustness", data, "--model", "tsn-demo", "--device", "cpu", "--workers", "0",
-                       "--stride", "1,2", "--out", unwritable / "rob"],
+                       "--stride", "1,2", "--output", unwritable / "rob"],
     }
     for name, args in cases.items():
         result = run_cli(args)

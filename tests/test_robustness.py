@@ -70,9 +70,9 @@ def test_synth_train_evaluate_robustness_end_to_end(tmp_path):
     data = tmp_path / "set"
     ok("synth", str(data), "--classes", "3", "--clips", "4", "--frames", "20", "--size", "64", "--seed", "3")
     run = tmp_path / "run"
-    ok("train", str(data), "--model", "tsm-r10w8", "--out", str(run), "--epochs", "1", "--frames", "4",
+    ok("train", str(data), "--model", "tsm-r10w8", "--output", str(run), "--epochs", "1", "--frames", "4",
        "--stride", "4", "--size", "64", "--resize", "64", "--batch-size", "4", "--workers", "0", "--val-split", "0.25")
-    result = ok("evaluate", str(data), "--model", str(run / "best.pt"), "--out", str(tmp_path / "eval"), "--workers", "0")
+    result = ok("evaluate", str(data), "--model", str(run / "best.pt"), "--output", str(tmp_path / "eval"), "--workers", "0")
     assert "top-1" in result.output and "move_down" in result.output
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["videos"] == 12 and evaluation["classes"] == ["move_right", "move_left", "move_down"]
@@ -81,7 +81,7 @@ def test_synth_train_evaluate_robustness_end_to_end(tmp_path):
 
     (data / "move_left" / "broken.mp4").write_bytes(b"not a video at all")
     result = runner.invoke(app, ["robustness", str(data), "--model", f"a={run / 'best.pt'}", "--model",
-                                 f"b={run / 'best.pt'}", "--stride", "2..8", "--frames", "4", "--out",
+                                 f"b={run / 'best.pt'}", "--stride", "2..8", "--frames", "4", "--output",
                                  str(tmp_path / "rob"), "--workers", "0", "--no-progress"])
     assert result.exit_code == 1, result.output  # one video failed; the others were still measured
     assert "broken.mp4" in result.output and "τ=8" in result.output

@@ -86,13 +86,13 @@ def test_embed_shards_merge_into_the_one_process_output(clips, tmp_path, mode):
     import numpy as np
 
     whole = tmp_path / "whole.npy"
-    result = run_cli(["embed", *clips, *EMBED, *mode, "--out", whole])
+    result = run_cli(["embed", *clips, *EMBED, *mode, "--output", whole])
     assert result.exit_code == 0, result.output
-    again = run_cli(["embed", *clips, *EMBED, *mode, "--out", whole])
+    again = run_cli(["embed", *clips, *EMBED, *mode, "--output", whole])
     assert again.exit_code != 0 and "--resume" in again.output and "--overwrite" in again.output
     sharded = tmp_path / "sharded.npy"
     for k in range(2):
-        result = run_cli(["embed", *clips, *EMBED, *mode, "--out", sharded, "--shard", f"{k}/2"])
+        result = run_cli(["embed", *clips, *EMBED, *mode, "--output", sharded, "--shard", f"{k}/2"])
         assert result.exit_code == 0, result.output
     parts = [tmp_path / f"sharded.part-{k}-of-2.npy" for k in range(2)]
     assert all(part.exists() and part.with_suffix(".jsonl").exists() for part in parts)
@@ -109,7 +109,7 @@ def test_embed_shards_merge_into_the_one_process_output(clips, tmp_path, mode):
 def test_embed_merge_refuses_an_input_in_two_parts(clips, tmp_path):
     out = tmp_path / "e.npy"
     for k in range(2):
-        result = run_cli(["embed", *clips, *EMBED, "--out", out, "--shard", f"{k}/2"])
+        result = run_cli(["embed", *clips, *EMBED, "--output", out, "--shard", f"{k}/2"])
         assert result.exit_code == 0, result.output
     part = tmp_path / "e.part-0-of-2.npy"
     copy = tmp_path / "copy.part-0-of-2.npy"
@@ -126,7 +126,7 @@ def test_embed_resume_after_a_crash_gives_every_video_once(clips, tmp_path):
     from vtempo.inference.embed import EmbeddingWriter
 
     whole = tmp_path / "whole.npy"
-    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", whole])
+    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--output", whole])
     assert result.exit_code == 0, result.output
     expected, expected_index = np.load(whole), records(whole.with_suffix(".jsonl"))
     # a run cut in the second video: its rows written, its index lines only partly
@@ -140,13 +140,13 @@ def test_embed_resume_after_a_crash_gives_every_video_once(clips, tmp_path):
                     + expected[: first + second].astype("<f4").tobytes())
     lines = whole.with_suffix(".jsonl").read_bytes().splitlines(keepends=True)
     index.write_bytes(b"".join(lines[: first + 1]) + lines[first + 1][:15])
-    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", out, "--resume"])
+    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--output", out, "--resume"])
     assert result.exit_code == 0, result.output
     assert "done before" in result.output and not raw.exists()
     assert records(index) == expected_index
     assert np.abs(np.load(out) - expected).max() <= 1e-5
     # resuming a finished output does nothing more
-    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--out", out, "--resume"])
+    result = run_cli(["embed", *clips, *EMBED, "--window", "1", "--output", out, "--resume"])
     assert result.exit_code == 0, result.output
     assert records(index) == expected_index and np.load(out).shape == expected.shape
 
@@ -248,7 +248,7 @@ def test_two_torchrun_ranks_give_the_one_process_timeline_and_embeddings(clips, 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vtempo"]
     commands = {
         "timeline": (["timeline", *map(str, clips), *TIMELINE, "--output"], "t.jsonl"),
-        "embed": (["embed", *map(str, clips), *EMBED, "--window", "1", "--out"], "e.npy"),
+        "embed": (["embed", *map(str, clips), *EMBED, "--window", "1", "--output"], "e.npy"),
     }
     for name, (command, file) in commands.items():
         whole, ranked = tmp_path / f"whole-{file}", tmp_path / file

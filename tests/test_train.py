@@ -117,7 +117,7 @@ def test_training_with_joins_runs_and_rejects_a_fraction_outside_0_1(tiny_set, t
                          joins=0.5, **TINY)
     assert train(config).best_epoch == 0
     result = CliRunner().invoke(app, ["train", str(tiny_set), "--model", "tsn-r10w8", "--joins", "1.5",
-                                      "--out", str(tmp_path / "bad")])
+                                      "--output", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "--joins 1.5" in result.output and "Traceback" not in result.output
 
 
@@ -203,7 +203,7 @@ def test_ddp_two_gloo_processes_train_and_evaluate(tiny_set, tmp_path):
                 f"--master_port={free_port()}", "-m", "vtempo.cli"]
     out = tmp_path / "ddp"
     run = subprocess.run(
-        torchrun + ["train", str(tiny_set), "--model", "tsm-r10w8", "--out", str(out), "--epochs", "2", "--frames", "2",
+        torchrun + ["train", str(tiny_set), "--model", "tsm-r10w8", "--output", str(out), "--epochs", "2", "--frames", "2",
                     "--size", "32", "--resize", "32", "--stride", "3", "--batch-size", "2", "--workers", "0",
                     "--val-split", "0.25", "--device", "cpu", "--no-progress"],
         env=env, capture_output=True, text=True, timeout=240,
@@ -214,12 +214,12 @@ def test_ddp_two_gloo_processes_train_and_evaluate(tiny_set, tmp_path):
     assert (out / "best.pt").is_file() and run.stdout.count("epoch 2/2") == 1  # only rank 0 speaks
 
     evaluation = subprocess.run(
-        torchrun + ["evaluate", str(tiny_set), "--model", str(out / "best.pt"), "--out", str(tmp_path / "eval-ddp"),
+        torchrun + ["evaluate", str(tiny_set), "--model", str(out / "best.pt"), "--output", str(tmp_path / "eval-ddp"),
                     "--workers", "0", "--device", "cpu", "--no-progress"],
         env=env, capture_output=True, text=True, timeout=240,
     )
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
-    single = CliRunner().invoke(app, ["evaluate", str(tiny_set), "--model", str(out / "best.pt"), "--out",
+    single = CliRunner().invoke(app, ["evaluate", str(tiny_set), "--model", str(out / "best.pt"), "--output",
                                       str(tmp_path / "eval-one"), "--workers", "0", "--device", "cpu", "--no-progress"])
     assert single.exit_code == 0, single.output
     ddp = json.loads((tmp_path / "eval-ddp" / "evaluation.json").read_text())
@@ -243,7 +243,7 @@ def test_ddp_ranks_skip_together_when_one_rank_has_no_decodable_clip(tiny_set, t
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
          f"--master_port={free_port()}", "-m", "vtempo.cli", "train", str(data), "--val", str(tiny_set), "--model",
-         "tsn-r10w8", "--out", str(tmp_path / "run"), "--epochs", "1", "--frames", "2", "--size", "32", "--resize", "32",
+         "tsn-r10w8", "--output", str(tmp_path / "run"), "--epochs", "1", "--frames", "2", "--size", "32", "--resize", "32",
          "--stride", "3", "--batch-size", "1", "--workers", "0", "--device", "cpu", "--no-progress"],
         env=env, capture_output=True, text=True, timeout=120,
     )

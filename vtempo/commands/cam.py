@@ -44,7 +44,7 @@ def cam(
     norm: str = typer.Option("clip", "--norm", help="clip: one min-max over the whole clip; frame: each frame on its own."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the heat map in the overlay, 0 to 1."),
     out: Path = typer.Option(
-        Path("cam.png"), "--out", "-o", help=".png/.jpg contact sheet, or .mp4/.gif with the models side by side."
+        Path("cam.png"), "--output", "-o", help=".png/.jpg contact sheet, or .mp4/.gif with the models side by side."
     ),
     save_maps: Optional[Path] = typer.Option(
         None, "--save-maps", help=".npz with each model's T×H×W maps at the decoded resolution (the video's, its longer side at most twice the model's resize) and the frame indices."

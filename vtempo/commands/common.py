@@ -103,7 +103,7 @@ PARAMETER_FLAGS = {
     "device": "--device", "dtype": "--dtype", "labels": "--labels", "views": "--views", "topk": "--topk",
     "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride", "stride": "--stride",
     "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
-    "scales": "--scales", "out": "--out", "jobs": "--jobs", "train_stride": "--train-stride",
+    "scales": "--scales", "out": "--output", "jobs": "--jobs", "train_stride": "--train-stride",
     "shift": "--shift", "freeze_backbone": "--freeze-backbone", "calibrate": "--calibrate",
     "compile": "--compile", "window": "--window", "hop": "--hop", "every": "--every", "size": "--size",
     "batch": "--batch", "iters": "--iters", "warmup": "--warmup", "threads": "--threads", "lr": "--lr",

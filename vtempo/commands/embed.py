@@ -1,4 +1,4 @@
-"""`vtempo embed PATH... --model NAME --out FILE`."""
+"""`vtempo embed PATH... --model NAME --output FILE`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
 def embed(
     paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Video files, frame folders, or folders of them."),
     model: str = model_option(),
-    out: Path = typer.Option(Path("embeddings.npy"), "--out", "-o", metavar="FILE", help=".npy (float32 rows; index beside it) or .npz (embeddings and index)."),
+    out: Path = typer.Option(Path("embeddings.npy"), "--output", "-o", metavar="FILE", help=".npy (float32 rows; index beside it) or .npz (embeddings and index)."),
     index: Optional[Path] = typer.Option(None, "--index", metavar="FILE", help="Index of the rows for a .npy: .jsonl (default: beside it) or .csv."),
     weights: Optional[Path] = weights_option(),
     frames: Optional[int] = frames_option(),
@@ -92,28 +92,28 @@ def embed(
     target = out
     if chosen is not None:
         if out.suffix.lower() != ".npy" or (index is not None and index != out.with_suffix(".jsonl")):
-            raise UsageError("a sharded run (--shard or torchrun) needs --out FILE.npy with its index FILE.jsonl "
+            raise UsageError("a sharded run (--shard or torchrun) needs --output FILE.npy with its index FILE.jsonl "
                              "beside it: each shard writes a part of both")
         target = embedding_part(out, chosen.index, chosen.count)
         positions = shard_positions(videos, chosen.index, chosen.count)
         if ranks.distributed and resume and out.exists():
             raise UsageError(f"{display_path(out)} holds a finished run (its parts were merged): "
-                             f"write to another --out, or pass --overwrite")
+                             f"write to another --output, or pass --overwrite")
         if ranks.distributed and not resume:
             for existing in (out, out.with_suffix(".jsonl")):
-                check_output(existing, resume=False, overwrite=overwrite, flag="--out")
+                check_output(existing, resume=False, overwrite=overwrite, flag="--output")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
     for existing in (target, target.with_suffix(".jsonl") if chosen is not None else index or (
             out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)):
         if existing is not None and not resume:
-            check_output(existing, resume=False, overwrite=overwrite, flag="--out")
+            check_output(existing, resume=False, overwrite=overwrite, flag="--output")
     index_path = target.with_suffix(".jsonl") if chosen is not None else index or (
         out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)
     for path in (target, index_path):
         if path is not None:
-            check_target(path, "--out")
-            check_writable(path, "--out")
+            check_target(path, "--output")
+            check_writable(path, "--output")
     distributed.barrier(ranks)  # every rank looks at the files before any rank writes its part
     check_model_options(frames, dtype, device)
     rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)

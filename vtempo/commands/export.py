@@ -1,4 +1,4 @@
-"""`vtempo export NAME --format onnx|torchscript --out FILE`."""
+"""`vtempo export NAME --format onnx|torchscript --output FILE`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
 @friendly_errors
 def export(
     model: str = typer.Argument(..., metavar="NAME", help="A registry model, an architecture with --weights, or a checkpoint written by `vtempo train`."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="The file to write: .onnx or .ts."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or torchscript (default: from the --out suffix)."),
+    out: Path = typer.Option(..., "--output", "-o", metavar="FILE", help="The file to write: .onnx or .ts."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or torchscript (default: from the --output suffix)."),
     weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Checkpoint for an architecture name."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip, fixed in the file (default: the model's)."),
     clip: Optional[Path] = typer.Option(None, "--clip", metavar="VIDEO", help="A video for the parity check (default: the repository's example clip)."),

@@ -100,7 +100,7 @@ def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
 def train(
     data: Path = typer.Argument(..., help="Class folders, or a list file of `path label` lines."),
     model: str = typer.Option(..., "--model", "-m", help="Architecture (e.g. tsm-r50) or registry name."),
-    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder: log.jsonl, last.pt, best.pt."),
+    out: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Output folder: log.jsonl, last.pt, best.pt."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation set (default: hold out --val-split of DATA)."),
     val_split: float = typer.Option(0.1, "--val-split", help="Fraction of each class held out when there is no --val."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (default: DATA's labels.txt)."),
@@ -130,7 +130,7 @@ def train(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process."),
     seed: int = typer.Option(0, "--seed"),
     cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory across epochs (small sets; loads in-process)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last.pt."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     shift: Optional[str] = typer.Option(None, "--shift", help="TSM only: online (uni-directional, runs frame by frame) or bidirectional."),
 ) -> None:
@@ -171,7 +171,7 @@ def evaluate(
     dtype: str = dtype_option(),
     views: Optional[str] = typer.Option(None, "--views", help="CLIPSxCROPS, e.g. 1x1, 2x3, 10x3 (default: the model's protocol)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names for a list file with numeric labels."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for evaluation.json and confusion.png."),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for evaluation.json and confusion.png."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Clips (views) per model call."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -191,7 +191,7 @@ def evaluate(
     if out is not None:
         from vtempo.inference.sink import check_writable
 
-        check_writable(out / "evaluation.json", "--out")
+        check_writable(out / "evaluation.json", "--output")
     with progress_callback("evaluating", progress) as show:
         result = run_evaluation(data, model, weights, registry=registry, views=views, frames=frames, labels=labels,
                                 batch_size=batch_size, workers=workers, device=device, dtype=dtype, progress=show)
@@ -232,7 +232,7 @@ def robustness(
     stride: str = typer.Option("2..8", "--stride", help="Strides to test: 2..8, 2,4,8, …"),
     train_stride: Optional[int] = typer.Option(None, "--train-stride", help="Stride the models were trained with (default: from each model's protocol)."),
     labels: Optional[Path] = typer.Option(None, "--labels"),
-    out: Path = typer.Option(Path("runs/robustness"), "--out", "-o", help="Folder for robustness.json/.csv/.png."),
+    out: Path = typer.Option(Path("runs/robustness"), "--output", "-o", help="Folder for robustness.json/.csv/.png."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Videos per batch (each gives a clip per stride)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (0: decode in this process)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -253,7 +253,7 @@ def robustness(
         raise UsageError("more --weights than --model")
     from vtempo.inference.sink import check_writable
 
-    check_writable(out / "robustness.json", "--out")
+    check_writable(out / "robustness.json", "--output")
     with progress_callback("sweeping", progress) as show:
         result = run(data, model or [], [str(w) for w in weights or []], strides, frames, train_stride, labels,
                      batch_size, workers, device, dtype, registry, progress=show)

@@ -71,12 +71,12 @@ def pick_format(fmt: str | None, out: Path) -> str:
     if fmt is None:
         by_suffix = {suffix: name for name, suffix in FORMATS.items()}
         if out.suffix.lower() not in by_suffix:
-            raise UsageError(f"--out {out}: pass --format onnx or torchscript, or name the file .onnx or .ts")
+            raise UsageError(f"--output {out}: pass --format onnx or torchscript, or name the file .onnx or .ts")
         return by_suffix[out.suffix.lower()]
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.suffix.lower() != FORMATS[fmt]:
-        raise UsageError(f"--out {out}: a {fmt} file must end in {FORMATS[fmt]}")
+        raise UsageError(f"--output {out}: a {fmt} file must end in {FORMATS[fmt]}")
     return fmt
 
 

@@ -191,7 +191,7 @@ class EmbeddingWriter:
 
         self.out = Path(out)
         if self.out.suffix.lower() not in self.FORMATS:
-            raise UsageError(f"--out {out}: the name must end in .npy or .npz")
+            raise UsageError(f"--output {out}: the name must end in .npy or .npz")
         self.index_path = None if self.out.suffix.lower() == ".npz" else Path(index) if index else self.out.with_suffix(".jsonl")
         if self.index_path is not None and self.index_path.suffix.lower() not in (".jsonl", ".csv"):
             raise UsageError(f"--index {index}: the name must end in .jsonl or .csv")
@@ -199,17 +199,17 @@ class EmbeddingWriter:
         self.raw_path = self.out.with_name(self.out.name + ".part")
         for path in (self.out, self.raw_path, self.index_path):
             if path is not None:
-                check_target(path, "--out")
+                check_target(path, "--output")
         self.rows, self.dim = 0, None
         self.index_records: list[str] = []  # .npz only: the index goes into the archive at the end
         self.index = None
         self.csv_fields = None
         self.finished: set[str] = set()  # with `resume`: the inputs whose rows are already there
         # the final file: its part opened (and the output locked) now, filled at close
-        self.final = Sink(self.out, flag="--out", part=self.out.with_name(f".{self.out.name}.writing"))
+        self.final = Sink(self.out, flag="--output", part=self.out.with_name(f".{self.out.name}.writing"))
         try:
             keep, offset = self._resume() if resume else (0, 0)
-            self.raw = Sink(self.raw_path, flag="--out", append_at=keep)
+            self.raw = Sink(self.raw_path, flag="--output", append_at=keep)
             if self.index_path is not None:
                 self.index = Sink(self.index_path, flag="--index", append_at=offset)
                 if self.index_path.suffix.lower() == ".csv":
@@ -262,7 +262,7 @@ class EmbeddingWriter:
         from vtempo.inference.sharding import record_key
 
         if self.index_path is None or self.index_path.suffix.lower() != ".jsonl":
-            raise UsageError(f"--resume needs --out FILE.npy with a .jsonl index, got {display_path(self.out)}"
+            raise UsageError(f"--resume needs --output FILE.npy with a .jsonl index, got {display_path(self.out)}"
                              + (f" and {display_path(self.index_path)}" if self.index_path else ""))
         cut = True
         if not self.raw_path.exists() and self.out.exists():
@@ -289,7 +289,7 @@ class EmbeddingWriter:
                     for key, value in self.describe.items():
                         if record.get(key) != value:
                             raise UsageError(f"{display_path(self.index_path)} holds rows of another model ({key} "
-                                             f"{record.get(key)} there, {value} here): write to another --out, "
+                                             f"{record.get(key)} there, {value} here): write to another --output, "
                                              f"or pass --overwrite")
                     records.append(record)
                     offsets.append(offsets[-1] + len(line))
@@ -336,7 +336,7 @@ class EmbeddingWriter:
         except OutputError as error:
             final.close(complete=False)
             final.part.unlink(missing_ok=True)
-            raise OutputError(f"--out {display_path(self.out)}: cannot write ({error.reason}); the rows so far are in "
+            raise OutputError(f"--output {display_path(self.out)}: cannot write ({error.reason}); the rows so far are in "
                               f"{display_path(self.raw_path)}" + (f" and {display_path(self.index_path)}" if self.index_path
                                                                    else "") + ", and --resume goes on from them",
                               error.reason) from None
