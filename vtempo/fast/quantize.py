@@ -25,9 +25,11 @@ lowers the graph, seconds, and compiles it, from inductor's cache when that hold
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -165,6 +167,15 @@ def fingerprint(model: nn.Module, clips: list[torch.Tensor]) -> str:
     return digest.hexdigest()[:32]
 
 
+@contextlib.contextmanager
+def _quiet_archive() -> Iterator[None]:
+    """torch's archive code warns that weights may not be on the CPU when they are (the int8 archive
+    holds CPU weights only): a warning the user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
+        yield
+
+
 def cache_path(key: str) -> Path:
     from vtempo.paths import home
 
@@ -193,7 +204,8 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     converted = None
     if path is not None and path.is_file():
         try:
-            converted = torch.export.load(path).module()
+            with _quiet_archive():
+                converted = torch.export.load(path).module()
         except Exception:  # noqa: BLE001 - a damaged or outdated cache entry is rebuilt
             converted = None
     if converted is None:
@@ -201,7 +213,8 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.export.save(torch.export.export(converted, (clips[0],)), path)
+                with _quiet_archive():
+                    torch.export.save(torch.export.export(converted, (clips[0],)), path)
             except Exception:  # noqa: BLE001 - caching is an optimisation: the model is still returned
                 pass
     if not lower_graph:
