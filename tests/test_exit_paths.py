@@ -125,13 +125,14 @@ def test_train_stopped_by_a_signal_is_one_line(tmp_path, signum, code):
 def test_ctrl_c_while_torch_imports_is_no_traceback(tmp_path, good_videos):
     """The first moments of classify import torch; a Ctrl-C there must not meet a cleanup that imports it again."""
     clip = good_videos["h264.mkv"].path
-    for delay in (1.5, 2.0, 3.0):  # past OpenCV's import (the package imports it first), into torch's
+    for delay in (1.5, 2.0, 2.5, 3.0):  # past OpenCV's import (the package imports it first), into torch's
         process = start(["classify", str(clip), "--model", "tsm-demo"], tmp_path / "home")
         time.sleep(delay)
         if process.poll() is not None:
             continue
         rc, err = stop(process, signal.SIGINT)
-        assert rc == 130, err
+        # interrupted, or (the signal came as the interpreter shut down) finished with its summary
+        assert (rc, "interrupted" in err) == (130, True) or (rc, "1 classified" in err) == (0, True), (rc, err)
         assert_one_line(err)
 
 

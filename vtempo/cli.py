@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import stat
 import sys
 
@@ -66,6 +67,9 @@ class _Typer(typer.Typer):
                 sys.exit(EXIT_PIPE_CLOSED)
             raise
         finally:
+            # the command has ended (its results are written): a Ctrl-C from here on would only stop the
+            # interpreter's teardown, which then ends by the signal instead of with the command's code
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             stdout.close()
             _leave_process_group()
         sys.exit(code if isinstance(code, int) else 0)
