@@ -1,4 +1,4 @@
 """`python -m vtempo`: the same command line as `vtempo` (and what `torchrun -m vtempo` runs)."""
-from vtempo.cli import app
+from vtempo.cli import run
 
-app(prog_name="vtempo")
+run()

@@ -67,9 +67,6 @@ class _Typer(typer.Typer):
                 sys.exit(EXIT_PIPE_CLOSED)
             raise
         finally:
-            # the command has ended (its results are written): a Ctrl-C from here on would only stop the
-            # interpreter's teardown, which then ends by the signal instead of with the command's code
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             stdout.close()
             _leave_process_group()
         sys.exit(code if isinstance(code, int) else 0)
@@ -150,5 +147,17 @@ def main(
 for command_module in (models, profile, convert, download, classify, merge, timeline, stream, tempo, cam, export, embed):
     command_module.register(app)
 
+
+def run() -> None:
+    """The `vtempo` program (and `python -m vtempo`). Once the command has ended, its results written, a
+    Ctrl-C would only stop the interpreter's teardown, which would then end by the signal instead of
+    with the command's code: the program ignores it from there on (`app()` called in a process of
+    yours leaves your handler alone)."""
+    try:
+        app(prog_name="vtempo")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    app()
+    run()
