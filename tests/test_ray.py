@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from vtempo.inference.sharding import record_key
+
 from test_classify import tiny, tiny_args  # noqa: F401  (the tiny TSN fixture)
 
 VTEMPO = [sys.executable, "-m", "vtempo.cli"]
@@ -116,6 +118,9 @@ def inputs(tmp_path_factory, good_videos):
     sources = [good_videos[name].path for name in ("h264_bframes.mp4", "mjpeg.avi", "vp9.webm")]
     for i in range(54):
         os.symlink(sources[i % 3], folder / f"clip_{i:03d}{sources[i % 3].suffix}")
+    # a name that is not UTF-8 and the name its bytes print as: two files, two records
+    os.symlink(sources[0], os.path.join(os.fsencode(folder), b"name_\xff.mp4"))
+    os.symlink(sources[0], folder / "name_\\xff.mp4")
     (folder / "x_text.mp4").write_text("not a video")
     (folder / "y_empty.avi").write_bytes(b"")
     os.symlink(folder / "nowhere.mp4", folder / "z_broken.mp4")
@@ -133,8 +138,8 @@ def test_ray_engine_on_a_cluster(cluster, tiny, inputs, tmp_path):  # noqa: F811
     run = subprocess.run([*VTEMPO, "classify", str(inputs), *tiny_args(tiny), "--workers", "0", "-o", str(local)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr
-    expected = {r["path"]: (r["status"], [p["label"] for p in r.get("top", [])]) for r in _records(local)}
-    assert len(expected) == 57 and sum(s == "error" for s, _ in expected.values()) == 3
+    expected = {record_key(r): (r["status"], [p["label"] for p in r.get("top", [])]) for r in _records(local)}
+    assert len(expected) == 59 and sum(s == "error" for s, _ in expected.values()) == 3
 
     # the same labels, each file once, though the model's worker is killed mid-run
     out = tmp_path / "ray.jsonl"
@@ -157,9 +162,9 @@ def test_ray_engine_on_a_cluster(cluster, tiny, inputs, tmp_path):  # noqa: F811
     assert killed is not None, f"the run ended before a model worker could be killed: {job.returncode} {stderr[-600:]}"
     assert job.returncode == 1, stderr
     records = _records(out)
-    paths = [r["path"] for r in records]
-    assert len(paths) == len(set(paths)) == 57
-    assert {r["path"]: (r["status"], [p["label"] for p in r.get("top", [])]) for r in records} == expected
+    paths = [record_key(r) for r in records]
+    assert len(paths) == len(set(paths)) == 59
+    assert {record_key(r): (r["status"], [p["label"] for p in r.get("top", [])]) for r in records} == expected
     assert all(r["provenance"]["model"] == "tsn-r10w8" for r in records)
 
     # --resume: a run cut short goes on with the files it lacks, and writes none twice
@@ -169,7 +174,7 @@ def test_ray_engine_on_a_cluster(cluster, tiny, inputs, tmp_path):  # noqa: F811
     assert run.returncode == 1, run.stderr
     assert "20 done before" in run.stderr
     records = _records(out)
-    assert sorted(r["path"] for r in records) == sorted(expected)
+    assert sorted(record_key(r) for r in records) == sorted(expected)
 
     # Parquet, with the same fields
     pq = pytest.importorskip("pyarrow.parquet")

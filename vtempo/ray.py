@@ -32,12 +32,13 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from vtempo.errors import UsageError
 from vtempo.inference.results import Prediction, VideoResult
+from vtempo.inference.sharding import record_key
 
 __all__ = ["classify", "results", "to_result", "start", "require_ray", "RECORD_FIELDS", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'vtempo[ray]'"
 # the record's fields in order: `VideoResult.to_dict()`'s, then the run's provenance
-RECORD_FIELDS = ("path", "status", "top", "num_frames", "header_frames", "fps", "backend", "views", "warning",
+RECORD_FIELDS = ("path", "path_bytes", "status", "top", "num_frames", "header_frames", "fps", "backend", "views", "warning",
                  "error", "detail", "provenance")
 _OK_ONLY = ("top", "num_frames", "header_frames", "fps", "backend", "views", "warning")
 
@@ -117,7 +118,7 @@ class _Decode:
         views = item.pop("views")
         shape = (0, self.plan.frames, 3, self.plan.preprocess.input_size, self.plan.preprocess.input_size)
         array = views.numpy() if views is not None else np.zeros(shape, np.float32)
-        return {"path": row["path"], "item": json.dumps(item), "views": array}
+        return {"path": row["path"], "source": source, "item": json.dumps(item), "views": array}
 
 
 class _Score:
@@ -151,8 +152,10 @@ class _Score:
                 yield item, (torch.from_numpy(array) if item.get("error") is None and len(array) else None)
 
         records = []
-        for (item, logits), path in zip(engine.scores(views(), None), batch["path"]):
-            result = VideoResult.from_scores(path, item, logits, average=recognizer.protocol.average,
+        sources = batch["source"] if "source" in batch else [None] * len(items)
+        for (item, logits), path, source in zip(engine.scores(views(), None), batch["path"], sources):
+            real = os.fsdecode(bytes(source)) if source is not None else path
+            result = VideoResult.from_scores(real, item, logits, average=recognizer.protocol.average,
                                              labels=recognizer.labels, topk=self.topk)
             records.append(_row(result.to_dict(), self.provenance))
         return pa.Table.from_pylist(records, schema=_schema(self.provenance))
@@ -171,7 +174,7 @@ def _schema(provenance: dict[str, Any]):
 
     top = pa.list_(pa.struct([("label", pa.string()), ("index", pa.int64()), ("prob", pa.float64())]))
     setup = pa.struct([(key, pa.int64() if isinstance(value, int) else pa.string()) for key, value in provenance.items()])
-    return pa.schema([("path", pa.string()), ("status", pa.string()), ("top", top), ("num_frames", pa.int64()),
+    return pa.schema([("path", pa.string()), ("path_bytes", pa.string()), ("status", pa.string()), ("top", top), ("num_frames", pa.int64()),
                       ("header_frames", pa.int64()), ("fps", pa.float64()), ("backend", pa.string()),
                       ("views", pa.int64()), ("warning", pa.string()), ("error", pa.string()),
                       ("detail", pa.string()), ("provenance", setup)])
@@ -271,19 +274,21 @@ def to_result(row: dict[str, Any]) -> VideoResult:
     error = row.get("error")
     top = row.get("top")
     top = [] if error is not None or top is None else [Prediction(p["label"], int(p["index"]), float(p["prob"])) for p in top]
-    result = VideoResult(Path(row["path"]), top, error, row.get("num_frames"), row.get("header_frames"), row.get("fps"),
+    result = VideoResult(Path(record_key(row)), top, error, row.get("num_frames"), row.get("header_frames"), row.get("fps"),
                          row.get("backend"), int(row.get("views") or 0), row.get("warning"), row.get("detail"))
     return result
 
 
 def results(dataset, skip: Iterable[str] = ()) -> Iterator[VideoResult]:
     """The records of `dataset` as `VideoResult`s, streamed as Ray produces them, each path once:
-    a record that a retry produced again, or one of a path in `skip`, is dropped."""
+    a record that a retry produced again, or one of a path in `skip`, is dropped. Paths are compared
+    as the files' real names (`path_bytes` where a name is not UTF-8), not as printed."""
     seen = set(skip)
     for row in dataset.iter_rows():
-        if row["path"] in seen:
+        key = record_key(row)
+        if key in seen:
             continue
-        seen.add(row["path"])
+        seen.add(key)
         yield to_result(row)
 
 
