@@ -15,6 +15,9 @@ import torch
 import torch.nn as nn
 
 from vtempo.fast import FAST_PATHS, prepare
+from vtempo.fast.compile import drop_forward_caches
+from vtempo.fast.fuse import _FusedBlock, fuse_block_post_ops
+from vtempo.fast.pack import _PackedConv, bf16_packing_available, pack_conv_weights, packing_available
 from vtempo.fast.choose import Chooser, time_alternating
 from vtempo.fast.fold import fold_batch_norms
 from vtempo.fast.shift import WAYS, ShiftedPointwiseConv, swap_shifted_pointwise_convs
@@ -101,7 +104,8 @@ def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
     with torch.no_grad():
         expected = model(clip)
     chooser = favouring(way)
-    prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift",))
+    # (without fused blocks, whose measuring would run the shifts more than once)
+    prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift", "fuse"))
     assert swap_shifted_pointwise_convs(prepared, torch.device("cpu"), chooser) == 4
     ran = []
     for module in prepared.modules():
@@ -253,6 +257,14 @@ def test_packed_convolutions_run_packed_follow_new_weights_and_keep_a_few_shapes
     assert prepared.backbone.conv1.weight.grad is not None
 
 
+def test_bf16_packing_follows_what_onednn_says_of_this_cpu():
+    conv = torch.nn.Conv2d(8, 8, 1).eval()
+    packed = _PackedConv(conv, None)
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        dtype = packed.packed_dtype(torch.randn(1, 8, 4, 4))
+    assert dtype == (torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None)
+
+
 def test_under_bf16_autocast_packed_convolutions_run_in_bf16_on_weights_cast_once():
     prepared, packed = packed_model("packed")
     twin = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("pack",))
@@ -261,6 +273,9 @@ def test_under_bf16_autocast_packed_convolutions_run_in_bf16_on_weights_cast_onc
         prepared(clip)  # a shape's first call runs plain
         got, expected = prepared(clip).float(), twin(clip).float()
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02 * float(expected.abs().max()))  # bf16 rounding
+    if not bf16_packing_available():  # oneDNN refuses bf16 weights on this CPU: autocast's convolution ran
+        assert not any(dtype == torch.bfloat16 for p in packed for _, dtype in p.packs)
+        return
     assert sum(any(dtype == torch.bfloat16 for _, dtype in p.packs) for p in packed) >= 12
     assert all(pack.dtype == bias.dtype == torch.bfloat16 for p in packed for (_, dtype), (pack, bias) in p.packs.items()
                if dtype == torch.bfloat16 and bias is not None)
@@ -277,6 +292,71 @@ def test_where_packing_is_measured_slower_the_plain_convolution_runs():
     with torch.inference_mode():
         assert_close_logits(prepared(clip), twin(clip))
     assert not any(p.packs for p in packed) and sum(bool(p.chosen) for p in packed) >= 12
+
+
+# --- a block's ReLUs and residual add as post-ops of its packed convolutions ---------------------------
+
+
+def fused_model(arch: str, way: str) -> tuple[nn.Module, list]:
+    if not packing_available():
+        pytest.skip("this torch has no oneDNN convolution to fuse post-ops into")
+    model = prepare(with_random_statistics(arch), torch.device("cpu"), skip=("pack", "fuse"))
+    pack_conv_weights(model, torch.device("cpu"), favouring("packed"))
+    assert fuse_block_post_ops(model, torch.device("cpu"), favouring(way)) == 4
+    return model, [m.forward for m in model.modules() if isinstance(vars(m).get("forward"), _FusedBlock)]
+
+
+def post_op_calls(monkeypatch) -> list[tuple[bool, bool]]:
+    """(relu, add) of every packed convolution called from now on."""
+    calls, packed = [], _PackedConv.packed
+
+    def spy(self, x, dtype=torch.float32, relu=False, add=None):
+        calls.append((relu, add is not None))
+        return packed(self, x, dtype, relu, add)
+
+    monkeypatch.setattr(_PackedConv, "packed", spy)
+    return calls
+
+
+@pytest.mark.parametrize("arch", [f"{family}-{backbone}" for family in sorted(FAMILIES) for backbone in ("r14w16", "r10w8")])
+def test_fused_blocks_give_the_logits_of_the_reference_in_every_family(arch, monkeypatch):
+    reference = prepare(with_random_statistics(arch), torch.device("cpu"), skip=("pack", "fuse"))
+    prepared, fused = fused_model(arch, "fused")
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        prepared(clip)  # packs and chooses
+        calls = post_op_calls(monkeypatch)
+        got = prepared(clip)
+        assert_close_logits(got, reference(clip))
+    # each block whose last convolution a paper left plain (or put its modules before) ends in one
+    # convolution + add + ReLU; every family fuses somewhere, TSN everywhere
+    assert calls.count((True, True)) == sum(f.slots[-1][2] is not None for f in fused)
+    assert calls.count((True, False)) + calls.count((True, True)) >= 4
+    if arch.startswith("tsn-"):
+        assert calls.count((True, True)) == 4 and calls.count((True, False)) == (8 if arch.endswith("r14w16") else 4)
+
+
+def test_where_fusing_is_measured_slower_the_blocks_run_their_own_forward(monkeypatch):
+    reference = prepare(with_random_statistics("tsn-r14w16"), torch.device("cpu"), skip=("pack", "fuse"))
+    prepared, fused = fused_model("tsn-r14w16", "plain")
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        prepared(clip)
+        calls = post_op_calls(monkeypatch)
+        assert_close_logits(prepared(clip), reference(clip))
+    assert calls and not any(relu or add for relu, add in calls) and all(f.chosen for f in fused)
+
+
+def test_fused_blocks_leave_training_autograd_and_compiling_to_the_blocks_own_forward(monkeypatch):
+    prepared, fused = fused_model("tsm-r14w16", "fused")
+    clip = torch.randn(2, 4, 3, 32, 32)
+    calls = post_op_calls(monkeypatch)
+    prepared(clip).sum().backward()  # autograd on
+    assert not calls and prepared.backbone.layer1[0].conv3.weight.grad is not None
+    copied = copy.deepcopy(prepared)  # (int8 quantization copies a prepared model)
+    assert all(not f.chosen for m in copied.modules() if isinstance(f := vars(m).get("forward"), _FusedBlock))
+    drop_forward_caches(prepared)
+    assert not any(isinstance(vars(m).get("forward"), (_FusedBlock, _PackedConv)) for m in prepared.modules())
 
 
 def test_prepare_names_an_unknown_fast_path():

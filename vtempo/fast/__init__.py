@@ -15,6 +15,7 @@ import torch
 
 from vtempo.fast.casts import cache_autocast_casts
 from vtempo.fast.fold import fold_batch_norms
+from vtempo.fast.fuse import fuse_block_post_ops
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
 from vtempo.fast.shift import swap_shifted_pointwise_convs
@@ -27,6 +28,7 @@ FAST_PATHS: dict[str, FastPath] = {
     "shift": swap_shifted_pointwise_convs,  # TSM's shift + 1×1 conv without the copy where that is faster
     "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
     "pack": pack_conv_weights,  # CPU convolutions (fp32, bf16 autocast) on weights packed once in oneDNN's layout
+    "fuse": fuse_block_post_ops,  # a block's ReLUs and residual add inside its packed convolutions (CPU)
     "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; sets the whole process)
 }
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from vtempo.fast.casts import CastOnce
+from vtempo.fast.fuse import unfuse_blocks
 from vtempo.fast.pack import unpack_conv_weights
 
 
@@ -39,8 +40,10 @@ def use_cache_folder() -> None:
 
 
 def drop_forward_caches(model: nn.Module) -> None:
-    """The cast cache (`vtempo.fast.casts`) and the packed weights (`vtempo.fast.pack`) keep Python state
-    that compilation cannot trace; freezing makes the same casts and packs once, as constants."""
+    """The cast cache (`vtempo.fast.casts`), the packed weights (`vtempo.fast.pack`) and the fused blocks
+    (`vtempo.fast.fuse`) keep Python state that compilation cannot trace; freezing makes the same casts
+    and packs once, as constants."""
+    unfuse_blocks(model)
     unpack_conv_weights(model)
     for module in model.modules():
         if isinstance(vars(module).get("forward"), CastOnce):

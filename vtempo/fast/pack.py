@@ -12,6 +12,7 @@ cache is keyed by the tensor's version.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -22,6 +23,14 @@ from vtempo.runtime import autocast_dtype, cpu_name
 
 def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+@functools.cache
+def bf16_packing_available() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU (AVX-512 or AVX-NE-CONVERT; on an AVX2-only
+    CPU it refuses bf16 weights, and autocast's own bf16 convolution runs instead)."""
+    is_supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(is_supported()) if is_supported is not None else False
 
 
 class _PackedConv:
@@ -62,6 +71,8 @@ class _PackedConv:
                 or torch.compiler.is_exporting() or torch.jit.is_tracing()):
             return None
         dtype = autocast_dtype("cpu") or torch.float32
+        if dtype == torch.bfloat16 and not bf16_packing_available():
+            return None
         return dtype if dtype in (torch.float32, torch.bfloat16) and x.dtype in (torch.float32, dtype) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +96,19 @@ class _PackedConv:
         chooser = self.chooser or shared_chooser()
         return chooser.choose(key, {"plain": lambda: self.plain(x), "packed": lambda: self.packed(x, dtype)}) == "packed"
 
-    def packed(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def packed(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, relu: bool = False,
+               add: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution on the packed weight; `add` (a tensor of the output's shape) added to its
+        output and `relu` applied after, as oneDNN post-ops in the same pass (`vtempo.fast.fuse`)."""
+        weight, bias = self.pack(x, dtype)
+        x = x.to(dtype)
+        if add is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, add.to(dtype), weight, bias, *self.args, "add",
+                                                                   None, "relu" if relu else None, [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *self.args, "relu" if relu else "none", [], "")
+
+    def pack(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight (and bias) packed for `x`'s shape in `dtype`, made on first use."""
         module, weight = self.module, self.module.weight
         key = tuple((p._version, p.data_ptr()) for p in (weight, module.bias) if p is not None)
         if key != self.key:
@@ -98,7 +121,7 @@ class _PackedConv:
             bias = None if module.bias is None else module.bias.detach().to(dtype)
             pack = self.packs[x.shape, dtype] = (torch._C._nn.mkldnn_reorder_conv2d_weight(
                 weight.detach().to(dtype).to_mkldnn(), *self.args, list(x.shape)), bias)
-        return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), pack[0], pack[1], *self.args, "none", [], "")
+        return pack
 
 
 def pack_conv_weights(model: torch.nn.Module, device: torch.device, chooser: Chooser | None = None) -> int:

@@ -1,0 +1,122 @@
+"""A ResNet block's ReLUs and its residual add run inside the convolutions before them, as oneDNN post-ops.
+
+Eager PyTorch runs a block's convolution, then its ReLU, then the residual add and the last ReLU, each
+another pass over the activations in memory. oneDNN can apply them while the convolution writes its
+output, as OpenVINO's compiled graph does. Once BatchNorms are folded (`fold`) and weights are packed
+(`pack`), a Bottleneck is three convolutions with post-ops: conv1 + ReLU, conv2 + ReLU, conv3 + add +
+ReLU (a BasicBlock two); a paper's modules in a slot before its convolution run first. A slot that a
+paper changed otherwise (a temporal module around a convolution, a BatchNorm that could not be
+folded) runs as the block's own forward runs it, so the block computes the same function whatever the
+family. Whether the fused forward is faster is measured per CPU, threads, dtype and shape by the
+shared `Chooser`; the block's own forward is kept unless fusion wins.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vtempo.fast.choose import Chooser, shared_chooser
+from vtempo.fast.pack import _PackedConv
+from vtempo.models.resnet import BasicBlock, Bottleneck
+from vtempo.runtime import cpu_name
+
+# (convolution, the norm after it) per block type, in order; the last one's output gets the shortcut
+SLOTS = {Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+         BasicBlock: (("conv1", "bn1"), ("conv2", "bn2"))}
+
+
+def _packed(block: nn.Module, conv: str, norm: str) -> tuple[list[nn.Module], _PackedConv] | None:
+    """Where the slot ends in a packed convolution whose norm was folded into it (a plain convolution,
+    or a Sequential of a paper's modules before one): the modules before it and its packed forward."""
+    module = getattr(block, conv)
+    before: list[nn.Module] = []
+    if type(module) is nn.Sequential and len(module):
+        *before, module = list(module)
+    forward = vars(module).get("forward")
+    if type(module) is nn.Conv2d and type(getattr(block, norm)) is nn.Identity and isinstance(forward, _PackedConv):
+        return before, forward
+    return None
+
+
+class _FusedBlock:
+    """A block's forward that, where it runs on packed weights and measured faster, calls its
+    convolutions with their ReLU and the residual add as post-ops; anything else (training, autograd,
+    tracing, compiling, exporting, another device or dtype) runs the block's own forward."""
+
+    def __init__(self, block: nn.Module, chooser: Chooser | None = None) -> None:
+        self.block, self.chooser = block, chooser
+        self.slots = [(conv, norm, _packed(block, conv, norm)) for conv, norm in SLOTS[type(block)]]
+        self.lead = next(found[1] for _, _, found in self.slots if found is not None)
+        self.chosen: dict[tuple, bool] = {}  # input (shape, strides, dtype) → whether fusing is faster
+
+    def __getstate__(self) -> dict:
+        return {**vars(self), "chosen": {}}
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.block).forward(self.block, x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.lead.packed_dtype(x)
+        if dtype is None or self.block.training:
+            return self.plain(x)
+        form = (x.shape, x.stride(), dtype)
+        faster = self.chosen.get(form)
+        if faster is None:
+            faster = self.chosen[form] = self._choose(x, dtype)
+        return self.fused(x, dtype) if faster else self.plain(x)
+
+    def fused(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        block = self.block
+        out = x
+        for index, (conv, norm, found) in enumerate(self.slots):
+            last = index == len(self.slots) - 1
+            shortcut = (x if block.downsample is None else block.downsample(x)) if last else None
+            if found is not None:
+                before, packed = found
+                for module in before:
+                    out = module(out)
+            if found is not None and packed.packed_dtype(out) == dtype:
+                out = packed.packed(out, dtype, relu=True, add=shortcut)
+            elif found is not None:
+                out = packed(out)
+                if shortcut is not None:
+                    out += shortcut
+                out = block.relu(out)
+            else:
+                out = getattr(block, norm)(getattr(block, conv)(out))
+                if shortcut is not None:
+                    out += shortcut
+                out = block.relu(out)
+        return out
+
+    def _choose(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        block = self.block
+        shapes = ", ".join(f"{name} {tuple(found[1].module.weight.shape)} after {len(found[0])}" if found else f"{name} other"
+                           for name, _, found in self.slots)
+        key = (f"block fused | {cpu_name()} | {torch.get_num_threads()} threads | {dtype} | {tuple(x.shape)} "
+               f"{'channels-last' if x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'} | "
+               f"{type(block).__name__} stride {block.stride} | {shapes} | "
+               f"shortcut {'conv' if block.downsample is not None else 'identity'}")
+        chooser = self.chooser or shared_chooser()
+        return chooser.choose(key, {"plain": lambda: self.plain(x), "fused": lambda: self.fused(x, dtype)}) == "fused"
+
+
+def fuse_block_post_ops(model: nn.Module, device: torch.device, chooser: Chooser | None = None) -> int:
+    """Give every ResNet block of a prepared CPU model with at least one packed, folded convolution a
+    `_FusedBlock` forward, in place; returns how many."""
+    if device.type != "cpu":
+        return 0
+    count = 0
+    for module in model.modules():
+        if (type(module) in SLOTS and "forward" not in vars(module) and isinstance(module.relu, nn.ReLU)
+                and any(_packed(module, conv, norm) for conv, norm in SLOTS[type(module)])):
+            module.forward = _FusedBlock(module, chooser)
+            count += 1
+    return count
+
+
+def unfuse_blocks(model: nn.Module) -> None:
+    """Give every fused block its own forward back (for compiling)."""
+    for module in model.modules():
+        if isinstance(vars(module).get("forward"), _FusedBlock):
+            del module.forward
