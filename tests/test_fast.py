@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vtempo.fast import FAST_PATHS, prepare
+from vtempo.fast import FAST_PATHS, prepare, swap_in
 from vtempo.fast.choose import Chooser, time_alternating
 from vtempo.fast.fold import fold_batch_norms
-from vtempo.fast.shift import WAYS, ShiftedPointwiseConv, swap_shifted_pointwise_convs
+from vtempo.fast.shift import WAYS, ShiftedPointwiseConv
 from vtempo.models import FAMILIES, build
 from vtempo.models.base import TemporalModule
 from vtempo.models.tsm import TemporalShift, temporal_shift
@@ -102,7 +102,7 @@ def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
         expected = model(clip)
     chooser = favouring(way)
     prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift",))
-    assert swap_shifted_pointwise_convs(prepared, torch.device("cpu"), chooser) == 4
+    assert swap_in(prepared, "shift", torch.device("cpu"), chooser=chooser) == 4
     ran = []
     for module in prepared.modules():
         if isinstance(module, ShiftedPointwiseConv):
@@ -115,7 +115,7 @@ def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
 
 def test_with_autograd_on_the_shift_runs_the_reference():
     model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("shift",))
-    swap_shifted_pointwise_convs(model, torch.device("cpu"), favouring("gemm"))
+    swap_in(model, "shift", torch.device("cpu"), chooser=favouring("gemm"))
     shift = model.backbone.layer1[0].conv1
     x = torch.randn(8, shift.net.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
     shift.frames = 4
@@ -134,6 +134,19 @@ def test_only_shifts_around_pointwise_convs_are_swapped_and_the_state_dict_keeps
     prepared = prepare(model, torch.device("cpu"))
     assert prepared.fast_paths["shift"] == 4 and not any(type(m) is TemporalShift for m in prepared.modules())
     assert set(prepared.state_dict()) == keys
+
+
+def test_stand_ins_reach_the_modules_whose_own_class_names_them(monkeypatch):
+    from vtempo.fast import STAND_INS
+    from vtempo.models.base import module_classes
+
+    named = {name for cls in module_classes() for name in vars(cls).get("fast_swaps", ())}
+    assert named == set(STAND_INS)  # every stand-in is named by a paper's module, and every name is one
+    online = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"))
+    assert online.fast_paths["shift"] == 0  # OnlineShift, a TemporalShift subclass, has its own forward
+    monkeypatch.setattr(TemporalShift, "fast_swaps", ())
+    prepared = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    assert prepared.fast_paths["shift"] == 0 and any(type(m) is TemporalShift for m in prepared.modules())
 
 
 def test_swapped_shifts_learn_the_clip_length_from_the_input():

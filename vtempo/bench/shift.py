@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from vtempo.fast import prepare
+from vtempo.fast import prepare, swap_in
 from vtempo.fast.choose import Chooser
-from vtempo.fast.shift import WAYS, swap_shifted_pointwise_convs
+from vtempo.fast.shift import WAYS
 from vtempo.models import build
 from vtempo.runtime import autocast
 
@@ -36,7 +36,7 @@ def variants(frames: int) -> dict[str, torch.nn.Module]:
     models = {"tsn": prepare(build("tsn-r50", frames=frames), cpu)}
     for way in (*WAYS, "chosen"):
         model = prepare(build("tsm-r50", frames=frames), cpu, skip=("shift",))
-        swap_shifted_pointwise_convs(model, cpu, None if way == "chosen" else Fixed(way))
+        swap_in(model, "shift", cpu, chooser=None if way == "chosen" else Fixed(way))
         models[f"tsm/{way}"] = model
     return models
 
