@@ -1,6 +1,6 @@
 """Clips per second of exported models in onnxruntime against the same models in eager PyTorch (CPU).
 
-    python -m vtempo.export.benchmark [MODEL ...] [--batch 8] [--rounds 15] [--threads 1]
+    python -m benchmarks.export [MODEL ...] [--batch 8] [--rounds 15] [--threads 1]
 
 Each model is exported to ONNX, then three runners score the same random batch in alternation, round
 after round, all with the same thread count: the eager model as `vtempo classify` runs it (BatchNorm
@@ -26,9 +26,9 @@ def measure(name: str, folder: Path, batch: int, rounds: int) -> dict[str, float
     from vtempo.export.exporting import reference_model
     from vtempo.inference.recognizer import load
 
-    path = export_model(name, "onnx", folder / f"{name}.onnx").path
-    onnx_model, meta = load_exported(path)
     rec = load(name, device="cpu")
+    path = export_model(rec, "onnx", folder / f"{name}.onnx").path
+    onnx_model, meta = load_exported(path)
     reference = reference_model(rec)
     size = meta["input_size"]
     clips = torch.randn(batch, meta["frames"], 3, size, size, generator=torch.Generator().manual_seed(0))
