@@ -1,5 +1,5 @@
 """Eager fp32 against a faster variant of the same model, clips/s, timed alternately:
-`python -m vtempo.bench.variants {compile,int8,heap,pack} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
+`python -m benchmarks.variants {compile,int8,heap,pack} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
 (default tsn-r50 tsm-r50; random weights: speed only). Reports the variant's setup time (compiling,
 or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio;
 int8 is timed with bf16 eager beside it. `heap` times the same model with freed buffers kept in the

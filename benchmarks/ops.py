@@ -1,4 +1,4 @@
-"""Where eager inference spends its time, by op: `python -m vtempo.bench.ops [ARCH...] [--calls 5]
+"""Where eager inference spends its time, by op: `python -m benchmarks.ops [ARCH...] [--calls 5]
 [--dtype fp32]` (default tsn-r50 tsm-r50; random weights, 8×224², batch 1, every fast path, torch.profiler).
 
 Prints each op's share of the self CPU time and the share of the convolutions (oneDNN kernels, the

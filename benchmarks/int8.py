@@ -1,6 +1,6 @@
 """int8 against fp32 on the bundled demo models: top-1 and agreement on a freshly rendered synthetic
 test set (the int8 graph lowered but not compiled: compiling changes no logit beyond float rounding,
-and speed is measured at R-50 scale by `vtempo.bench.variants int8`). `python -m vtempo.bench.int8 [--clips 200] [--seed 7] [MODEL...]`."""
+and speed is measured at R-50 scale by `benchmarks.variants int8`). `python -m benchmarks.int8 [--clips 200] [--seed 7] [MODEL...]`."""
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,5 @@
 """Time per label of online TSM against recomputing an 8-frame window (same weights), A/B alternated:
-`python -m vtempo.bench.online`."""
+`python -m benchmarks.online`."""
 import statistics
 import time
 

@@ -1,5 +1,5 @@
 """TSM against TSN, with each way of TSM's shift forced and with the measured choice:
-`python -m vtempo.bench.shift [--size 224] [--frames 8] [--rounds 9] [--dtype fp32,bf16]`.
+`python -m benchmarks.shift [--size 224] [--frames 8] [--rounds 9] [--dtype fp32,bf16]`.
 
 All variants are built first and then timed round-robin (one call each per round, each round starting
 one variant later), and the ratios are taken per round before the median, so a change of machine load
