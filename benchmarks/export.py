@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import as_the_program
+
 DEMOS = ["tsn-demo", "tsm-demo", "tam-demo", "tcm-demo", "stc-demo", "stc-light-demo", "tefe-demo", "tsi-demo"]
 
 
@@ -46,6 +48,7 @@ def measure(name: str, folder: Path, batch: int, rounds: int) -> dict[str, float
 
 
 def main(argv: list[str] | None = None) -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEMOS)
     parser.add_argument("--batch", type=int, default=8, help="clips per call")

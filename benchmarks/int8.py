@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks import as_the_program
 from vtempo.data.synth import CLASSES, render_clip
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
@@ -58,6 +59,7 @@ def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> d
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("models", nargs="*", default=list(DEMOS))
     parser.add_argument("--clips", type=int, default=200)

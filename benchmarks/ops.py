@@ -12,6 +12,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks import as_the_program
 from vtempo.fast import prepare
 from vtempo.models import build
 from vtempo.runtime import autocast
@@ -38,6 +39,7 @@ def op_shares(arch: str, calls: int = 5, frames: int = 8, size: int = 224, dtype
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])
     parser.add_argument("--calls", type=int, default=5)

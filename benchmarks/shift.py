@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from benchmarks import as_the_program
 from vtempo.fast import prepare, swap_in
 from vtempo.fast.choose import Chooser
 from vtempo.fast.shift import WAYS
@@ -42,6 +43,7 @@ def variants(frames: int) -> dict[str, torch.nn.Module]:
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--frames", type=int, default=8)

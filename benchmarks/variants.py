@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from benchmarks import as_the_program
 from vtempo.fast import prepare
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
@@ -56,6 +57,7 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=("compile", "int8", "heap", "pack"))
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])

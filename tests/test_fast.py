@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,7 +319,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, model.fast_pa
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds it sets are glibc malloc's")
 def test_with_the_heap_fast_path_a_call_reuses_the_memory_the_last_one_freed():
     def third_call(*skip: str) -> tuple[int, str]:
-        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *skip], capture_output=True, text=True, check=True)
+        opted_in = {**os.environ, "VTEMPO_KEEP_FREED_BUFFERS": "1"}
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *skip], capture_output=True, text=True, check=True,
+                             env=opted_in)
         faults, applied = out.stdout.split()
         return int(faults), applied
 
@@ -326,6 +330,45 @@ def test_with_the_heap_fast_path_a_call_reuses_the_memory_the_last_one_freed():
     assert (applied, not_applied) == ("1", "None")
     # R-18's activations at 4×112² are about 15 MB: nearly 4,000 pages each time they are mapped afresh
     assert mapped_afresh > 1000 and kept < mapped_afresh / 20, (kept, mapped_afresh)
+
+
+# Records every setting of malloc's thresholds the process makes, then loads a model or runs the program.
+MALLOC_PROBE = """
+import json, sys
+import vtempo.runtime as runtime
+settings, setting = [], runtime.malloc_thresholds
+runtime.malloc_thresholds = lambda *values: settings.append(values) or setting(*values)
+if sys.argv[1] == "load":
+    import vtempo
+    rec = vtempo.load("tsn-demo", device="cpu")
+    heap = rec.model.fast_paths["heap"]
+else:
+    from vtempo.cli import run
+    sys.argv = ["vtempo", "classify", sys.argv[2], "--model", "tsn-demo", "--device", "cpu", "--workers", "0"]
+    try:
+        run()
+    except SystemExit as end:
+        assert end.code in (0, None), end.code
+    heap = None
+print("SETTINGS", json.dumps({"settings": settings, "heap": heap}))
+"""
+
+
+def malloc_settings(*args: str, **env: str) -> dict:
+    environment = {key: value for key, value in os.environ.items() if key != "VTEMPO_KEEP_FREED_BUFFERS"}
+    repo = str(Path(__file__).resolve().parent.parent)  # this tree's vtempo, whatever is installed
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, *args], capture_output=True, text=True, check=True,
+                         env={**environment, **env}, timeout=300)
+    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("SETTINGS "))[9:])
+
+
+def test_load_in_a_process_of_yours_leaves_malloc_alone_and_the_program_keeps_freed_buffers():
+    assert malloc_settings("load") == {"settings": [], "heap": 0}
+    assert malloc_settings("load", VTEMPO_KEEP_FREED_BUFFERS="1")["settings"] == [[1 << 30, 1 << 30]]
+    clip = str(Path(__file__).resolve().parent.parent / "examples" / "clips" / "grow.mp4")
+    assert [1 << 30, 1 << 30] in malloc_settings("run", clip)["settings"]
+    assert malloc_settings("run", clip, VTEMPO_KEEP_FREED_BUFFERS="0")["settings"] == []
 
 
 class _Gate(TemporalModule):

@@ -57,7 +57,7 @@ FAST_PATHS: dict[str, FastPath] = {
     **{name: _swapping(name) for name in STAND_INS},  # the papers' modules' stand-ins
     "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
     "pack": pack_conv_weights,  # CPU convolutions (fp32, bf16 autocast) on weights packed once in oneDNN's layout
-    "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; sets the whole process)
+    "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; a process that opted in)
 }
 
 
