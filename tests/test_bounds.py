@@ -252,7 +252,7 @@ def exported(tmp_path_factory) -> Path:
     pytest.importorskip("onnx")
     from vtempo.export import export_model
 
-    return export_model("tsn-demo", "onnx", tmp_path_factory.mktemp("onnx") / "tsn.onnx").path
+    return export_model(load("tsn-demo", device="cpu"), "onnx", tmp_path_factory.mktemp("onnx") / "tsn.onnx").path
 
 
 def _edited(source: Path, target: Path, **changes) -> Path:

@@ -143,6 +143,23 @@ def test_layer_paths_and_one_line_errors_listing_the_blocks():
         cam.clip_cams(model.eval(), torch.randn(1, FRAMES, 3, 64, 64), layer="layer4.1.relu")
 
 
+def test_the_model_is_left_without_hooks_and_its_own_errors_reach_the_caller():
+    model = tiny("tsm-r14w16").eval()
+    clips = torch.randn(1, FRAMES, 3, 64, 64)
+    cam.clip_cams(model, clips)
+    with pytest.raises(UsageError, match="ran 3 times"):
+        cam.clip_cams(model, clips, layer="layer4.0.relu")
+
+    def out_of_range(*_):
+        raise IndexError("an index inside the model")
+
+    failing = model.backbone.layer1[0].register_forward_hook(out_of_range)
+    with pytest.raises(IndexError, match="an index inside the model"):  # not swallowed on the way out
+        cam.clip_cams(model, clips)
+    failing.remove()
+    assert not any(module._forward_hooks or module._backward_hooks for module in model.modules())
+
+
 def test_target_by_name_or_index():
     assert cam.resolve_target(None, CLASSES, "m") is None
     assert cam.resolve_target("Up", CLASSES, "m") == cam.resolve_target(2, CLASSES, "m") == 2

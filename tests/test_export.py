@@ -41,7 +41,7 @@ TOLERANCE = 1e-4
 def exported(tmp_path_factory) -> dict[tuple[str, str], Path]:
     """Every demo model in both formats, exported once for the module."""
     folder = tmp_path_factory.mktemp("exported")
-    return {(name, fmt): export_model(name, fmt, folder / f"{name}{SUFFIX[fmt]}").path
+    return {(name, fmt): export_model(load(name, device="cpu"), fmt, folder / f"{name}{SUFFIX[fmt]}").path
             for name in DEMOS for fmt in SUFFIX}
 
 
@@ -104,7 +104,7 @@ def test_onnx_metadata_is_plain_json_strings(tiny, tmp_path):
     """What a user of onnxruntime alone reads: every metadata value is a JSON string."""
     import onnxruntime
 
-    path = export_model(tiny, "onnx", tmp_path / "tiny.onnx").path
+    path = export_model(load(tiny, device="cpu"), "onnx", tmp_path / "tiny.onnx").path
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     raw = session.get_modelmeta().custom_metadata_map
     assert json.loads(raw["labels"]) == ["left", "right", "still"]
@@ -137,7 +137,7 @@ def test_an_architecture_with_every_export_form_and_a_checkpoint(tmp_path):
             module.running_var.uniform_(0.5, 2.0)
     checkpoint = save_checkpoint(model, tmp_path / "tefe.pt", frames=4, classes=["a", "b", "c"], input_size=32, resize=[37])
     for fmt in SUFFIX:
-        report = export_model("tefe-r26w16", fmt, tmp_path / f"tefe{SUFFIX[fmt]}", weights=checkpoint)
+        report = export_model(load("tefe-r26w16", checkpoint, device="cpu"), fmt, tmp_path / f"tefe{SUFFIX[fmt]}")
         exported_model, meta = load_exported(report.path)
         assert meta["labels"] == ["a", "b", "c"] and meta["input_size"] == 32 and meta["resize"] == [37]
         assert meta["weights_sha256"] == sha256_file(checkpoint)
@@ -151,7 +151,7 @@ def test_an_architecture_with_every_export_form_and_a_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_the_export_time_check_can_fail_and_then_writes_nothing(tiny, tmp_path):
     with pytest.raises(VtempoError, match="differs from eager PyTorch"):
-        export_model(tiny, "onnx", tmp_path / "tiny.onnx", tolerance=0.0)  # onnxruntime's sums round differently
+        export_model(load(tiny, device="cpu"), "onnx", tmp_path / "tiny.onnx", tolerance=0.0)  # onnxruntime's sums round differently
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,22 +5,24 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from vtempo.fast import FAST_PATHS, prepare
+from vtempo.fast import FAST_PATHS, prepare, swap_in
 from vtempo.fast.compile import drop_forward_caches
 from vtempo.fast.fuse import _FusedBlock, fuse_block_post_ops
 from vtempo.fast.pack import _PackedConv, bf16_packing_available, pack_conv_weights, packing_available
 from vtempo.fast.choose import Chooser, time_alternating
 from vtempo.fast.fold import fold_batch_norms
-from vtempo.fast.shift import WAYS, ShiftedPointwiseConv, swap_shifted_pointwise_convs
+from vtempo.fast.shift import WAYS, ShiftedPointwiseConv
 from vtempo.models import FAMILIES, build
 from vtempo.models.base import TemporalModule
 from vtempo.models.tsm import TemporalShift, temporal_shift
@@ -106,7 +108,7 @@ def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
     chooser = favouring(way)
     # (without fused blocks, whose measuring would run the shifts more than once)
     prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift", "fuse"))
-    assert swap_shifted_pointwise_convs(prepared, torch.device("cpu"), chooser) == 4
+    assert swap_in(prepared, "shift", torch.device("cpu"), chooser=chooser) == 4
     ran = []
     for module in prepared.modules():
         if isinstance(module, ShiftedPointwiseConv):
@@ -119,7 +121,7 @@ def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
 
 def test_with_autograd_on_the_shift_runs_the_reference():
     model = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("shift",))
-    swap_shifted_pointwise_convs(model, torch.device("cpu"), favouring("gemm"))
+    swap_in(model, "shift", torch.device("cpu"), chooser=favouring("gemm"))
     shift = model.backbone.layer1[0].conv1
     x = torch.randn(8, shift.net.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
     shift.frames = 4
@@ -138,6 +140,19 @@ def test_only_shifts_around_pointwise_convs_are_swapped_and_the_state_dict_keeps
     prepared = prepare(model, torch.device("cpu"))
     assert prepared.fast_paths["shift"] == 4 and not any(type(m) is TemporalShift for m in prepared.modules())
     assert set(prepared.state_dict()) == keys
+
+
+def test_stand_ins_reach_the_modules_whose_own_class_names_them(monkeypatch):
+    from vtempo.fast import STAND_INS
+    from vtempo.models.base import module_classes
+
+    named = {name for cls in module_classes() for name in vars(cls).get("fast_swaps", ())}
+    assert named == set(STAND_INS)  # every stand-in is named by a paper's module, and every name is one
+    online = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"))
+    assert online.fast_paths["shift"] == 0  # OnlineShift, a TemporalShift subclass, has its own forward
+    monkeypatch.setattr(TemporalShift, "fast_swaps", ())
+    prepared = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"))
+    assert prepared.fast_paths["shift"] == 0 and any(type(m) is TemporalShift for m in prepared.modules())
 
 
 def test_swapped_shifts_learn_the_clip_length_from_the_input():
@@ -384,7 +399,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, model.fast_pa
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds it sets are glibc malloc's")
 def test_with_the_heap_fast_path_a_call_reuses_the_memory_the_last_one_freed():
     def third_call(*skip: str) -> tuple[int, str]:
-        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *skip], capture_output=True, text=True, check=True)
+        opted_in = {**os.environ, "VTEMPO_KEEP_FREED_BUFFERS": "1"}
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *skip], capture_output=True, text=True, check=True,
+                             env=opted_in)
         faults, applied = out.stdout.split()
         return int(faults), applied
 
@@ -393,6 +410,45 @@ def test_with_the_heap_fast_path_a_call_reuses_the_memory_the_last_one_freed():
     assert (applied, not_applied) == ("1", "None")
     # R-18's activations at 4×112² are about 15 MB: nearly 4,000 pages each time they are mapped afresh
     assert mapped_afresh > 1000 and kept < mapped_afresh / 20, (kept, mapped_afresh)
+
+
+# Records every setting of malloc's thresholds the process makes, then loads a model or runs the program.
+MALLOC_PROBE = """
+import json, sys
+import vtempo.runtime as runtime
+settings, setting = [], runtime.malloc_thresholds
+runtime.malloc_thresholds = lambda *values: settings.append(values) or setting(*values)
+if sys.argv[1] == "load":
+    import vtempo
+    rec = vtempo.load("tsn-demo", device="cpu")
+    heap = rec.model.fast_paths["heap"]
+else:
+    from vtempo.cli import run
+    sys.argv = ["vtempo", "classify", sys.argv[2], "--model", "tsn-demo", "--device", "cpu", "--workers", "0"]
+    try:
+        run()
+    except SystemExit as end:
+        assert end.code in (0, None), end.code
+    heap = None
+print("SETTINGS", json.dumps({"settings": settings, "heap": heap}))
+"""
+
+
+def malloc_settings(*args: str, **env: str) -> dict:
+    environment = {key: value for key, value in os.environ.items() if key != "VTEMPO_KEEP_FREED_BUFFERS"}
+    repo = str(Path(__file__).resolve().parent.parent)  # this tree's vtempo, whatever is installed
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, *args], capture_output=True, text=True, check=True,
+                         env={**environment, **env}, timeout=300)
+    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("SETTINGS "))[9:])
+
+
+def test_load_in_a_process_of_yours_leaves_malloc_alone_and_the_program_keeps_freed_buffers():
+    assert malloc_settings("load") == {"settings": [], "heap": 0}
+    assert malloc_settings("load", VTEMPO_KEEP_FREED_BUFFERS="1")["settings"] == [[1 << 30, 1 << 30]]
+    clip = str(Path(__file__).resolve().parent.parent / "examples" / "clips" / "grow.mp4")
+    assert [1 << 30, 1 << 30] in malloc_settings("run", clip)["settings"]
+    assert malloc_settings("run", clip, VTEMPO_KEEP_FREED_BUFFERS="0")["settings"] == []
 
 
 class _Gate(TemporalModule):

@@ -193,6 +193,17 @@ def test_a_gigapixel_image_named_like_a_video_is_refused_before_decoding(tmp_pat
             open_video(path, backend)
 
 
+def test_a_gigapixel_netpbm_image_named_like_a_video_is_refused_before_decoding(tmp_path, monkeypatch):
+    ok, encoded = cv2.imencode(".ppm", np.zeros((37, 53, 3), np.uint8))
+    assert image_size(encoded.tobytes()) == ("PPM", 37, 53)
+    path = tmp_path / "huge.avi"
+    path.write_bytes(b"P6\n30000 30000\n255\n" + bytes(64))  # 2.7 GB of pixels declared, 64 bytes there
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *a, **k: pytest.fail("opened with a decoder"))
+    for backend in ["auto", *available_backends()]:
+        with pytest.raises(VideoError, match="the PPM image is 30000×30000 pixels"):
+            open_video(path, backend)
+
+
 def test_video_frames_over_the_limit_are_refused_and_the_limit_can_be_raised(good_videos, frame_folders, monkeypatch):
     video = good_videos["h264_bframes.mp4"].path  # 64×48 = 3072 pixels
     for backend in ["auto", *available_backends()]:

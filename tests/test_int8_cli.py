@@ -129,7 +129,7 @@ def test_int8_classify_runs_records_its_provenance_and_agrees_with_fp32_on_the_e
 @pytest.mark.slow
 def test_the_int8_accuracy_benchmark_compares_a_demo_model_on_fresh_clips():
     pytest.importorskip("torchao")
-    from vtempo.bench.int8 import compare
+    from benchmarks.int8 import compare
 
     result = compare("tsm-demo", clips=16, seed=7, calibration=8, batch=8)
     assert result["clips"] == 16 and 0 <= result["top1_int8"] <= 100

@@ -97,6 +97,25 @@ def test_no_import_cycles_between_modules_at_import_time():
     assert cycle is None, " → ".join(cycle)
 
 
+def test_no_import_cycles_counting_the_imports_inside_functions():
+    """Nor through imports that run on first use: between modules, and between the package's parts
+    (`vtempo.export` works from what `vtempo.inference` loads and imports nothing of it)."""
+    known = modules()
+    graph = {}
+    for name, path in known.items():
+        imports = [node for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                   if isinstance(node, (ast.Import, ast.ImportFrom))]
+        graph[name] = {t for node in imports for t in targets(node, set(known)) if t != name}
+    part = {name: ".".join(name.split(".")[:2]) for name in graph}
+    parts: dict[str, set[str]] = {}
+    for name, imported in graph.items():
+        parts.setdefault(part[name], set()).update(part[t] for t in imported if part[t] != part[name])
+    assert "vtempo.inference" in parts["vtempo.commands"]
+    for shape in (graph, parts):
+        cycle = find_cycle(shape)
+        assert cycle is None, " → ".join(cycle)
+
+
 def test_only_the_command_line_imports_rich():
     offenders = []
     for name, path in modules().items():

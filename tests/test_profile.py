@@ -281,7 +281,7 @@ def test_pipeline_option_times_the_classify_pipeline(tmp_path):
 
 
 def test_the_op_breakdown_sums_to_the_whole_and_finds_the_convolutions():
-    from vtempo.bench.ops import CONVOLUTIONS, op_shares
+    from benchmarks.ops import CONVOLUTIONS, op_shares
 
     shares = op_shares("tsm-r14w16", calls=1, frames=4, size=64)
     assert sum(shares.values()) == pytest.approx(1.0)

@@ -149,10 +149,13 @@ for command_module in (models, profile, convert, download, classify, merge, time
 
 
 def run() -> None:
-    """The `vtempo` program (and `python -m vtempo`). Once the command has ended, its results written, a
-    Ctrl-C would only stop the interpreter's teardown, which would then end by the signal instead of
-    with the command's code: the program ignores it from there on (`app()` called in a process of
-    yours leaves your handler alone)."""
+    """The `vtempo` program (and `python -m vtempo`). It owns its process, so it keeps the buffers a
+    model call frees for the next one (glibc malloc's thresholds, `vtempo.fast.heap`; set
+    VTEMPO_KEEP_FREED_BUFFERS=0 to leave malloc as it is). Once the command has ended, its results
+    written, a Ctrl-C would only stop the interpreter's teardown, which would then end by the signal
+    instead of with the command's code: the program ignores it from there on (`app()` called in a
+    process of yours leaves your handler and your malloc alone)."""
+    os.environ.setdefault("VTEMPO_KEEP_FREED_BUFFERS", "1")
     try:
         app(prog_name="vtempo")
     finally:

@@ -25,10 +25,16 @@ def export(
 ) -> None:
     """Write a model as ONNX or TorchScript (batch size free, clip length fixed) with its labels and
     preprocessing embedded; the file is checked against eager PyTorch before it is written."""
-    from vtempo.export import export_model
+    from vtempo.export.exporting import check_export, export_model
+    from vtempo.inference.recognizer import load
 
-    report = export_model(model, fmt, out, weights=weights, registry=registry, frames=frames, clip=clip,
-                          progress=lambda message: err_console.print(f"{message} …", highlight=False))
+    def say(message: str) -> None:
+        err_console.print(f"{message} …", highlight=False)
+
+    fmt = check_export(model, fmt, out, frames)  # before the model is loaded: what is wrong is said at once
+    say("loading the model")
+    rec = load(model, weights, registry=registry, device="cpu", frames=frames)
+    report = export_model(rec, fmt, out, clip=clip, progress=say)
     meta = report.metadata
     size = report.path.stat().st_size / 1e6
     console.print(f"wrote {report.path} ({report.format}, {size:.1f} MB, {report.seconds:.0f} s): {meta['model']}, "

@@ -1,4 +1,5 @@
-"""`export_model(name, "onnx" | "torchscript", out)`: a model as one self-describing file.
+"""`export_model(vtempo.load(name, device="cpu"), "onnx" | "torchscript", out)`: a model as one
+self-describing file.
 
 What is exported is the model's reference form (its own modules, not vtempo.fast's inference paths),
 with the export forms of `vtempo.export.forms` swapped in, the clip length fixed and the batch size
@@ -33,6 +34,7 @@ from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 from vtempo.export.forms import ExportForm, LogitsAndFeatures, apply_export_forms
 from vtempo.export.loading import (
+    EXPORTED_SUFFIXES,
     FORMAT,
     TORCHSCRIPT_METADATA,
     OnnxModel,
@@ -65,6 +67,23 @@ class ExportReport:
     @property
     def max_error(self) -> float:
         return max(max(check.logits, check.features) for check in self.checks)
+
+
+def check_export(model: str | os.PathLike, fmt: str | None, out: str | os.PathLike, frames: int | None = None) -> str:
+    """What can be told before `model` (a name or a file) is loaded to be exported: the format to write
+    `out` in (`fmt`, else the one its suffix names), returned; the packages it needs; that `model` is
+    not an exported file already; that `frames` is within its bound."""
+    fmt = pick_format(fmt, Path(out))
+    if fmt == "onnx":
+        for package in ("onnx", "onnxruntime"):
+            try:
+                __import__(package)
+            except ImportError:
+                raise missing_extra(package) from None
+    if Path(model).suffix.lower() in EXPORTED_SUFFIXES:
+        raise UsageError(f"{model}: already an exported model; export the registry model or checkpoint it came from")
+    limits.check_int("frames", frames, 1, "MAX_FRAMES")
+    return fmt
 
 
 def pick_format(fmt: str | None, out: Path) -> str:
@@ -189,49 +208,32 @@ def check_parity(path: Path, reference: torch.nn.Module, inputs: dict[str, torch
 
 def example_views(rec, clip: Path) -> torch.Tensor:
     """One centre-cropped clip of `clip`, sampled and preprocessed as the model's protocol says."""
-    from vtempo.inference.decoding import ViewPlan, decode_views
-
-    item = decode_views(clip, ViewPlan(rec.frames, rec.protocol, 1, "centre", rec.preprocess))
+    item = rec.plan("1x1").decode(clip)
     if item["error"] is not None:
         raise UsageError(f"--clip {clip}: {item['error']}")
     return item["views"]
 
 
 def export_model(
-    model: str | os.PathLike,
+    rec,
     fmt: str | None,
     out: str | os.PathLike,
     *,
-    weights: str | os.PathLike | None = None,
-    registry: str | os.PathLike | None = None,
-    frames: int | None = None,
     clip: str | os.PathLike | None = None,
     tolerance: float = TOLERANCE,
     progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
-    """Export `model` (a registry name, an architecture with `weights`, or a checkpoint written by
-    `vtempo train`) to `out`; the file is only written when it matches eager PyTorch within `tolerance`.
+    """Export `rec`, a model loaded by `vtempo.load` (a registry name, an architecture with `weights=`,
+    or a checkpoint written by `vtempo train`; its device and dtype do not matter), to `out`; the file
+    is only written when it matches eager PyTorch within `tolerance`.
 
     clip: a video for the parity check besides the random clips (default: the repository's example clip,
     when there is one).
     """
-    from vtempo.inference.recognizer import EXPORTED_SUFFIXES, load
-
     began = time.perf_counter()
     out = Path(out)
-    fmt = pick_format(fmt, out)
-    if fmt == "onnx":  # before the model is built: say what is missing at once
-        for package in ("onnx", "onnxruntime"):
-            try:
-                __import__(package)
-            except ImportError:
-                raise missing_extra(package) from None
-    if Path(model).suffix.lower() in EXPORTED_SUFFIXES:
-        raise UsageError(f"{model}: already an exported model; export the registry model or checkpoint it came from")
-    limits.check_int("frames", frames, 1, "MAX_FRAMES")
+    fmt = check_export(rec.checkpoint or rec.name, fmt, out)
     say = progress or (lambda message: None)
-    say("loading the model")
-    rec = load(model, weights, registry=registry, device="cpu", dtype="fp32", frames=frames)
     reference = reference_model(rec)
     form = ExportForm(copy.deepcopy(reference), rec.frames)
     apply_export_forms(form)

@@ -20,6 +20,7 @@ from vtempo.protocol import Protocol
 from vtempo.video.transforms import Preprocess
 
 FORMAT = "vtempo-export"
+EXPORTED_SUFFIXES = (".onnx", ".ts")  # files written by `vtempo export`
 TORCHSCRIPT_METADATA = "vtempo.json"  # the `_extra_files` entry
 INSTALL_HINT = "pip install 'vtempo[export]'"
 

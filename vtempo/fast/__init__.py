@@ -5,11 +5,13 @@ The models (`vtempo.models`) hold the papers' reference computations. Each fast 
 that compute the same function up to rounding, and returns how many it changed; none can be trained.
 They find what they replace by the models' one interface for it, `TemporalModule.output_conv()` (the
 conv whose output a wrapper returns unchanged), and by the modules' own types; a model needs no flag or
-branch for them. `FAST_PATHS` lists them in the order `prepare` applies them.
+branch for them. A paper's own temporal module names the stand-ins written for it in its class
+(`TemporalModule.fast_swaps`, in the paper's file), each an entry of `STAND_INS` here, kept in this
+package beside the other fast paths. `FAST_PATHS` lists them all in the order `prepare` applies them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -18,18 +20,46 @@ from vtempo.fast.fold import fold_batch_norms
 from vtempo.fast.fuse import fuse_block_post_ops
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
-from vtempo.fast.shift import swap_shifted_pointwise_convs
+from vtempo.fast.shift import shifted_pointwise_conv
+from vtempo.models.base import TemporalModule
 from vtempo.runtime import CHANNELS_LAST
 
 FastPath = Callable[[torch.nn.Module, torch.device], int]
+# (a paper's temporal module, the device) -> the inference module that replaces it, or None to keep it
+StandIn = Callable[..., torch.nn.Module | None]
+
+# by the names the modules' classes list in `TemporalModule.fast_swaps`
+STAND_INS: dict[str, StandIn] = {
+    "shift": shifted_pointwise_conv,  # TSM's shift + 1×1 conv without the copy where that is faster
+}
+
+
+def swap_in(model: torch.nn.Module, name: str, device: torch.device, **options: Any) -> int:
+    """Replace, in place, every module whose own class lists `name` in its `fast_swaps` by the stand-in
+    `STAND_INS[name](module, device, **options)` gives for it; returns how many were replaced."""
+    targets = [(path, module) for path, module in model.named_modules()
+               if isinstance(module, TemporalModule) and name in vars(type(module)).get("fast_swaps", ())]
+    swapped = 0
+    for path, module in targets:
+        stand_in = STAND_INS[name](module, device, **options)
+        if stand_in is not None:
+            parent, _, attribute = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attribute, stand_in)
+            swapped += 1
+    return swapped
+
+
+def _swapping(name: str) -> FastPath:
+    return lambda model, device: swap_in(model, name, device)
+
 
 FAST_PATHS: dict[str, FastPath] = {
     "fold": fold_batch_norms,  # BatchNorm after a conv merged into it (the model's BNs are gone)
-    "shift": swap_shifted_pointwise_convs,  # TSM's shift + 1×1 conv without the copy where that is faster
+    **{name: _swapping(name) for name in STAND_INS},  # the papers' modules' stand-ins
     "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
     "pack": pack_conv_weights,  # CPU convolutions (fp32, bf16 autocast) on weights packed once in oneDNN's layout
     "fuse": fuse_block_post_ops,  # a block's ReLUs and residual add inside its packed convolutions (CPU)
-    "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; sets the whole process)
+    "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; a process that opted in)
 }
 
 

@@ -186,15 +186,9 @@ class ShiftedPointwiseConv(TemporalModule):
         return f"fold_div={self.fold_div}"
 
 
-def swap_shifted_pointwise_convs(model: nn.Module, device: torch.device | None = None,
-                                 chooser: Chooser | None = None) -> int:
-    """Replace every `TemporalShift` around a 1×1 conv by a `ShiftedPointwiseConv`, in place; returns how
-    many. Shifts around other layers (BasicBlock's 3×3 conv) keep the reference."""
+def shifted_pointwise_conv(shift: TemporalShift, device: torch.device | None = None,
+                           chooser: Chooser | None = None) -> ShiftedPointwiseConv | None:
+    """The stand-in for a `TemporalShift` around a 1×1 conv (`TemporalShift.fast_swaps` names it); a
+    shift around another layer (BasicBlock's 3×3 conv) keeps the reference: None."""
     del device  # the choice is made per input, on the input's device
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is TemporalShift and is_pointwise(module.net)]
-    for name, module in targets:
-        parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attribute,
-                ShiftedPointwiseConv(module, chooser))
-    return len(targets)
+    return ShiftedPointwiseConv(shift, chooser) if is_pointwise(shift.net) else None

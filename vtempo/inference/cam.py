@@ -1,7 +1,8 @@
 """Grad-CAM for video models: where each model looks, frame by frame, on the original frames.
 
-The CAM methods, the activation/gradient capture and the targets are grad-cam's (`pytorch_grad_cam`).
-What is ours:
+The CAM methods, the activation/gradient capture and the targets are grad-cam's (`pytorch_grad_cam`),
+through its public interface: the method classes, `reshape_transform`, `ClassifierOutputTarget`, the
+model outputs it keeps, its context manager. What is ours:
 
 - the model always sees the whole clip (N, T, 3, H, W): temporal modules mix frames, so a frame fed
   alone gives a different map; one target per video (grad-cam's targets are per output row);
@@ -9,8 +10,8 @@ What is ours:
   Bottleneck `relu`, which runs three times); the per-frame activations (N·T, C, h, w) give per-frame
   channel weights;
 - normalisation: grad-cam min-max normalises every image on its own, so frames could not be compared.
-  We take its unnormalised map (`get_cam_image`) and normalise once over the whole clip (`norm="clip"`)
-  or per frame (`norm="frame"`);
+  We keep each image's unnormalised map (what the method's `get_cam_image` gives) and normalise once
+  over the whole clip (`norm="clip"`) or per frame (`norm="frame"`);
 - maps go back onto the original frames at their original resolution through the crop box the network
   input was cut from. Outside the crop the network saw nothing: the map is 0 there, the overlay shows the
   frame darkened, and the crop box is saved with the maps;
@@ -121,39 +122,50 @@ def _grad_cam_class(method: str):
     if method not in classes:
         raise UsageError(f"unknown CAM method {method!r}: choose one of {', '.join(METHODS)}")
 
-    class Unnormalised(classes[method]):
-        """grad-cam's method without its per-image min-max and resizing: (N·T, h, w), ≥ 0, raw scale."""
+    class KeepingRawMaps(classes[method]):
+        """grad-cam's method, keeping the map of each image (`get_cam_image`, before grad-cam's own
+        per-image min-max and resizing) as `raw`: (N·T, h, w), ≥ 0, at its raw scale."""
 
-        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
-            captured = self.activations_and_grads
-            if len(captured.activations) != 1:
-                raise _LayerCalls(len(captured.activations))
-            activations = captured.activations[0].float().numpy()
-            grads = captured.gradients[0].float().numpy() if captured.gradients else None
-            if activations.ndim != 4:
-                raise _LayerShape(tuple(activations.shape))
-            cam = self.get_cam_image(input_tensor, self.target_layers[0], targets, activations, grads, eigen_smooth)
-            return np.maximum(cam, 0)
+        raw: np.ndarray | None = None
 
-        def aggregate_multi_layers(self, cam):
+        def get_cam_image(self, *args, **kwargs):
+            cam = super().get_cam_image(*args, **kwargs)
+            self.raw = np.maximum(cam, 0)
             return cam
 
-    return Unnormalised
+    return KeepingRawMaps
 
 
-def _cut_graph_below(module: nn.Module, inputs, output):
-    return output.detach().requires_grad_(True) if isinstance(output, torch.Tensor) else None
+class _LayerWatch:
+    """A forward hook on the layer the maps come from: counts its calls, refuses outputs that are not
+    per-frame maps, and cuts the graph there (the maps need gradients at this layer only: the backward
+    pass through every layer below it is spared)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, module: nn.Module, inputs, output):
+        self.calls += 1
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise _LayerShape(tuple(getattr(output, "shape", ())))
+        return output.detach().requires_grad_(True)
 
 
-class _FloatLogits(nn.Module):
-    """The model with fp32 logits: grad-cam picks default targets in numpy, which has no bf16."""
+class _FramesOfClips(nn.Module):
+    """The model called on the frames of clips of `frames` frames (N·T, 3, H, W), the images grad-cam
+    takes, with fp32 logits (grad-cam picks default targets in numpy, which has no bf16)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, frames: int):
         super().__init__()
-        self.model = model
+        self.model, self.frames = model, frames
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.model(clips).float()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.reshape(-1, self.frames, *images.shape[1:])).float()
+
+
+def _in_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """grad-cam's `reshape_transform` for the layer's activations and gradients: numpy has no bf16."""
+    return tensor.float()
 
 
 class _LayerCalls(Exception):
@@ -164,6 +176,36 @@ class _LayerCalls(Exception):
 class _LayerShape(Exception):
     def __init__(self, shape: tuple[int, ...]):
         self.shape = shape
+
+
+class _Carried(Exception):
+    """An IndexError raised inside the model, carried past grad-cam's context manager (which swallows
+    IndexErrors)."""
+
+    def __init__(self, error: IndexError):
+        self.error = error
+
+
+def _run_grad_cam(cam_class, model: nn.Module, layer: nn.Module, clips: torch.Tensor,
+                  targets: Sequence[int] | None, watch: _LayerWatch) -> tuple[np.ndarray, torch.Tensor]:
+    """grad-cam's method on the frames of `clips`: (raw maps (N·T, h, w), logits (N, classes))."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    wanted = None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets]
+    with cam_class(model=_FramesOfClips(model, clips.shape[1]), target_layers=[layer],
+                   reshape_transform=_in_fp32) as grad_cam:
+        try:
+            with torch.enable_grad():
+                grad_cam(input_tensor=clips.flatten(0, 1), targets=wanted)
+        except Exception as error:
+            if watch.calls != 1 and getattr(grad_cam, "outputs", None) is not None:  # the model ran, then grad-cam failed
+                raise _LayerCalls(watch.calls) from None
+            if isinstance(error, IndexError):
+                raise _Carried(error) from None
+            raise
+        if watch.calls != 1:
+            raise _LayerCalls(watch.calls)
+        return grad_cam.raw, grad_cam.outputs.detach().float()
 
 
 def clip_cams(
@@ -179,26 +221,16 @@ def clip_cams(
     Returns (maps (N, T, h, w) ≥ 0 at the layer's resolution, logits (N, classes), layer path).
     `targets`: one class per clip, default each clip's top prediction.
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     n, t = clips.shape[:2]
     if targets is not None and len(targets) != n:
         # grad-cam zips targets with output rows: too few would silently give all-zero maps
         raise ValueError(f"expected one target per clip ({n}), got {len(targets)}")
     layer_name, module = resolve_layer(model, layer, model_name)
     cam_class = _grad_cam_class(method)
-    # The maps need gradients at this layer only: cutting the graph there spares the backward pass
-    # through every layer below it (registered before grad-cam's hooks, so they capture the cut output).
-    cut = module.register_forward_hook(_cut_graph_below)
-    cam = None
+    watch = _LayerWatch()
+    hook = module.register_forward_hook(watch)  # before grad-cam's hooks, so they capture the cut output
     try:
-        cam = cam_class(model=_FloatLogits(model), target_layers=[module])
-        with torch.enable_grad():
-            maps = cam(
-                input_tensor=clips,
-                targets=None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets],
-            )
-        logits = cam.outputs.detach().float()
+        maps, logits = _run_grad_cam(cam_class, model, module, clips, targets, watch)
     except _LayerCalls as error:
         problem = f"layer {layer_name!r} ran {error.calls} times in one forward"
         if error.calls > 1:
@@ -207,12 +239,11 @@ def clip_cams(
     except _LayerShape as error:
         problem = f"layer {layer_name!r} gives outputs of shape {error.shape}, not per-frame maps (N·T, C, h, w)"
         raise UsageError(_layer_error(model, model_name, problem)) from None
+    except _Carried as carried:
+        raise carried.error from None
     finally:
-        # not grad-cam's context manager: its exit swallows IndexErrors raised inside the model
-        if cam is not None:
-            cam.activations_and_grads.release()
-        cut.remove()
-    if maps.shape[0] != n * t:
+        hook.remove()
+    if maps is None or maps.shape[0] != n * t:
         raise UsageError(_layer_error(model, model_name, f"layer {layer_name!r} does not give one map per frame"))
     return maps.reshape(n, t, *maps.shape[1:]).astype(np.float32), logits, layer_name
 

@@ -39,6 +39,10 @@ class ViewPlan:
     def views(self) -> int:
         return self.clips * CROPS[self.crop]
 
+    def decode(self, path: Path) -> dict[str, Any]:
+        """`decode_views(path, self)`."""
+        return decode_views(path, self)
+
 
 def decode_views(path: Path, plan: ViewPlan) -> dict[str, Any]:
     """Decode one video into its views (V, T, 3, S, S); failures become an `error` entry (and the

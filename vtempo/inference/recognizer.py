@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
+from vtempo.export.loading import EXPORTED_SUFFIXES
 from vtempo.inference.results import NOT_FINITE, Prediction, VideoResult
 from vtempo.video.transforms import Preprocess
 from vtempo.weights.registry import (
@@ -40,7 +41,6 @@ from vtempo.weights.registry import (
 )
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-EXPORTED_SUFFIXES = (".onnx", ".ts")  # files written by `vtempo export`
 CROP_NAMES = {count: name for name, count in CROPS.items()}
 DTYPES = ("fp32", "bf16", "fp16", "int8")
 CALIBRATION_VIDEOS = 8  # videos decoded to calibrate int8: their views make the calibration clips
@@ -529,10 +529,9 @@ def _auto_runtime(model, weights, *, registry, device, dtype, frames, labels, ca
     if chosen == "torch":
         return torch_model
     if chosen in ways:
-        return _runtime_model(torch_model, model, weights, registry, frames, chosen, spin=False)
+        return _runtime_model(torch_model, model, chosen, spin=False)
     # onnxruntime's threads would spin on the cores after each call, slowing whichever candidate runs next
-    models = {"torch": torch_model, **{way: _runtime_model(torch_model, model, weights, registry, frames, way,
-                                                           spin=False) for way in ways}}
+    models = {"torch": torch_model, **{way: _runtime_model(torch_model, model, way, spin=False) for way in ways}}
     clip = torch.randn(1, torch_model.frames, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def run(net: nn.Module) -> Callable[[], object]:
@@ -560,14 +559,13 @@ def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, cali
         except ImportError:
             raise UsageError("runtime='openvino' needs openvino: pip install 'vtempo[runtimes]'") from None
     torch_model = load(model, weights, registry=registry, device="cpu", frames=frames, labels=labels)
-    return _runtime_model(torch_model, model, weights, registry, frames, runtime)
+    return _runtime_model(torch_model, model, runtime)
 
 
-def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, runtime: str,
-                   spin: bool = True) -> Recognizer:
-    """`torch_model` (loaded from `model`, `weights`) run by `runtime` from its ONNX export, made once
-    under `<vtempo home>/exported/` and checked against eager PyTorch on a clip (`spin`: onnxruntime's
-    threads spin between calls)."""
+def _runtime_model(torch_model: Recognizer, model, runtime: str, spin: bool = True) -> Recognizer:
+    """`torch_model` (loaded from `model`, on the CPU in fp32) run by `runtime` from its ONNX export, made
+    once under `<vtempo home>/exported/` and checked against eager PyTorch on a clip (`spin`:
+    onnxruntime's threads spin between calls)."""
     import hashlib
 
     from vtempo.export.exporting import TOLERANCE, export_model, relative_error
@@ -583,7 +581,7 @@ def _runtime_model(torch_model: Recognizer, model, weights, registry, frames, ru
                              f"{torch_model.preprocess}".encode()).hexdigest()[:24]
         path = home() / "exported" / f"{key}.onnx"
         if not path.is_file():
-            export_model(model, "onnx", path, weights=weights, registry=registry, frames=frames)  # parity-checked
+            export_model(torch_model, "onnx", path)  # parity-checked
     if runtime == "onnxruntime":
         from vtempo.export.loading import OnnxModel
 

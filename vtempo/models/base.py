@@ -34,6 +34,9 @@ class TemporalModule(nn.Module):
     export_swap: ClassVar[tuple[str, str] | None] = None
     # True: int8 (`vtempo.fast.quantize`) leaves this module's convs in fp32.
     int8_keeps_fp32: ClassVar[bool] = False
+    # The inference stand-ins written for this module, by their names in `vtempo.fast.STAND_INS`:
+    # `vtempo.fast.prepare` offers each module of this class (not of its subclasses) to them.
+    fast_swaps: ClassVar[tuple[str, ...]] = ()
 
     def output_conv(self) -> nn.Conv2d | None:
         """The Conv2d whose output this module returns unchanged, if there is one (a module that wraps a

@@ -10,7 +10,8 @@ layer3 has 23 or more blocks (R-101), only the even-indexed blocks of each stage
 wrapped as `conv1.net`, the same module path as the official checkpoints.
 
 This is the reference computation (a shifted copy, then the layer). Inference can skip the copy where
-the layer is a 1×1 conv: `vtempo.fast.shift` swaps in an equivalent module for that.
+the layer is a 1×1 conv: `vtempo.fast.shift` has an equivalent module for that, which
+`TemporalShift.fast_swaps` names.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class TemporalShift(TemporalModule):
         "official": ((r"\.conv1\.net\.", ".conv1."),),
         "mmaction2": ((r"\.conv(\d)\.conv\.net\.", r".conv\1."),),
     }
+    fast_swaps = ("shift",)  # around a 1×1 conv, the shift without the copy (`vtempo.fast.shift`)
 
     def __init__(self, net: nn.Module, fold_div: int = FOLD_DIV):
         super().__init__()

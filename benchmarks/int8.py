@@ -1,6 +1,6 @@
 """int8 against fp32 on the bundled demo models: top-1 and agreement on a freshly rendered synthetic
 test set (the int8 graph lowered but not compiled: compiling changes no logit beyond float rounding,
-and speed is measured at R-50 scale by `vtempo.bench.variants int8`). `python -m vtempo.bench.int8 [--clips 200] [--seed 7] [MODEL...]`."""
+and speed is measured at R-50 scale by `benchmarks.variants int8`). `python -m benchmarks.int8 [--clips 200] [--seed 7] [MODEL...]`."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks import as_the_program
 from vtempo.data.synth import CLASSES, render_clip
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
@@ -58,6 +59,7 @@ def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> d
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("models", nargs="*", default=list(DEMOS))
     parser.add_argument("--clips", type=int, default=200)

@@ -1,16 +1,18 @@
 """Time per label of online TSM against recomputing an 8-frame window (same weights), A/B alternated:
-`python -m vtempo.bench.online`."""
+`python -m benchmarks.online`."""
 import statistics
 import time
 
 import torch
 
 import vtempo
+from benchmarks import as_the_program
 from vtempo.fast import prepare
 from vtempo.models.tsm import OnlineTSM
 
 
 def main() -> None:
+    as_the_program()
     torch.manual_seed(0)
     model = prepare(vtempo.create_model("tsm-r50", shift="online", num_classes=400), torch.device("cpu"))
     frames = torch.randn(24, 3, 224, 224)

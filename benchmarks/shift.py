@@ -1,5 +1,5 @@
 """TSM against TSN, with each way of TSM's shift forced and with the measured choice:
-`python -m vtempo.bench.shift [--size 224] [--frames 8] [--rounds 9] [--dtype fp32,bf16]`.
+`python -m benchmarks.shift [--size 224] [--frames 8] [--rounds 9] [--dtype fp32,bf16]`.
 
 All variants are built first and then timed round-robin (one call each per round, each round starting
 one variant later), and the ratios are taken per round before the median, so a change of machine load
@@ -13,9 +13,10 @@ import time
 
 import torch
 
-from vtempo.fast import prepare
+from benchmarks import as_the_program
+from vtempo.fast import prepare, swap_in
 from vtempo.fast.choose import Chooser
-from vtempo.fast.shift import WAYS, swap_shifted_pointwise_convs
+from vtempo.fast.shift import WAYS
 from vtempo.models import build
 from vtempo.runtime import autocast
 
@@ -36,12 +37,13 @@ def variants(frames: int) -> dict[str, torch.nn.Module]:
     models = {"tsn": prepare(build("tsn-r50", frames=frames), cpu)}
     for way in (*WAYS, "chosen"):
         model = prepare(build("tsm-r50", frames=frames), cpu, skip=("shift",))
-        swap_shifted_pointwise_convs(model, cpu, None if way == "chosen" else Fixed(way))
+        swap_in(model, "shift", cpu, chooser=None if way == "chosen" else Fixed(way))
         models[f"tsm/{way}"] = model
     return models
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--frames", type=int, default=8)

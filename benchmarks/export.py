@@ -1,6 +1,6 @@
 """Clips per second of exported models in onnxruntime against the same models in eager PyTorch (CPU).
 
-    python -m vtempo.export.benchmark [MODEL ...] [--batch 8] [--rounds 15] [--threads 1]
+    python -m benchmarks.export [MODEL ...] [--batch 8] [--rounds 15] [--threads 1]
 
 Each model is exported to ONNX, then three runners score the same random batch in alternation, round
 after round, all with the same thread count: the eager model as `vtempo classify` runs it (BatchNorm
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import as_the_program
+
 DEMOS = ["tsn-demo", "tsm-demo", "tam-demo", "tcm-demo", "stc-demo", "stc-light-demo", "tefe-demo", "tsi-demo"]
 
 
@@ -26,9 +28,9 @@ def measure(name: str, folder: Path, batch: int, rounds: int) -> dict[str, float
     from vtempo.export.exporting import reference_model
     from vtempo.inference.recognizer import load
 
-    path = export_model(name, "onnx", folder / f"{name}.onnx").path
-    onnx_model, meta = load_exported(path)
     rec = load(name, device="cpu")
+    path = export_model(rec, "onnx", folder / f"{name}.onnx").path
+    onnx_model, meta = load_exported(path)
     reference = reference_model(rec)
     size = meta["input_size"]
     clips = torch.randn(batch, meta["frames"], 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -46,6 +48,7 @@ def measure(name: str, folder: Path, batch: int, rounds: int) -> dict[str, float
 
 
 def main(argv: list[str] | None = None) -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEMOS)
     parser.add_argument("--batch", type=int, default=8, help="clips per call")

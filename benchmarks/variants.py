@@ -1,5 +1,5 @@
 """Eager fp32 against a faster variant of the same model, clips/s, timed alternately:
-`python -m vtempo.bench.variants {compile,int8,heap,pack} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
+`python -m benchmarks.variants {compile,int8,heap,pack} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
 (default tsn-r50 tsm-r50; random weights: speed only). Reports the variant's setup time (compiling,
 or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio;
 int8 is timed with bf16 eager beside it. `heap` times the same model with freed buffers kept in the
@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from benchmarks import as_the_program
 from vtempo.fast import prepare
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
@@ -56,6 +57,7 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=("compile", "int8", "heap", "pack"))
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])

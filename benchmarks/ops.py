@@ -1,4 +1,4 @@
-"""Where eager inference spends its time, by op: `python -m vtempo.bench.ops [ARCH...] [--calls 5]
+"""Where eager inference spends its time, by op: `python -m benchmarks.ops [ARCH...] [--calls 5]
 [--dtype fp32]` (default tsn-r50 tsm-r50; random weights, 8×224², batch 1, every fast path, torch.profiler).
 
 Prints each op's share of the self CPU time and the share of the convolutions (oneDNN kernels, the
@@ -12,6 +12,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks import as_the_program
 from vtempo.fast import prepare
 from vtempo.models import build
 from vtempo.runtime import autocast
@@ -38,6 +39,7 @@ def op_shares(arch: str, calls: int = 5, frames: int = 8, size: int = 224, dtype
 
 
 def main() -> None:
+    as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])
     parser.add_argument("--calls", type=int, default=5)
