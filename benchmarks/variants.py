@@ -1,11 +1,14 @@
 """Eager fp32 against a faster variant of the same model, clips/s, timed alternately:
-`python -m benchmarks.variants {compile,int8,heap,pack} [--dtype fp32] [--rounds 5] [--batch 1] [ARCH...]`
+`python -m benchmarks.variants {compile,int8,heap,pack,fuse} [--dtype fp32] [--rounds 5] [--batch 1] [--clock wall|cpu] [ARCH...]`
 (default tsn-r50 tsm-r50; random weights: speed only). Reports the variant's setup time (compiling,
 or calibrating and lowering), its first call, and the median over rounds of each round's speed ratio;
 int8 is timed with bf16 eager beside it. `heap` times the same model with freed buffers kept in the
 heap (`fast.heap`) against every buffer over 128 KiB mapped afresh (glibc's way for buffers over its
 threshold, at most 32 MiB), switching between the two before each call. `pack` times the model with
-its convolutions on packed weights (`fast.pack`) against the same model without.
+its convolutions on packed weights (`fast.pack`) against the same model without; `fuse` the model with
+its blocks' ReLUs and residual adds as post-ops of those convolutions (`fast.fuse`, forced on) against
+the same model without. `--clock cpu` times the process's CPU time instead of the wall clock (less
+disturbed by other processes on a busy machine).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import torch
 
 from benchmarks import as_the_program
 from vtempo.fast import prepare
+from vtempo.fast.choose import Chooser
+from vtempo.fast.fuse import fuse_block_post_ops
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
 from vtempo.models import build
@@ -47,6 +52,11 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
         packed = copy.deepcopy(model)
         pack_conv_weights(packed, torch.device("cpu"))
         return packed
+    if kind == "fuse":
+        fused = copy.deepcopy(model)
+        always = Chooser(None, measure=lambda candidates: {name: float(name != "fused") for name in candidates})
+        fuse_block_post_ops(fused, torch.device("cpu"), always)
+        return fused
     if kind == "compile":
         from vtempo.fast.compile import compile_model
 
@@ -59,20 +69,23 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
 def main() -> None:
     as_the_program()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=("compile", "int8", "heap", "pack"))
+    parser.add_argument("kind", choices=("compile", "int8", "heap", "pack", "fuse"))
     parser.add_argument("archs", nargs="*", default=["tsn-r50", "tsm-r50"])
     parser.add_argument("--dtype", default="fp32", help="autocast dtype of both arms (not int8)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.manual_seed(0)
     clip = torch.randn(args.batch, args.frames, 3, args.size, args.size)
     dtype = args.dtype if args.kind != "int8" else "fp32"
     cpu = torch.device("cpu")
     for arch in args.archs:
-        eager = prepare(build(arch, frames=args.frames), cpu, skip=("pack",) if args.kind == "pack" else ())
+        skip = {"pack": ("pack", "fuse"), "fuse": ("fuse",)}.get(args.kind, ())
+        eager = prepare(build(arch, frames=args.frames), cpu, skip=skip)
         started = time.perf_counter()
         variant = make_variant(args.kind, eager, clip)
         setup = time.perf_counter() - started
@@ -96,9 +109,9 @@ def main() -> None:
                 for name, (model, arm_dtype, before) in arms.items():
                     with autocast(cpu, arm_dtype):
                         before()
-                        started = time.perf_counter()
+                        started = clock()
                         model(clip)
-                        times[name] = time.perf_counter() - started
+                        times[name] = clock() - started
                 for name in ratios:
                     ratios[name].append(times["eager"] / times[name])
         for name, values in ratios.items():
