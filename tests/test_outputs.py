@@ -9,6 +9,7 @@ path under a regular file (no user, root included, can create files there), and 
 where the tests do not run as root (root writes through permission bits)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -390,6 +391,37 @@ def test_stream_piped_prints_its_labels():
     assert len(lines) >= 2, result.stdout
     for line in lines:
         assert re.fullmatch(r"\d+\.\d\d s(  \S+ \d+\.\d%){2}", line), line
+
+
+def test_stream_piped_from_a_terminal_prints_its_labels_on_stdout(tmp_path):
+    """`vtempo stream clip | grep ...` in a terminal: the live view goes to the terminal (stderr), the
+    labels still go down the pipe."""
+    import pty
+    import threading
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "vtempo", "stream", str(CLIPS / "grow.mp4"), "--model", "tsm-demo",
+                                "--device", "cpu", "--every", "0.5", "--topk", "2"],
+                               env=environment(), stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    terminal = []
+
+    def drain():
+        with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+            while chunk := os.read(leader, 4096):
+                terminal.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = process.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(leader)
+    assert process.returncode == 0, b"".join(terminal).decode(errors="replace")
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) >= 2, (out, b"".join(terminal).decode(errors="replace"))
+    for line in lines:
+        assert re.fullmatch(r"\d+\.\d\d s(  \S+ \d+\.\d%){2}", line), line
+    assert b"label 1" in b"".join(terminal)  # the live view's title
 
 
 class SlowFirstCall(torch.nn.Module):

@@ -21,7 +21,8 @@ def _end_start_up_on_ctrl_c():
 
     argv = list(getattr(sys, "orig_argv", ()))
     as_module = sys.argv[0] == "-m" and any(
-        word == "-mvtempo" or (word == "-m" and argv[at + 1:at + 2] == ["vtempo"]) for at, word in enumerate(argv))
+        word in ("-mvtempo", "-mvtempo.cli") or (word == "-m" and argv[at + 1:at + 2] in (["vtempo"], ["vtempo.cli"]))
+        for at, word in enumerate(argv))
     as_script = os.path.splitext(os.path.basename(sys.argv[0]))[0] in ("vtempo", "vtempo-script")
     if not (as_module or as_script):
         return None
