@@ -137,6 +137,33 @@ def test_ctrl_c_while_torch_imports_is_no_traceback(tmp_path, good_videos):
         assert_one_line(err)
 
 
+def test_ctrl_c_while_torch_imports_comes_once_the_import_has_finished(tmp_path):
+    """The program's Ctrl-C handler (installed as a command starts) holds an interrupt that lands while
+    torch imports until the import is done: raised inside torch's C++ start-up it would abort the process."""
+    code = """
+import os, signal, sys, threading, time
+import vtempo
+signal.signal(signal.SIGINT, vtempo._interrupt_once_torch_is_imported)
+
+def press_ctrl_c_while_torch_imports():
+    while not getattr(getattr(sys.modules.get("torch"), "__spec__", None), "_initializing", False):
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=press_ctrl_c_while_torch_imports, daemon=True).start()
+try:
+    import torch
+    print("imported", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], env=vtempo_env(tmp_path / "home"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["imported", "interrupted"], (done.returncode, done.stdout,
+                                                                                          done.stderr)
+
+
 @pytest.mark.parametrize("program", [
     pytest.param([sys.executable, "-X", "importtime", "-m", "vtempo"], id="python -m vtempo"),
     pytest.param([sys.executable, "-X", "importtime", str(Path(sys.executable).with_name("vtempo"))], id="vtempo script",

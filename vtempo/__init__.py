@@ -43,13 +43,46 @@ _sigint_before_start_up = _end_start_up_on_ctrl_c()
 
 
 def _start_up_done() -> None:
-    """The command starts: Ctrl-C is a KeyboardInterrupt again (or what it was before, ignored say)."""
+    """The command starts: Ctrl-C is a KeyboardInterrupt again (`_interrupt_once_torch_is_imported`), or
+    what it was before (ignored, say)."""
     global _sigint_before_start_up
     if _sigint_before_start_up is not None:
         import signal
 
-        signal.signal(signal.SIGINT, _sigint_before_start_up)
-        _sigint_before_start_up = None
+        before, _sigint_before_start_up = _sigint_before_start_up, None
+        signal.signal(signal.SIGINT, _interrupt_once_torch_is_imported if before is signal.default_int_handler
+                      else before)
+
+
+_interrupt_waiting = False
+
+
+def _interrupt_once_torch_is_imported(signum, frame):
+    """KeyboardInterrupt, as Python's own handler raises it, except while torch imports: an exception
+    raised as its C++ start-up calls back into Python ends the process ("terminate called after throwing
+    an instance of 'pybind11::error_already_set'"). Then the interrupt comes as the import has finished."""
+    global _interrupt_waiting
+    import sys
+
+    spec = getattr(sys.modules.get("torch"), "__spec__", None)
+    if not getattr(spec, "_initializing", False):
+        raise KeyboardInterrupt
+    if _interrupt_waiting:
+        return
+    _interrupt_waiting = True
+    import os
+    import signal
+    import threading
+    import time
+
+    def when_imported():
+        global _interrupt_waiting
+        while getattr(spec, "_initializing", False):
+            time.sleep(0.02)
+        _interrupt_waiting = False
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=when_imported, name="vtempo-interrupt", daemon=True).start()
 
 
 # OpenCV before torch: with torch's libraries loaded first, OpenCV's FFmpeg never opens a udp:// stream.
