@@ -23,7 +23,8 @@ def _end_start_up_on_ctrl_c():
     as_module = sys.argv[0] == "-m" and any(
         word in ("-mvtempo", "-mvtempo.cli") or (word == "-m" and argv[at + 1:at + 2] in (["vtempo"], ["vtempo.cli"]))
         for at, word in enumerate(argv))
-    as_script = os.path.splitext(os.path.basename(sys.argv[0]))[0] in ("vtempo", "vtempo-script")
+    # the script as Python was started with it (a process multiprocessing spawns is given the parent's argv)
+    as_script = os.path.splitext(os.path.basename(sys.argv[0]))[0] in ("vtempo", "vtempo-script") and sys.argv[0] in argv
     if not (as_module or as_script):
         return None
 
