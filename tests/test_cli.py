@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -147,6 +148,32 @@ def test_parameter_names_become_flags():
     assert common.as_flags("frames=0: must be at least 1") == "--frames 0: must be at least 1"
     assert common.as_flags("pass weights=FILE, batch_size=2") == "pass --weights FILE, --batch-size 2"
     assert common.as_flags("/data/frames=3.mp4: not a video") == "/data/frames=3.mp4: not a video"
+
+
+def piped(args: list, home: Path) -> str:
+    """stdout of a real `vtempo` process writing into a pipe, COLUMNS=80 exported as a shell may."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VTEMPO_HOME=str(home), COLUMNS="80")
+    result = subprocess.run([sys.executable, "-m", "vtempo", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_piped_tables_keep_long_names_whole_on_one_line(tmp_path):
+    from vtempo.data import synth
+
+    data = tmp_path / "data"
+    synth.generate(data, classes=2, clips_per_class=1, frames=16, size=64, seed=0)
+    clip = next(data.rglob("*.mp4"))
+    long_clip = tmp_path / ("a_clip_with_a_long_name_" * 8 + ".mp4")
+    long_clip.write_bytes(clip.read_bytes())
+    for command in (["check-videos", long_clip], ["classify", long_clip, "--model", "tsm-demo", "--workers", "0"]):
+        out = piped(command, tmp_path / "home")
+        assert any(str(long_clip) in line for line in out.splitlines()), out
+    label = "a-model-with-a-long-label-" * 5
+    out = piped(["robustness", data, "--model", f"{label}=" + str(ROOT / "vtempo/weights/bundled/tsm-demo.pt"),
+                 "--stride", "2,4", "--workers", "0", "--no-progress", "--output", tmp_path / "rob"], tmp_path / "home")
+    assert any(label in line and "τ" not in line and "*" in line for line in out.splitlines()), out
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,6 +135,61 @@ def test_ctrl_c_while_torch_imports_is_no_traceback(tmp_path, good_videos):
         # interrupted, or (the signal came as the interpreter shut down) finished with its summary
         assert (rc, "interrupted" in err) == (130, True) or (rc, "1 classified" in err) == (0, True), (rc, err)
         assert_one_line(err)
+
+
+def test_ctrl_c_while_torch_imports_comes_once_the_import_has_finished(tmp_path):
+    """The program's Ctrl-C handler (installed as a command starts) holds an interrupt that lands while
+    torch imports until the import is done: raised inside torch's C++ start-up it would abort the process."""
+    code = """
+import os, signal, sys, threading, time
+import vtempo
+signal.signal(signal.SIGINT, vtempo._interrupt_once_torch_is_imported)
+
+def press_ctrl_c_while_torch_imports():
+    while not getattr(getattr(sys.modules.get("torch"), "__spec__", None), "_initializing", False):
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=press_ctrl_c_while_torch_imports, daemon=True).start()
+try:
+    import torch
+    print("imported", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], env=vtempo_env(tmp_path / "home"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["imported", "interrupted"], (done.returncode, done.stdout,
+                                                                                          done.stderr)
+
+
+@pytest.mark.parametrize("program", [
+    pytest.param([sys.executable, "-X", "importtime", "-m", "vtempo"], id="python -m vtempo"),
+    pytest.param([sys.executable, "-X", "importtime", str(Path(sys.executable).with_name("vtempo"))], id="vtempo script",
+                 marks=pytest.mark.skipif(not Path(sys.executable).with_name("vtempo").exists(),
+                                          reason="vtempo is not installed in this environment: no `vtempo` script")),
+])
+@pytest.mark.parametrize("after", ["numpy", "cv2", "vtempo", "typer", "vtempo.commands.common", "vtempo.cli"])
+def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, good_videos, program, after):
+    """Ctrl-C at each stage of start-up (the interpreter's import log says where it is: inside the
+    package's own import of OpenCV, then the command line's modules) ends with 130 and "interrupted"."""
+    clip = good_videos["h264.mkv"].path
+    process = subprocess.Popen([*program, "classify", str(clip), "--model", "tsm-demo"], env=vtempo_env(tmp_path / "home"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = []
+    for line in process.stderr:
+        log.append(line)
+        if re.search(rf"\|\s+{re.escape(after)}$", line.rstrip()):
+            break
+    else:
+        raise AssertionError("".join(log[-20:]))
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    err = "".join(line for line in rest.splitlines(keepends=True) if not line.startswith("import time:"))
+    assert (process.returncode, "interrupted" in err) == (130, True) or \
+        (process.returncode, "1 classified" in err) == (0, True), (process.returncode, err)
+    assert_one_line(err)
 
 
 def pipe(command: str, reader: str, home: Path) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ path under a regular file (no user, root included, can create files there), and 
 where the tests do not run as root (root writes through permission bits)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -279,6 +280,28 @@ def test_timeline_and_embed_stopped_by_a_file_size_limit_keep_their_results(tmp_
     assert [r["path"] for r in records(embeddings.with_suffix(".jsonl"))] == clips
 
 
+@pytest.mark.parametrize("command", ["evaluate", "robustness"])
+def test_evaluate_and_robustness_stopped_by_a_file_size_limit_say_so_in_one_line(tmp_path, command):
+    data = tmp_path / "data"
+    for name in ("grow", "shrink"):
+        (data / name).mkdir(parents=True)
+        shutil.copy(CLIPS / f"{name}.mp4", data / name / f"{name}.mp4")
+    out = tmp_path / "out"
+    out.mkdir()
+    first = out / f"{command if command == 'robustness' else 'evaluation'}.json"
+    first.write_text("a finished run's results\n")  # replaced only by a whole new file
+    extra = ["--stride", "1,2"] if command == "robustness" else []
+    done = subprocess.run([*VTEMPO, command, str(data), "--model", "tsn-demo", "--device", "cpu", "--workers", "0",
+                           "--no-progress", *extra, "--output", str(out)], env=environment(), capture_output=True,
+                          text=True, timeout=300, preexec_fn=file_size_limit(600))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert one_line(done.stderr) and f"--output {first}: cannot write (File too large)" in done.stderr, done.stderr
+    assert f"the results so far are in {first}.part" in done.stderr
+    assert "top-1" in done.stdout  # the table came first
+    assert first.read_text() == "a finished run's results\n"
+    assert not list(out.glob(".*.lock"))
+
+
 def test_a_sink_write_error_names_the_file_and_keeps_the_part(tmp_path):
     """In a child, so the limit and SIGXFSZ stay out of the test process."""
     code = f"""
@@ -390,6 +413,37 @@ def test_stream_piped_prints_its_labels():
     assert len(lines) >= 2, result.stdout
     for line in lines:
         assert re.fullmatch(r"\d+\.\d\d s(  \S+ \d+\.\d%){2}", line), line
+
+
+def test_stream_piped_from_a_terminal_prints_its_labels_on_stdout(tmp_path):
+    """`vtempo stream clip | grep ...` in a terminal: the live view goes to the terminal (stderr), the
+    labels still go down the pipe."""
+    import pty
+    import threading
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "vtempo", "stream", str(CLIPS / "grow.mp4"), "--model", "tsm-demo",
+                                "--device", "cpu", "--every", "0.5", "--topk", "2"],
+                               env=environment(), stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    terminal = []
+
+    def drain():
+        with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+            while chunk := os.read(leader, 4096):
+                terminal.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = process.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(leader)
+    assert process.returncode == 0, b"".join(terminal).decode(errors="replace")
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) >= 2, (out, b"".join(terminal).decode(errors="replace"))
+    for line in lines:
+        assert re.fullmatch(r"\d+\.\d\d s(  \S+ \d+\.\d%){2}", line), line
+    assert b"label 1" in b"".join(terminal)  # the live view's title
 
 
 class SlowFirstCall(torch.nn.Module):

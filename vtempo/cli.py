@@ -26,6 +26,7 @@ try:  # Ctrl-C while the modules import (torch takes seconds): exit 130, no trac
         timeline,
     )
 except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
     raise SystemExit(130) from None
 
 
@@ -33,7 +34,7 @@ class _Typer(typer.Typer):
     """Typer whose own usage errors (a value that is not a number, a missing argument) are one line on
     stderr with exit code 2, like the commands' errors, instead of a usage block and a framed panel; a
     reader of stdout that goes away (`vtempo models | head -1`) ends the run quietly with 141, and Ctrl-C
-    outside a command (while the options are read) with 130, never a traceback."""
+    outside a command (while the options are read) with 130 and "interrupted", never a traceback."""
 
     def __call__(self, *args, **kwargs):
         from typer.core import _click
@@ -42,6 +43,9 @@ class _Typer(typer.Typer):
             return super().__call__(*args, **kwargs)
         stdout = _Stdout()
         try:
+            from vtempo import _start_up_done
+
+            _start_up_done()  # from here a Ctrl-C is a KeyboardInterrupt, for the command to handle
             code = super().__call__(*args, standalone_mode=False, **kwargs)
             sys.stdout.flush()  # here, not at shutdown, where a closed pipe prints "Exception ignored"
         except _click.exceptions.NoArgsIsHelpError as error:
@@ -56,7 +60,7 @@ class _Typer(typer.Typer):
         except typer.Abort:
             sys.exit(1)
         except KeyboardInterrupt:
-            sys.exit(EXIT_INTERRUPTED)
+            raise _interrupted() from None
         except BrokenPipeError:
             stdout.silence()
             sys.exit(EXIT_PIPE_CLOSED)
@@ -70,6 +74,28 @@ class _Typer(typer.Typer):
             stdout.close()
             _leave_process_group()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Group(typer.core.TyperGroup):
+    """Ctrl-C while typer reads the command line (before a command's own handling) is 130 and
+    "interrupted" too: typer itself would end with 130 and say nothing."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+
+
+def _interrupted() -> SystemExit:
+    print("interrupted", file=sys.stderr)
+    return SystemExit(EXIT_INTERRUPTED)
 
 
 EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141  # 141 = 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
@@ -123,6 +149,7 @@ app = _Typer(
     name="vtempo",
     help="Video action recognition with temporal-module CNNs (TSN, TSM, TAM, TCM, STC, TEFE, TSI).",
     no_args_is_help=True,
+    cls=_Group,
     add_completion=False,
     pretty_exceptions_enable=False,
 )

@@ -16,7 +16,7 @@ import threading
 from typing import Callable, Iterator, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape as escape_markup
 from rich.segment import Segment
 
@@ -41,10 +41,31 @@ def escape(text: object) -> str:
     return escape_markup(_CONTROL.sub(_escaped, str(text)))
 
 
+# Off a terminal (a pipe, a file) there is no width to fit: a table keeps its columns whole and a line
+# is never broken or cut, whatever the terminal the command was started from or its COLUMNS.
+OFF_TERMINAL_WIDTH = 1_000_000
+
+
 class GuardedConsole(Console):
     """A rich Console that shows control characters in the text it writes as \\xNN: the last guard
     for text printed without `escape`, progress-bar descriptions included. Line breaks and tabs stay;
-    rich's own styling and cursor codes are not text (they come from styles and control segments)."""
+    rich's own styling and cursor codes are not text (they come from styles and control segments).
+    Writing to anything but a terminal, it is `OFF_TERMINAL_WIDTH` wide unless given a `width`."""
+
+    def __init__(self, *args, width: Optional[int] = None, **kwargs) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        self.fits_terminal = width is None  # rich takes COLUMNS as a width of its own: told apart here
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self.fits_terminal and not self.is_terminal:
+            return ConsoleDimensions(OFF_TERMINAL_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
 
     def _render_buffer(self, buffer):  # every write passes here, live displays and captures too
         return super()._render_buffer(

@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from vtempo.commands.common import console, escape, friendly_errors
@@ -65,11 +64,9 @@ def register(app: typer.Typer) -> None:
         for entry in entries.values():
             table.add_row(entry.name, entry.arch, escape(entry.dataset or "—"), str(entry.frames), _number(entry.top1),
                           _number(entry.paper_gmacs), hub.cache_state(entry))
-        # Piped output has no terminal width: keep the columns whole rather than fold them at 80.
-        out = console if console.is_terminal else Console(width=120)
-        out.print(table)
-        out.print(
+        console.print(table)
+        console.print(
             "Architectures (random weights; any --num-classes and --frames): " + ", ".join(architectures),
             highlight=False,
         )
-        out.print(f"Cache: {hub.cache_dir()}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"Cache: {hub.cache_dir()}", markup=False, highlight=False, soft_wrap=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from vtempo.commands.common import (
@@ -239,18 +238,16 @@ def register(app: typer.Typer) -> None:
                 document["pipeline"] = pipeline_results
             print(json.dumps(document, indent=2, default=str))
         else:
-            # Piped output has no terminal width: let the tables keep their columns rather than fold at 80.
-            out = console if console.is_terminal else Console(width=160)
-            out.print(cost_table(profiles))
-            out.print(speed_table(profiles, settings, env))
+            console.print(cost_table(profiles))
+            console.print(speed_table(profiles, settings, env))
             for line in int8_notes(profiles):
-                out.print(line, highlight=False)
+                console.print(line, highlight=False)
             if settings.against:
-                out.print(against_table(profiles, settings))
+                console.print(against_table(profiles, settings))
             for reference, by_model in ratios.items():
-                out.print(ratio_table(profiles, reference, by_model))
+                console.print(ratio_table(profiles, reference, by_model))
             if pipeline_results is not None:
-                out.print(pipeline_table(pipeline_results))
+                console.print(pipeline_table(pipeline_results))
         errors = [(profile.name, error) for profile in profiles for error in profile.errors]
         errors += [(name, f"pipeline: {report['error']}") for name, report in (pipeline_results or {}).items()
                    if "error" in report]

@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
                 sink.records += 1
             if live is not None:
                 live.update(_view(label, str(source)), refresh=True)
-            elif sink is None:  # piped: a line per label on stdout
+            if sink is None and (live is None or not console.is_terminal):  # piped: a line per label on stdout
                 console.print(_line(label), markup=False, highlight=False, soft_wrap=True)
 
         try:

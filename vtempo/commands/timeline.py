@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
 
                         image = timeline_image([c for c, _, _ in windows], np.stack(scores), rec.labels, result.segments,
                                                result.duration, title=f"{video.name} · {rec.name}")
-                        err_console.print(f"plot: {write_png(_numbered(plot, video, many), image)}", highlight=False)
+                        err_console.print(f"plot: {write_png(_numbered(plot, video, many), image, '--plot')}", highlight=False)
                     if annotate is not None:
                         path = annotate_video(video, _numbered(annotate, video, many), windows, result.segments, result.fps)
                         err_console.print(f"annotated: {path}", highlight=False)

@@ -188,12 +188,12 @@ def evaluate(data: str | os.PathLike, model: str | os.PathLike | Recognizer, wei
 
 def save_evaluation(evaluation: Evaluation, out: str | os.PathLike) -> tuple[Path, Path]:
     """`OUT/evaluation.json` (everything) and `OUT/confusion.png`."""
+    from vtempo.inference.sink import write_file
     from vtempo.viz.plots import confusion_image, write_png
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "evaluation.json", out / "confusion.png"
-    json_path.write_text(json.dumps(evaluation.to_json(), indent=1) + "\n", encoding="utf-8")
+    write_file(json_path, json.dumps(evaluation.to_json(), indent=1) + "\n")
     title = f"{evaluation.model}: top-1 {evaluation.top1:.1f}% on {evaluation.videos} videos"
     write_png(png_path, confusion_image(np.array(evaluation.confusion), evaluation.classes, title))
     return json_path, png_path

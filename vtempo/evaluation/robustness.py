@@ -11,6 +11,7 @@ are resized and cropped once, and sliced per stride; every model scores every st
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -264,20 +265,21 @@ def run(data: str | os.PathLike | None, model_specs: Sequence[str] = (), weights
 
 def save(result: RobustnessResult, out: str | os.PathLike) -> dict[str, Path]:
     """robustness.json, robustness.csv and robustness.png (top-1 against stride, one line per model)."""
+    from vtempo.inference.sink import write_file
     from vtempo.viz.plots import line_plot, write_png
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "robustness.json", "csv": out / "robustness.csv", "png": out / "robustness.png"}
-    paths["json"].write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", "stride", "top1", "top5", "drop_from_train_stride", "train_stride"])
-        for name in result.models:
-            for s in result.strides:
-                drop = result.drop[name][s]
-                writer.writerow([name, s, f"{result.top1[name][s]:.2f}", f"{result.top5[name][s]:.2f}",
-                                 "" if drop is None else f"{drop:.2f}", result.train_stride[name] or ""])
+    write_file(paths["json"], json.dumps(result.to_json(), indent=1) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["model", "stride", "top1", "top5", "drop_from_train_stride", "train_stride"])
+    for name in result.models:
+        for s in result.strides:
+            drop = result.drop[name][s]
+            writer.writerow([name, s, f"{result.top1[name][s]:.2f}", f"{result.top5[name][s]:.2f}",
+                             "" if drop is None else f"{drop:.2f}", result.train_stride[name] or ""])
+    write_file(paths["csv"], table.getvalue())
     trained = {v for v in result.train_stride.values() if v}
     image = line_plot(
         {name: [(s, result.top1[name][s]) for s in result.strides] for name in result.models},

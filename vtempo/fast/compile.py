@@ -14,6 +14,7 @@ whether a run is long enough to repay it.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def compile_model(model: nn.Module, device: torch.device | None = None, *, dynam
     and dtype compiles (or loads from the cache). `dynamic=False` compiles each shape for itself, which
     gives the fastest kernels for the fixed clip shape inference uses."""
     device = device or next(model.parameters()).device
+    quiet_torch_notices()
     use_cache_folder()
     drop_forward_caches(model)
     compiled = torch.compile(model, dynamic=dynamic)
@@ -128,3 +130,28 @@ class AutoCompile(nn.Module):
         if self.compiled:  # kept outside the module's children: it holds the same weights
             vars(self)["compiled_model"] = compile_model(self.model)
         return logits
+
+
+class _Drop(logging.Filter):
+    """Drops the log records whose message (before its arguments) holds `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in str(record.msg)
+
+
+# Notices torch logs while it compiles that a user cannot act on: torchao registers its Enums the way
+# torch now deprecates (at torchao's import), and a CUDA_HOME without a GPU is named on a CPU-only host.
+_NOTICES = {"torch.utils._pytree": "is an Enum subclass and is now natively supported",
+            "torch.utils.cpp_extension": "No CUDA runtime is found"}
+
+
+def quiet_torch_notices() -> None:
+    """Keep torch's `_NOTICES` off stderr (its other warnings stay)."""
+    for name, text in _NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) and f.text == text for f in logger.filters):
+            logger.addFilter(_Drop(text))

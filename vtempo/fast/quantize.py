@@ -35,12 +35,13 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import VtempoError
-from vtempo.fast.compile import drop_forward_caches, use_cache_folder
+from vtempo.fast.compile import drop_forward_caches, quiet_torch_notices, use_cache_folder
 from vtempo.fast.shift import swap_shifts_for_export
 from vtempo.models.base import module_classes
 
 
 def _pt2e():
+    quiet_torch_notices()
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86

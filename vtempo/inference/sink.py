@@ -195,3 +195,10 @@ class Sink:
 
     def __exit__(self, exc_type, *_) -> None:
         self.close(complete=exc_type is None)
+
+
+def write_file(path: str | os.PathLike, data: str | bytes, flag: str = "--output") -> Path:
+    """`data` as the whole of the file at `path`, by this module's rule; returns the path."""
+    with Sink(path, flag=flag) as sink:
+        sink.write(data)
+    return sink.path

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -242,6 +243,9 @@ def run_stream(
         except BaseException:
             video.close()
             raise
+    # OpenCV warns on stderr as a live source times out ("Stream timeout triggered"); the summary says so
+    opencv_log_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     capture.start()
     try:
         while not stop.is_set():
@@ -274,6 +278,7 @@ def run_stream(
         capture.stop.set()
         capture.join(timeout=5)
         video.close()
+        cv2.utils.logging.setLogLevel(opencv_log_level)
         summary.frames, summary.sampled, summary.dropped = capture.frames, capture.sampled, capture.dropped
     if capture.error is not None and summary.reason.startswith("capture failed"):
         summary.live = True  # a broken source is reported like a live one that stopped
