@@ -18,8 +18,10 @@ import torch
 
 from benchmarks import as_the_program
 from vtempo.fast import prepare
+from vtempo.fast.compile import compile_model
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
+from vtempo.fast.quantize import quantize
 from vtempo.models import build
 from vtempo.runtime import autocast, malloc_thresholds, malloc_trim
 
@@ -48,11 +50,7 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
         pack_conv_weights(packed, torch.device("cpu"))
         return packed
     if kind == "compile":
-        from vtempo.fast.compile import compile_model
-
         return compile_model(copy.deepcopy(model))
-    from vtempo.fast.quantize import quantize
-
     return quantize(copy.deepcopy(model), [torch.randn_like(clip) for _ in range(2)], cache=False)
 
 

@@ -8,6 +8,8 @@ The names below are imported on first use, so `import vtempo` (and `vtempo --ver
 """
 from __future__ import annotations
 
+import importlib
+
 # OpenCV before torch: with torch's libraries loaded first, OpenCV's FFmpeg never opens a udp:// stream.
 import cv2  # noqa: F401,I001
 
@@ -28,8 +30,6 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value

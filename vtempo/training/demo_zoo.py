@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,12 @@ import numpy as np
 import torch
 
 from vtempo.data import synth
+from vtempo.errors import UsageError
+from vtempo.evaluation.evaluate import evaluate, save_evaluation
+from vtempo.evaluation.robustness import run as run_sweep
+from vtempo.evaluation.robustness import save as save_sweep
+from vtempo.training.train import TrainConfig, train
+from vtempo.weights.checkpoint import read_file
 
 FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi", "tsm-online", "tcm-timeline")
 MIRRORED = "mirrored pairs"
@@ -100,8 +108,6 @@ def _sets(out: Path, seed: int, recipe: Recipe, say) -> dict[str, Path]:
 
 
 def _train_config(family: str, data: dict[str, Path], out: Path, seed: int, recipe: Recipe, threads: int | None):
-    from vtempo.training.train import TrainConfig
-
     recipe = recipe.of(family)
     return TrainConfig(
         data=str(data["train"]), val=str(data["val"]), model=recipe.arch(family), out=str(out / "runs" / family),
@@ -144,8 +150,6 @@ def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recip
     """Train one demo model (resuming a run left unfinished); returns the seconds it took.
 
     The epoch lines go to OUT/runs/FAMILY/train.log: parallel jobs would interleave them on the terminal."""
-    from vtempo.training.train import train
-
     config = _train_config(family, data, out, seed, recipe, threads)
     run = Path(config.out)
     if _finished(run, config.epochs):
@@ -166,14 +170,6 @@ def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = 
     one core better than two); the thread count changes the floating-point sums, so the bundled weights
     are reproduced bit for bit only with the same jobs on the same number of cores. `say(line)` receives
     the progress messages."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    from vtempo.errors import UsageError
-    from vtempo.evaluation.evaluate import evaluate, save_evaluation
-    from vtempo.evaluation.robustness import run as run_sweep
-    from vtempo.evaluation.robustness import save as save_sweep
-
     say = say or (lambda message: None)
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
@@ -261,8 +257,6 @@ def markdown_report(report: dict[str, Any]) -> str:
 def install_weights(out: Path, families: list[str], results: dict[str, Any], recipe: Recipe) -> dict[str, str]:
     """fp16 copies of the best checkpoints in vtempo/weights/bundled/ and their registry entries (printed and
     written to OUT/checkpoints-demo.yaml for the maintainer to paste into checkpoints.yaml)."""
-    from vtempo.weights.checkpoint import read_file
-
     target = Path(__file__).parents[1] / "weights" / "bundled"
     target.mkdir(exist_ok=True)
     entries, installed = [], {}
