@@ -155,7 +155,7 @@ def measure_pipeline(
     for _ in run(videos[: batch]):  # warm-up: one-off start-up costs stay out of the rates
         pass
     # Model-only and end-to-end runs alternate and the medians are reported: on a shared machine the
-    # speed drifts by ±20% from minute to minute, more than the difference being measured.
+    # speed drifts from minute to minute by more than the difference being measured.
     model_rates, end_to_end_rates, ratios = [], [], []
     with _RssSampler() as memory:
         for _ in range(rounds):

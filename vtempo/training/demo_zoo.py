@@ -65,9 +65,8 @@ class Recipe:
     dtype: str = "bf16"  # CPU autocast; on CPUs without native bf16 use fp32 (slower, same accuracy within noise)
     # Settings that differ by family, chosen on the validation set (best val top-1 of the run). TAM's and
     # TEFE's temporal kernels are generated from spatial means and learn the direction of time from
-    # scratch only at a higher rate (at 4e-3: TAM 52%, TEFE 44.5%; TAM at 1e-2: 89%; TEFE at 2e-2: 85%).
-    # STC-Light: 87.0% → 91.0% at 1e-2; STC: 87.5% → 89.5% with 30 epochs (at 1e-2 it learnt slower:
-    # 31.5% after 11 of 20 epochs, stopped there).
+    # scratch only at a higher rate; STC-Light did better at 1e-2 too, and STC with 30 epochs (it learnt
+    # slower at 1e-2). The validation figures: docs/demo-models.md.
     per_family: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "tam": {"lr": 1e-2},
         "tefe": {"lr": 2e-2},

@@ -322,8 +322,8 @@ def train_step(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, optimi
 
 
 def channels_last(model: nn.Module) -> nn.Module:
-    """Store 2D convolution weights channels-last: oneDNN and cuDNN run them faster (1.2-1.6x on
-    the demo models on CPU). Only Conv2d weights: `model.to(memory_format=...)` fails on 3D kernels."""
+    """Store 2D convolution weights channels-last: oneDNN and cuDNN run them faster (docs/demo-models.md).
+    Only Conv2d weights: `model.to(memory_format=...)` fails on 3D kernels."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
