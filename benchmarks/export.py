@@ -19,15 +19,14 @@ from pathlib import Path
 import torch
 
 from benchmarks import as_the_program
+from vtempo.export import export_model, load_exported
+from vtempo.export.exporting import reference_model
+from vtempo.inference.recognizer import load
 
 DEMOS = ["tsn-demo", "tsm-demo", "tam-demo", "tcm-demo", "stc-demo", "stc-light-demo", "tefe-demo", "tsi-demo"]
 
 
 def measure(name: str, folder: Path, batch: int, rounds: int) -> dict[str, float]:
-    from vtempo.export import export_model, load_exported
-    from vtempo.export.exporting import reference_model
-    from vtempo.inference.recognizer import load
-
     rec = load(name, device="cpu")
     path = export_model(rec, "onnx", folder / f"{name}.onnx").path
     onnx_model, meta = load_exported(path)

@@ -13,6 +13,8 @@ import torch
 
 from benchmarks import as_the_program
 from vtempo.data.synth import CLASSES, render_clip
+from vtempo.fast.quantize import quantize
+from vtempo.inference.recognizer import load
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import make_views
 
@@ -34,9 +36,6 @@ def synthetic_views(rec, count: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def compare(name: str, clips: int, seed: int, calibration: int, batch: int) -> dict:
-    from vtempo.fast.quantize import quantize
-    from vtempo.inference.recognizer import load
-
     rec = load(name, device="cpu")
     views, labels = synthetic_views(rec, clips, seed)
     calib, _ = synthetic_views(rec, calibration, seed + 1000)  # other clips than the test set's

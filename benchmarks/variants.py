@@ -22,9 +22,11 @@ import torch
 from benchmarks import as_the_program
 from vtempo.fast import prepare
 from vtempo.fast.choose import Chooser
+from vtempo.fast.compile import compile_model
 from vtempo.fast.fuse import fuse_block_post_ops
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
+from vtempo.fast.quantize import quantize
 from vtempo.models import build
 from vtempo.runtime import autocast, malloc_thresholds, malloc_trim
 
@@ -58,11 +60,7 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
         fuse_block_post_ops(fused, torch.device("cpu"), always)
         return fused
     if kind == "compile":
-        from vtempo.fast.compile import compile_model
-
         return compile_model(copy.deepcopy(model))
-    from vtempo.fast.quantize import quantize
-
     return quantize(copy.deepcopy(model), [torch.randn_like(clip) for _ in range(2)], cache=False)
 
 

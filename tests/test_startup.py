@@ -2,7 +2,8 @@
 
 Each runs in a fresh interpreter. Heavy modules that no such command needs (torchvision with its
 detection ops, which bring torch._dynamo and sympy) must stay out; torch itself waits for a command
-that runs a model. OpenCV is imported by `import vtempo` on purpose, before torch (see vtempo/__init__.py).
+that runs a model, and the YAML registry (with the downloader's HTTP stack) and PyAV for one that reads
+them. OpenCV is imported by `import vtempo` on purpose, before torch (see vtempo/__init__.py).
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from vtempo.models import build
 
 REPO = Path(__file__).resolve().parents[1]
 NEVER = ("torchvision", "torch._dynamo", "sympy", "triton")
+NOT_FOR_HELP = ("yaml", "urllib.request", "av")  # the registry, the downloader, the PyAV backend
 
 
-def loaded_after(code: str, home: Path) -> tuple[list[str], str]:
-    """The modules of NEVER + torch that are in sys.modules after running `code`, and its output."""
-    probe = f"{code}\nimport json, sys\nprint('MODULES', json.dumps(sorted(m for m in {(*NEVER, 'torch')!r} if m in sys.modules)))"
+def loaded_after(code: str, home: Path, watched=(*NEVER, "torch")) -> tuple[list[str], str]:
+    """The modules of `watched` that are in sys.modules after running `code`, and its output."""
+    probe = f"{code}\nimport json, sys\nprint('MODULES', json.dumps(sorted(m for m in {tuple(watched)!r} if m in sys.modules)))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                VTEMPO_HOME=str(home))
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
@@ -38,13 +40,13 @@ def cli(*args: str) -> str:
             "try:\n    app()\nexcept SystemExit as end:\n    assert end.code in (0, None), end.code\n")
 
 
-def test_import_vtempo_loads_no_torch(tmp_path):
-    assert loaded_after("import vtempo", tmp_path)[0] == []
+def test_import_vtempo_loads_no_torch_registry_or_pyav(tmp_path):
+    assert loaded_after("import vtempo", tmp_path, (*NEVER, "torch", *NOT_FOR_HELP))[0] == []
 
 
-@pytest.mark.parametrize("args", [["--help"], ["classify", "--help"], ["--version"]])
-def test_help_loads_no_torch(tmp_path, args):
-    modules, output = loaded_after(cli(*args), tmp_path)
+@pytest.mark.parametrize("args", [["--help"], ["classify", "--help"], ["download", "--help"], ["--version"]])
+def test_help_loads_no_torch_registry_or_pyav(tmp_path, args):
+    modules, output = loaded_after(cli(*args), tmp_path, (*NEVER, "torch", *NOT_FOR_HELP))
     assert modules == [], output
 
 

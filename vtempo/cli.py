@@ -10,7 +10,9 @@ import sys
 
 try:  # Ctrl-C while the modules import (torch takes seconds): exit 130, no traceback
     import typer
+    from typer.core import _click
 
+    from vtempo import __version__
     from vtempo.commands import (
         cam,
         classify,
@@ -25,6 +27,7 @@ try:  # Ctrl-C while the modules import (torch takes seconds): exit 130, no trac
         tempo,
         timeline,
     )
+    from vtempo.commands.common import fail
 except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     raise SystemExit(130) from None
@@ -37,8 +40,6 @@ class _Typer(typer.Typer):
     outside a command (while the options are read) with 130 and "interrupted", never a traceback."""
 
     def __call__(self, *args, **kwargs):
-        from typer.core import _click
-
         if kwargs.get("standalone_mode", True) is False:
             return super().__call__(*args, **kwargs)
         stdout = _Stdout()
@@ -52,8 +53,6 @@ class _Typer(typer.Typer):
             error.show()
             sys.exit(error.exit_code)
         except _click.exceptions.ClickException as error:
-            from vtempo.commands.common import fail
-
             context = getattr(error, "ctx", None)
             hint = f" (see `{context.command_path} --help`)" if context is not None else ""
             raise SystemExit(fail(error.format_message() + hint, error.exit_code).exit_code) from None
@@ -158,8 +157,6 @@ app = _Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from vtempo import __version__
-
         typer.echo(f"vtempo {__version__}")
         raise typer.Exit()
 

@@ -26,13 +26,25 @@ Nothing in `vtempo` imports this module, and it imports ray only when used.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import cv2
+import numpy as np
+import torch
+
 from vtempo.errors import UsageError
+from vtempo.inference.decoding import decode_views
+from vtempo.inference.engine import Engine
+from vtempo.inference.recognizer import at_least, load
 from vtempo.inference.results import Prediction, VideoResult
 from vtempo.inference.sharding import record_key
+from vtempo.inference.sink import Sink
+from vtempo.runtime import available_cores
+from vtempo.video import display_path
+from vtempo.video.discovery import FailedInput, collect_videos
 
 __all__ = ["classify", "results", "to_result", "start", "require_ray", "RECORD_FIELDS", "INSTALL_HINT"]
 
@@ -58,10 +70,6 @@ def start(address: str | None = None, num_cpus: int | None = None):
     start a local one on this machine's cores (no dashboard, warnings only). A connection made
     before is kept."""
     ray = require_ray()
-    import logging
-
-    from vtempo.runtime import available_cores
-
     if not ray.is_initialized():
         options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
         if address is None:
@@ -82,9 +90,6 @@ def start(address: str | None = None, num_cpus: int | None = None):
 
 
 def _path_rows(paths, recursive: bool) -> list[dict[str, Any]]:
-    from vtempo.video import display_path
-    from vtempo.video.discovery import FailedInput, collect_videos
-
     rows = []
     for video in collect_videos(paths, recursive):
         failed = video.reason if isinstance(video, FailedInput) else None
@@ -99,15 +104,7 @@ class _Decode:
         self.plan, self.ready = plan, False
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
-
-        from vtempo.inference.decoding import decode_views
-        from vtempo.video.discovery import FailedInput
-
         if not self.ready:  # once per worker process: it decodes one file at a time, on one core
-            import cv2
-            import torch
-
             cv2.setNumThreads(1)
             torch.set_num_threads(1)
             self.ready = True
@@ -126,12 +123,6 @@ class _Score:
 
     def __init__(self, load_options: dict[str, Any], provenance: dict[str, Any], topk: int, batch_size: int,
                  threads: int | None):
-        import torch
-
-        from vtempo.inference.recognizer import load
-
-        from vtempo.runtime import available_cores
-
         self.recognizer = load(**load_options)
         if self.recognizer.device.type == "cpu":  # Ray gives an actor one thread per CPU it reserves
             torch.set_num_threads(threads or available_cores())
@@ -139,9 +130,6 @@ class _Score:
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
-        import torch
-
-        from vtempo.inference.engine import Engine
 
         recognizer = self.recognizer
         engine = Engine(recognizer.model, recognizer.device, recognizer.dtype, self.batch_size)
@@ -224,8 +212,6 @@ def classify(
     (auto, pyav, sequential, opencv, ...).
     """
     ray = require_ray()
-    from vtempo.inference.recognizer import at_least, load
-
     at_least("topk", topk, 1)
     at_least("batch_size", batch_size, 1)
     if dtype == "int8":
@@ -327,8 +313,6 @@ class ParquetWriter:
 
     def __init__(self, path: str | os.PathLike, provenance: dict[str, Any]):
         import pyarrow.parquet as pq
-
-        from vtempo.inference.sink import Sink
 
         self.path, self.provenance, self.schema = Path(path), provenance, _schema(provenance)
         self.sink = Sink(self.path)

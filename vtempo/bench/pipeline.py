@@ -11,9 +11,12 @@ from typing import Sequence
 import torch
 
 from vtempo.errors import UsageError
+from vtempo.fast import prepare
 from vtempo.inference.decoding import decode_views
+from vtempo.inference.recognizer import create_model, load
 from vtempo.protocol import CROPS
-from vtempo.video import VideoError, display_path, open_video
+from vtempo.runtime import autocast, default_workers, synchronize
+from vtempo.video import VideoError, available_backends, display_path, open_video
 from vtempo.video.discovery import collect_videos
 from vtempo.video.sampling import clip_indices
 from vtempo.video.transforms import Preprocess
@@ -109,11 +112,6 @@ def measure_pipeline(
     views defaults to 1x1 so a clip is one video; `files` repeats or trims the folder's videos to that
     count (memory checks: 20 vs 200); `size` overrides the input size (resize scaled with it).
     """
-    from vtempo.fast import prepare
-    from vtempo.inference.recognizer import create_model, load
-    from vtempo.runtime import autocast, default_workers, synchronize
-    from vtempo.video import available_backends
-
     videos = collect_videos([folder], recursive=True)
     if not videos:
         raise UsageError(f"{display_path(folder)}: no videos found")
@@ -157,7 +155,7 @@ def measure_pipeline(
     for _ in run(videos[: batch]):  # warm-up: one-off start-up costs stay out of the rates
         pass
     # Model-only and end-to-end runs alternate and the medians are reported: on a shared machine the
-    # speed drifts by ±20% from minute to minute, more than the difference being measured.
+    # speed drifts from minute to minute by more than the difference being measured.
     model_rates, end_to_end_rates, ratios = [], [], []
     with _RssSampler() as memory:
         for _ in range(rounds):

@@ -20,20 +20,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from vtempo import limits
 from vtempo.bench.flops import count_macs
+from vtempo.bench.runtimes import check_runtimes, parity, runtime_model, scratch_folder
+from vtempo.data.synth import CLASSES, render_clip
 from vtempo.errors import UsageError, VtempoError
 from vtempo.fast import prepare
 from vtempo.fast.compile import compile_model
 from vtempo.fast.cudagraph import GraphedModel
+from vtempo.fast.quantize import quantize, require_torchao
+from vtempo.inference.decoding import ViewPlan, decode_views
 from vtempo.inference.recognizer import create_model, resolve
 from vtempo.runtime import (
     CHANNELS_LAST,
@@ -44,7 +50,10 @@ from vtempo.runtime import (
     set_threads,
     synchronize,
 )
-from vtempo.weights.registry import ModelEntry, load_registry
+from vtempo.video.discovery import collect_videos
+from vtempo.video.sampling import clip_indices
+from vtempo.video.transforms import Preprocess, make_views
+from vtempo.weights.registry import ModelEntry, Protocol, load_registry
 
 PARITY = 1e-4  # another runtime's logits against eager PyTorch's, relative: the export's own bound
 PAPER_SIZE = 224  # the input side the papers' GMACs are quoted at
@@ -77,8 +86,6 @@ class Settings:
         if "int8" in self.dtypes and self.cuda_graphs:
             raise UsageError("--dtype int8 runs on the CPU: drop --cuda-graphs")
         if self.against:
-            from vtempo.bench.runtimes import check_runtimes
-
             check_runtimes(list(self.against))
             if "fp32" not in self.dtypes:
                 raise UsageError("--against compares with vtempo's fp32 model: include --dtype fp32")
@@ -282,19 +289,11 @@ def calibration_batches(entry: ModelEntry | None, frames: int, size: int, batch:
     """Batches of `batch` clips, preprocessed as `entry`'s model tests (default preprocessing without
     one), to calibrate an int8 model on: rendered synthetic clips, or those of the first videos in
     `folder` that decode. Returns them and where they came from."""
-    import numpy as np
-
-    from vtempo.video.sampling import clip_indices
-    from vtempo.video.transforms import Preprocess, make_views
-    from vtempo.weights.registry import Protocol
-
     preprocess = Preprocess.from_entry(entry, size)
     protocol = entry.protocol if entry is not None else Protocol()
     wanted = max(CALIBRATION_CLIPS, batch)
     clips: list[torch.Tensor] = []
     if folder is None:
-        from vtempo.data.synth import CLASSES, render_clip
-
         for index in range(wanted):
             video = render_clip(index % len(CLASSES), seed=[7, index], frames=max(frames, 16),
                                 size=max(preprocess.resize))
@@ -302,9 +301,6 @@ def calibration_batches(entry: ModelEntry | None, frames: int, size: int, batch:
             clips.append(make_views(np.asarray(video.frames)[list(chosen)], preprocess, 1))
         source = "synthetic"
     else:
-        from vtempo.inference.decoding import ViewPlan, decode_views
-        from vtempo.video.discovery import collect_videos
-
         plan = ViewPlan(frames, protocol, 1, "centre", preprocess)
         for path in collect_videos([folder], recursive=True):
             views = decode_views(path, plan)["views"]
@@ -331,8 +327,6 @@ def _int8_ops(model: torch.nn.Module) -> tuple[int, int]:
 def _quantized_runner(model: torch.nn.Module, entry, frames: int, size: int, settings: Settings,
                       clip: torch.Tensor) -> tuple[_Runner, Int8Model]:
     """`model` (prepared, fp32, on the CPU) quantized to int8 the way `classify --dtype int8` runs it."""
-
-    from vtempo.fast.quantize import quantize
 
     batches, source = calibration_batches(entry, frames, size, settings.batch, settings.calibrate)
     quantized = quantize(copy.deepcopy(model), batches)
@@ -374,8 +368,6 @@ def profile_models(
             torch.manual_seed(0)
             folder = None
             if settings.against:
-                from vtempo.bench.runtimes import scratch_folder
-
                 folder = Path(stack.enter_context(scratch_folder()))  # the exported files, removed after
             return _profile(resolved, entries, settings, device, user_registry, progress or (lambda message: None),
                             folder)
@@ -385,8 +377,6 @@ def profile_models(
 
 def _check_int8(device: torch.device) -> None:
     """int8 runs on the CPU with torchao's quantizer: refused in one line otherwise."""
-    from vtempo.fast.quantize import require_torchao
-
     if device.type != "cpu":
         raise UsageError(f"--dtype int8 runs on the CPU only, and this run's device is {device}: pass --device cpu")
     try:
@@ -440,8 +430,6 @@ def _profile(resolved, entries, settings: Settings, device: torch.device, user_r
         for runtime in settings.against:
             say(f"{name} in {runtime}")
             try:
-                from vtempo.bench.runtimes import parity, runtime_model
-
                 other = runtime_model(runtime, reference, prepared, clip, folder, name)
                 error = parity(other, expected, clip)
                 profile.against_parity[runtime] = error
@@ -572,8 +560,6 @@ def speedup(profile: ModelProfile, fast: str = "bf16", slow: str = "fp32") -> fl
 
 def environment(settings: Settings) -> dict:
     """What the numbers depend on, for the JSON report."""
-    import platform
-
     device = pick_device(settings.device)
     return {
         "torch": torch.__version__,

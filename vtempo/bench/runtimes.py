@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 
 from vtempo.errors import UsageError
-from vtempo.export.loading import OpenVinoModel
+from vtempo.export.exporting import relative_error, write_onnx
+from vtempo.export.forms import ExportForm, apply_export_forms
+from vtempo.export.loading import FORMAT, OnnxModel, OpenVinoModel
+from vtempo.fast.compile import compile_model
 
 RUNTIMES = ("compiled", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")
@@ -43,10 +46,6 @@ def check_runtimes(names: list[str]) -> None:
 def export_onnx(model: torch.nn.Module, frames: int, size: int, folder: Path, name: str) -> Path:
     """`model` (a VideoRecognizer in its reference modules, fp32) written to `folder` as .onnx by
     vtempo's exporter (batch size free)."""
-    from vtempo.export.exporting import write_onnx
-    from vtempo.export.forms import ExportForm, apply_export_forms
-    from vtempo.export.loading import FORMAT
-
     form = ExportForm(copy.deepcopy(model).cpu().float().eval(), frames)
     apply_export_forms(form)
     path = folder / f"{name}.onnx"
@@ -60,8 +59,6 @@ def runtime_model(runtime: str, reference: torch.nn.Module, prepared: torch.nn.M
     """`runtime`'s model of `reference` (the built model, reference modules) for clips shaped like `clip`;
     `prepared` is vtempo's prepared model (what `compiled` compiles)."""
     if runtime == "compiled":
-        from vtempo.fast.compile import compile_model
-
         return compile_model(copy.deepcopy(prepared), clip.device)
     if clip.device.type != "cpu":
         raise UsageError(f"--against {runtime} runs on the CPU here: pass --device cpu")
@@ -70,16 +67,12 @@ def runtime_model(runtime: str, reference: torch.nn.Module, prepared: torch.nn.M
     if not path.is_file():
         export_onnx(reference, frames, size, folder, name)
     if runtime == "onnxruntime":
-        from vtempo.export.loading import OnnxModel
-
         return OnnxModel(path, "cpu", threads=torch.get_num_threads(), spin=False)
     return OpenVinoModel(path, tuple(clip.shape), threads=torch.get_num_threads())
 
 
 def parity(model: torch.nn.Module, expected: torch.Tensor, clip: torch.Tensor) -> float:
     """max |logits - expected| / max |expected| on `clip`."""
-    from vtempo.export.exporting import relative_error
-
     with torch.inference_mode():
         return relative_error(model(clip), expected)
 

@@ -1,6 +1,7 @@
 """`vtempo classify PATH... --model NAME` and `vtempo check-videos PATH...`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,6 +36,12 @@ from vtempo.commands.common import (
     weights_option,
 )
 from vtempo.errors import UsageError
+from vtempo.inference.results import ResultWriter
+from vtempo.inference.runner import BatchRunner, Interrupted
+from vtempo.inference.sink import check_writable
+from vtempo.video import display_path
+from vtempo.video.discovery import collect_videos
+from vtempo.video.readers import BACKENDS
 
 
 def _progress(shown: bool = True) -> Progress:
@@ -45,8 +52,6 @@ def _progress(shown: bool = True) -> Progress:
 
 
 def _short(path) -> str:
-    from vtempo.video import display_path
-
     return escape(display_path(path))
 
 
@@ -101,11 +106,7 @@ def register(app: typer.Typer) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
         from vtempo import distributed
         from vtempo.inference.recognizer import load, parse_views
-        from vtempo.inference.results import ResultWriter
-        from vtempo.inference.runner import BatchRunner, Interrupted
-        from vtempo.inference.sink import check_writable
         from vtempo.runtime import default_workers
-        from vtempo.video.discovery import collect_videos
 
         if engine not in ("local", "ray"):
             raise UsageError(f"--engine must be local or ray, got {engine!r}")
@@ -221,8 +222,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Decode every video the way classify would; report failures and frame counts (header vs decodable)."""
         from vtempo.video.check import check_video
-        from vtempo.video.discovery import collect_videos
-        from vtempo.video.readers import BACKENDS
 
         if backend != "auto" and backend not in BACKENDS:
             raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -261,10 +260,6 @@ def register(app: typer.Typer) -> None:
 
 def read_path_list(path: Path) -> list[Path]:
     """The paths in a list file, one a line (blank lines skipped; names that are not UTF-8 kept as bytes)."""
-    import os
-
-    from vtempo.video import display_path
-
     try:
         with open(path, "rb") as handle:
             lines = [line.rstrip(b"\r\n") for line in handle]

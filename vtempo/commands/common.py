@@ -18,8 +18,18 @@ from typing import Callable, Iterator, Optional
 import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape as escape_markup
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.segment import Segment
 
+from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 
 # C0 controls (ESC starts terminal escape sequences), DEL, C1 controls (0x9b is a one-byte CSI) and the
@@ -205,8 +215,6 @@ def check_runtime(runtime: str, compile: str) -> None:
 def at_least(flag: str, value, minimum: int, bound: Optional[str] = None) -> None:
     """A count option must be at least `minimum` and at most the limit named `bound` (vtempo.limits):
     one line naming the flag otherwise (exit code 2)."""
-    from vtempo import limits
-
     if value is not None and value < minimum:
         raise UsageError(f"{flag} must be at least {minimum}, got {value}")
     limits.check_int(flag, value, minimum, bound)
@@ -235,14 +243,6 @@ def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", 
 def progress_callback(title: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
     """A `progress(done, total, status="")` callback drawing a transient bar on stderr (started on the
     first call, so worker processes started before it never fork the bar's thread)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     state: dict = {}
 
     def update(done: int, total: int, status: str = "") -> None:
@@ -298,15 +298,6 @@ class _ConsoleHandler(logging.Handler):
 def download_progress(name: str, enabled: bool = True) -> Iterator[Callable[[int, Optional[int]], None]]:
     """A `progress(bytes_done, bytes_total)` callback for `hub.download`/`hub.weights_path` drawing a
     rich bar on stderr; the bar appears with the first bytes, so a failed connection prints one line."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         console=err_console, disable=not enabled, transient=False,

@@ -23,6 +23,17 @@ from vtempo.commands.common import (
     weights_option,
 )
 from vtempo.errors import UsageError
+from vtempo.inference.runner import BatchRunner, Interrupted
+from vtempo.inference.sharding import (
+    Shard,
+    check_output,
+    input_key,
+    parse_shard,
+    shard_positions,
+)
+from vtempo.inference.sink import check_target, check_writable
+from vtempo.video import display_path
+from vtempo.video.discovery import collect_videos
 
 
 def register(app: typer.Typer) -> None:
@@ -61,19 +72,8 @@ def embed(
     )
     from vtempo.inference.embed import embed as run_embed
     from vtempo.inference.recognizer import load
-    from vtempo.inference.runner import BatchRunner, Interrupted
-    from vtempo.inference.sharding import (
-        Shard,
-        check_output,
-        input_key,
-        parse_shard,
-        shard_positions,
-    )
-    from vtempo.inference.sink import check_target, check_writable
     from vtempo.inference.timeline import check_seconds
     from vtempo.runtime import default_workers
-    from vtempo.video import display_path
-    from vtempo.video.discovery import collect_videos
 
     at_least("--batch-size", batch_size, 1, "MAX_BATCH")
     at_least("--workers", workers, 0, "MAX_THREADS")

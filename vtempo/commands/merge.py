@@ -1,6 +1,7 @@
 """`vtempo merge PARTS... -o FILE.jsonl` (or `-o FILE.npy` for embeddings): join the parts of a sharded run in input order."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -8,6 +9,9 @@ import typer
 
 from vtempo.commands.common import err_console, friendly_errors
 from vtempo.errors import UsageError
+from vtempo.inference.sharding import check_output, merge_parts
+from vtempo.video import display_path
+from vtempo.video.discovery import collect_videos
 
 
 def register(app: typer.Typer) -> None:
@@ -23,10 +27,6 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     ) -> None:
         """Join the parts that `--shard K/N` runs wrote, in input order; every input must appear exactly once."""
-        from vtempo.inference.sharding import check_output, merge_parts
-        from vtempo.video import display_path
-        from vtempo.video.discovery import collect_videos
-
         embeddings = all(part.suffix.lower() == ".npy" for part in parts)
         if embeddings != (output.suffix.lower() == ".npy") or not embeddings and output.suffix.lower() != ".jsonl":
             raise UsageError(f"--output {display_path(output)}: the merged file is JSON Lines (.jsonl), or .npy "
@@ -53,8 +53,6 @@ def _record_layout(part: Path):
     """(the field naming the input, which record is an input's last) for the parts' kind of run: a
     `vtempo timeline` part names its videos in "video" and ends each with a summary or error record;
     other runs write one record per input, named in "path"."""
-    import json
-
     from vtempo.inference.timeline import TimelineWriter
 
     try:

@@ -27,6 +27,9 @@ from vtempo.commands.common import (
     weights_option,
 )
 from vtempo.errors import UsageError
+from vtempo.inference.sink import Sink, check_target, check_writable
+from vtempo.limits import check_number
+from vtempo.video import display_path
 
 DEMO_MODEL = "tsm-demo"
 
@@ -68,10 +71,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Label a live source every --every seconds; Ctrl-C stops with a summary."""
         from vtempo.inference.recognizer import load
-        from vtempo.inference.sink import Sink, check_target, check_writable
         from vtempo.inference.stream import run_stream
-        from vtempo.limits import check_number
-        from vtempo.video import display_path
 
         at_least("--topk", topk, 1, "MAX_CLASSES")
         check_number("--every", every, 0, "MAX_SECONDS", above=True)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,7 +28,9 @@ from vtempo.commands.common import (
     registry_option,
     weights_option,
 )
+from vtempo.data import synth as synthetic
 from vtempo.errors import UsageError
+from vtempo.inference.sink import check_writable
 
 
 def register(app: typer.Typer) -> None:
@@ -66,8 +69,6 @@ def synth(
     at_least("--frames", frames, 2, "MAX_FRAMES")
     at_least("--size", size, 32, "MAX_INPUT_SIZE")
     at_least("--seed", seed, 0, "MAX_SEED")
-    from vtempo.data import synth as synthetic
-
     names = synthetic.class_names(int(classes) if classes.isdigit() else classes)
     total, done = len(names) * clips, [0]
     with progress_callback("rendering", progress) as show:
@@ -177,8 +178,6 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Top-1/top-5, per-class accuracy and confusion matrix of a model on a labelled video set."""
-    import os
-
     from vtempo.evaluation.evaluate import evaluate as run_evaluation
     from vtempo.evaluation.evaluate import save_evaluation
     from vtempo.inference.recognizer import parse_views
@@ -189,8 +188,6 @@ def evaluate(
     if views is not None:
         parse_views(views)
     if out is not None:
-        from vtempo.inference.sink import check_writable
-
         check_writable(out / "evaluation.json", "--output")
     with progress_callback("evaluating", progress) as show:
         result = run_evaluation(data, model, weights, registry=registry, views=views, frames=frames, labels=labels,
@@ -240,8 +237,6 @@ def robustness(
     """Accuracy per sampling stride (TCM paper Fig. 5): each clip re-sampled at stride τ, last frame repeated.
 
     With no DATA, the synthetic benchmark's test set; with no --model, every bundled demo model."""
-    import os
-
     from vtempo.evaluation.robustness import parse_strides, run, save
 
     check_model_options(frames, dtype, device)
@@ -251,8 +246,6 @@ def robustness(
     strides = parse_strides(stride)
     if weights and len(weights) > len(model or []):
         raise UsageError("more --weights than --model")
-    from vtempo.inference.sink import check_writable
-
     check_writable(out / "robustness.json", "--output")
     with progress_callback("sweeping", progress) as show:
         result = run(data, model or [], [str(w) for w in weights or []], strides, frames, train_stride, labels,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -24,6 +25,12 @@ from vtempo.commands.common import (
     weights_option,
 )
 from vtempo.errors import UsageError
+from vtempo.inference.runner import BatchRunner, Interrupted
+from vtempo.inference.sink import check_target, check_writable
+from vtempo.video import display_path
+from vtempo.video.readers import VideoError
+from vtempo.viz.plots import write_png
+from vtempo.viz.timeline import timeline_image
 
 DEMO_MODEL = "tcm-timeline-demo"  # bundled, trained for timelines (joined clips)
 
@@ -60,11 +67,7 @@ def register(app: typer.Typer) -> None:
         shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Shard K of N of the videos (from 0; balanced by size) into OUT.part-K-of-N.jsonl; auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard."),
     ) -> None:
         """Slide the model's clip over each video: labels over time, then action segments."""
-        import numpy as np
-
         from vtempo.inference.recognizer import load
-        from vtempo.inference.runner import BatchRunner, Interrupted
-        from vtempo.inference.sink import check_target, check_writable
         from vtempo.inference.timeline import (
             TimelineWriter,
             annotate_video,
@@ -72,8 +75,6 @@ def register(app: typer.Typer) -> None:
             check_smooth,
             timeline,
         )
-        from vtempo.video import display_path
-        from vtempo.video.readers import VideoError
 
         at_least("--topk", topk, 1, "MAX_CLASSES")
         at_least("--batch-size", batch_size, 1, "MAX_BATCH")
@@ -137,9 +138,6 @@ def register(app: typer.Typer) -> None:
                         writer.finish_video(result)
                     _print_segments(result)
                     if plot is not None:
-                        from vtempo.viz.plots import write_png
-                        from vtempo.viz.timeline import timeline_image
-
                         image = timeline_image([c for c, _, _ in windows], np.stack(scores), rec.labels, result.segments,
                                                result.duration, title=f"{video.name} · {rec.name}")
                         err_console.print(f"plot: {write_png(_numbered(plot, video, many), image, '--plot')}", highlight=False)

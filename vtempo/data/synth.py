@@ -259,7 +259,7 @@ class SynthSet:
 
 def write_video(path: Path, frames: np.ndarray, fps: float = FPS) -> None:
     """Write RGB uint8 frames as MPEG-4 Part 2 (`mp4v`) in .mp4: OpenCV's wheel writes it everywhere,
-    decord and OpenCV read it frame-accurately, it is 5x smaller than MJPG, and the bytes depend only
+    decord and OpenCV read it frame-accurately, it is smaller than MJPG, and the bytes depend only
     on the frames (no timestamps in the header)."""
     height, width = frames.shape[1:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))

@@ -24,7 +24,10 @@ from vtempo.data.dataset import ClipDataset, VideoSet, read_video_set
 from vtempo.errors import VtempoError
 from vtempo.inference.engine import Engine
 from vtempo.inference.recognizer import Recognizer, at_least, load
+from vtempo.inference.sink import write_file
 from vtempo.protocol import CROPS
+from vtempo.runtime import default_workers
+from vtempo.viz.plots import confusion_image, write_png
 
 
 def unnamed(labels: Sequence[str] | None) -> bool:
@@ -150,8 +153,6 @@ def evaluate(data: str | os.PathLike, model: str | os.PathLike | Recognizer, wei
     Recognizer) on a labelled video set, tested with the model's own protocol; `views` overrides its
     views. `labels` names the classes of a list file with numeric labels. `progress(done, total)`
     follows this process's share of the set."""
-    from vtempo.runtime import default_workers
-
     at_least("batch_size", batch_size, 1)
     at_least("workers", workers, 0)
     ranks = distributed.start(device)
@@ -188,9 +189,6 @@ def evaluate(data: str | os.PathLike, model: str | os.PathLike | Recognizer, wei
 
 def save_evaluation(evaluation: Evaluation, out: str | os.PathLike) -> tuple[Path, Path]:
     """`OUT/evaluation.json` (everything) and `OUT/confusion.png`."""
-    from vtempo.inference.sink import write_file
-    from vtempo.viz.plots import confusion_image, write_png
-
     out = Path(out)
     json_path, png_path = out / "evaluation.json", out / "confusion.png"
     write_file(json_path, json.dumps(evaluation.to_json(), indent=1) + "\n")

@@ -22,13 +22,19 @@ import numpy as np
 import torch
 
 from vtempo import distributed, limits
+from vtempo.data import synth
 from vtempo.data.dataset import VideoSet, read_video_set
 from vtempo.errors import UsageError, VtempoError
 from vtempo.evaluation.evaluate import align_classes, unnamed
 from vtempo.inference.engine import Engine
 from vtempo.inference.recognizer import Recognizer, at_least, load
+from vtempo.inference.sink import write_file
+from vtempo.paths import home
+from vtempo.runtime import default_workers
 from vtempo.video import VideoError, open_video, stride_indices
 from vtempo.video.transforms import Preprocess, make_views
+from vtempo.viz.plots import line_plot, write_png
+from vtempo.weights.registry import load_registry
 
 
 def parse_strides(text: str) -> list[int]:
@@ -127,8 +133,6 @@ def sweep(data: str | os.PathLike, models: Sequence[Recognizer], strides: Sequen
           workers: int | None = None, ranks: distributed.Ranks | None = None,
           progress: Callable[[int], None] | None = None) -> RobustnessResult:
     """Top-1/top-5 of every model at every stride on the same clips (each model under its own dtype)."""
-    from vtempo.runtime import default_workers
-
     if not models:
         raise UsageError("robustness needs at least one model")
     ranks = ranks or distributed.Ranks(0, 1, torch.device("cpu"))
@@ -195,9 +199,6 @@ SYNTH_TEST_CLIPS = 5  # per class: 50 clips, a quick sweep
 def synthetic_test_set(clips_per_class: int | None = None, progress: Callable[[], None] | None = None) -> Path:
     """The synthetic benchmark's test set (`vtempo synth`'s classes, clip length, size and speeds, which
     the demo models were trained on), rendered once (fixed seed) into the vtempo cache; its folder."""
-    from vtempo.data import synth
-    from vtempo.paths import home
-
     clips, classes = clips_per_class or SYNTH_TEST_CLIPS, len(synth.CLASSES)
     root = home() / "synth" / f"test-seed{SYNTH_TEST_SEED}-{clips}x{classes}"
     settings = {"clips_per_class": clips, "frames": synth.DEFAULT_FRAMES, "size": synth.DEFAULT_SIZE, "seed": SYNTH_TEST_SEED}
@@ -214,8 +215,6 @@ def synthetic_test_set(clips_per_class: int | None = None, progress: Callable[[]
 
 def demo_models(registry: str | os.PathLike | None = None) -> list[str]:
     """Every bundled demo model of the registry (the `*-demo` entries)."""
-    from vtempo.weights.registry import load_registry
-
     return [name for name, entry in load_registry(registry).items()
             if name.endswith("-demo") and entry.weights is not None and entry.weights.bundled]
 
@@ -265,9 +264,6 @@ def run(data: str | os.PathLike | None, model_specs: Sequence[str] = (), weights
 
 def save(result: RobustnessResult, out: str | os.PathLike) -> dict[str, Path]:
     """robustness.json, robustness.csv and robustness.png (top-1 against stride, one line per model)."""
-    from vtempo.inference.sink import write_file
-    from vtempo.viz.plots import line_plot, write_png
-
     out = Path(out)
     paths = {"json": out / "robustness.json", "csv": out / "robustness.csv", "png": out / "robustness.png"}
     write_file(paths["json"], json.dumps(result.to_json(), indent=1) + "\n")

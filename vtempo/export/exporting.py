@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from vtempo import limits
+from vtempo import __version__, limits, models
 from vtempo.errors import UsageError, VtempoError
 from vtempo.export.forms import ExportForm, LogitsAndFeatures, apply_export_forms
 from vtempo.export.loading import (
@@ -41,6 +41,7 @@ from vtempo.export.loading import (
     load_exported,
     missing_extra,
 )
+from vtempo.weights.checkpoint import load_weights
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 TOLERANCE = 1e-4
@@ -101,9 +102,6 @@ def pick_format(fmt: str | None, out: Path) -> str:
 
 def reference_model(rec) -> torch.nn.Module:
     """The loaded model's architecture with its checkpoint, in its own (reference) modules, eval mode."""
-    from vtempo import models
-    from vtempo.weights.checkpoint import load_weights
-
     if rec.arch is None or rec.checkpoint is None:
         raise UsageError(f"{rec.name}: only a model with an architecture and a checkpoint can be exported")
     net = models.build(rec.arch, num_classes=len(rec.labels), frames=rec.frames)
@@ -114,8 +112,6 @@ def reference_model(rec) -> torch.nn.Module:
 
 
 def metadata(rec) -> dict[str, Any]:
-    from vtempo import __version__
-
     pre, protocol = rec.preprocess, rec.protocol
     return {
         "format": FORMAT,

@@ -18,6 +18,7 @@ import torch
 from vtempo.errors import UsageError, VtempoError
 from vtempo.protocol import Protocol
 from vtempo.video.transforms import Preprocess
+from vtempo.weights.metadata import checked_metadata
 
 FORMAT = "vtempo-export"
 EXPORTED_SUFFIXES = (".onnx", ".ts")  # files written by `vtempo export`
@@ -171,8 +172,6 @@ def checked_export_metadata(meta: dict[str, Any], path: Path, model: torch.nn.Mo
     """`meta` with the fields vtempo reads checked as a checkpoint's metadata is (present, bounded,
     well-formed) and, for an ONNX model, against the shapes of its graph: the clip length and crop
     of its input, the class count of its logits."""
-    from vtempo.weights.metadata import checked_metadata
-
     missing = [key for key in REQUIRED if meta.get(key) is None]
     if missing:
         raise VtempoError(f"{path}: its metadata lacks {', '.join(missing)}; export the model again")

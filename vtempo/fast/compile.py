@@ -96,9 +96,8 @@ def compile_pays(clips: int, eager_seconds_per_clip: float, compile_seconds: flo
     return clips * eager_seconds_per_clip * (1 - 1 / speedup) > compile_seconds
 
 
-# What `AutoCompile` assumes, conservatively: a cold compilation of an R-50 took 41-104 s on a 2-core
-# CPU and a cached one about 10 s; compiled code ran at 0.89-0.96x eager on that CPU and 1.2x or more
-# elsewhere (docs/performance.md), so a run must be long enough to repay a minute at a 1.1x gain.
+# What `AutoCompile` assumes, conservatively (the measured compile times and gains: docs/performance.md,
+# "Compiled inference"): a run must be long enough to repay a minute of compiling at a 1.1x gain.
 ASSUMED_COMPILE_SECONDS = 60.0
 ASSUMED_SPEEDUP = 1.1
 

@@ -3,11 +3,10 @@
 glibc's malloc gives each buffer over its mmap threshold (128 KiB, raised as such buffers are freed,
 to 32 MiB at most) a mapping of its own, unmaps it when freed, and trims free memory off the heap's
 top. A model call allocates all its activations afresh, so each call page-faults and zero-fills
-them again: at batch 8 an R-50 call on 2 cores spent 27–34% of its CPU time in the kernel doing so,
-and ran 1.6× faster without (docs/performance.md). With both thresholds at 1 GiB, freed activations
-stay in the heap, where the next call's buffers of the same sizes reuse them; the process keeps about
-the peak of one call, plus free space scattered by allocations between calls (with a decode worker,
-up to 90 MB more after thousands of files for a small model, measured by the peak RSS of `classify`).
+them again, in the kernel, a large share of a call's CPU time at batch 8 (docs/performance.md). With
+both thresholds at 1 GiB, freed activations stay in the heap, where the next call's buffers of the same
+sizes reuse them; the process keeps about the peak of one call, plus free space scattered by
+allocations between calls (more with a decode worker, after thousands of files).
 
 It is a setting of the whole process, from then on, so the process's owner chooses it: the `vtempo`
 program does (`vtempo.cli.run` sets VTEMPO_KEEP_FREED_BUFFERS=1 unless it is set already); in a

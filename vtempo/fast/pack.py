@@ -2,8 +2,8 @@
 
 An eager `Conv2d` on CPU hands oneDNN a weight in PyTorch's layout, and oneDNN reorders it into its
 internal layout on every call: for a ResNet-50 that is every weight read and written once per forward
-(under autocast, after casting it to bf16). Over a clip of 8 frames the reorder is a few percent of the
-time; over one frame (online TSM, a batch of one image) it is a third. Packing the weight once (cast
+(under autocast, after casting it to bf16). Over a clip of 8 frames the reorder is a small share of the
+time; over one frame (online TSM, a batch of one image) a large one (docs/performance.md). Packing the weight once (cast
 first, under autocast) and calling oneDNN's convolution with it, as inductor's freezing does, gives the
 same outputs without the reorder. Whether it is faster is measured, per CPU, shape and dtype, by the
 shared `Chooser` (the plain convolution is kept unless packing wins), so no rule from one CPU decides
@@ -37,7 +37,7 @@ class _PackedConv:
     """A Conv2d's forward that, for CPU inference (no autograd, no tracing) in fp32 or under bf16 autocast,
     runs oneDNN's convolution on the packed weight; anything else goes to the forward it replaced
     (`previous`, or the class's own). oneDNN packs for an input shape, and a weight packed for one batch
-    size runs another at half speed, so a few shapes are kept per dtype."""
+    size runs another slower, so a few shapes are kept per dtype."""
 
     SHAPES = 4
 

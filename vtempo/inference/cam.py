@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -30,10 +30,10 @@ import torch
 import torch.nn as nn
 
 from vtempo.errors import UsageError
-
-if TYPE_CHECKING:
-    from vtempo.inference.recognizer import Recognizer
-    from vtempo.video.transforms import Preprocess
+from vtempo.inference.recognizer import Recognizer, load
+from vtempo.runtime import autocast
+from vtempo.video import clip_indices, open_video
+from vtempo.video.transforms import Preprocess, crop_boxes_in_frame, make_views
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 NORMS = ("clip", "frame")
@@ -297,8 +297,6 @@ def recognizers(
 ) -> list[Recognizer]:
     """Models ready for `explain_frames`, each loaded by `vtempo.load` (a registry name, an architecture
     with its weights file, one per model, a checkpoint file, or a built model); Recognizers pass through."""
-    from vtempo.inference.recognizer import Recognizer, load
-
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
         raise UsageError(f"weights=: give one weights file per model ({len(models)}), got {len(weights)}")
@@ -310,8 +308,6 @@ def recognizers(
 def model_input(frames: np.ndarray, preprocess: Preprocess) -> tuple[torch.Tensor, tuple[float, ...]]:
     """Frames (T, H, W, 3) uint8 → the network input (1, T, 3, S, S), the centre view of the model's
     test protocol, and that view's box (x0, y0, x1, y1) in the original frames."""
-    from vtempo.video.transforms import crop_boxes_in_frame, make_views
-
     clip = make_views(frames, preprocess, crops=1)
     box = crop_boxes_in_frame(frames.shape[1], frames.shape[2], preprocess, crops=1)[0]
     return clip, (box.left, box.top, box.left + box.width, box.top + box.height)
@@ -345,8 +341,6 @@ def explain_frames(
     norm: str = "clip",
 ) -> ClipCam:
     """Every model's maps for the sampled frames (T, H, W, 3) uint8 RGB of one video."""
-    from vtempo.runtime import autocast
-
     if norm not in NORMS:
         raise UsageError(f"unknown normalisation {norm!r}: choose clip or frame")
     if method not in METHODS:
@@ -407,8 +401,6 @@ def explain(
     decoded smaller (`Recognizer.max_side`); the maps have the decoded frames' size. `load_options` go to `recognizers`:
     weights (one per model), registry, device, dtype, frames.
     """
-    from vtempo.video import clip_indices, open_video
-
     loaded = recognizers(models, **load_options)
     first = loaded[0]
     # decoded as classify decodes (the longer side at most twice the largest model's resize): the

@@ -17,6 +17,7 @@ over it (centre crop), averaged over its frames; windows are embedded in this pr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import zipfile
@@ -28,12 +29,16 @@ import numpy as np
 import torch
 
 from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.classify import parse_views
 from vtempo.inference.decoding import ViewPlan, decode_loader
-from vtempo.inference.sink import OutputError
-from vtempo.inference.timeline import check_seconds
+from vtempo.inference.sharding import name_fields, record_key
+from vtempo.inference.sink import OutputError, Sink, check_target
+from vtempo.inference.timeline import check_seconds, frames_per_window, score_windows
 from vtempo.protocol import CROPS
+from vtempo.runtime import autocast
 from vtempo.video import VideoError, display_path, open_video
 from vtempo.video.sampling import clip_indices
+from vtempo.video.sequential import SequentialVideo
 from vtempo.video.transforms import make_views
 
 
@@ -99,9 +104,6 @@ def embed(
     normalize: bool = False,
 ) -> Iterator[EmbeddedVideo]:
     """Rows of feature vectors for each video, in input order. `rec`: a loaded model (`vtempo.load`)."""
-    from vtempo.inference.classify import parse_views
-    from vtempo.runtime import autocast
-
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     check_seconds(window=window, hop=hop)
@@ -147,9 +149,6 @@ def _embed_windows(rec, path: Path, window: float, hop: float, batch_size: int, 
     """One row per window, the video read once front to back: the timeline's sliding windows
     (`score_windows`), so only the frames of the earliest unfinished window are held, however long the
     video. Each window is one clip of the model's T frames spread over it, centre crop."""
-    from vtempo.inference.timeline import frames_per_window, score_windows
-    from vtempo.video.sequential import SequentialVideo
-
     vectors, rows = [], []
     try:
         with SequentialVideo(path, rec.max_side) as source:
@@ -187,8 +186,6 @@ class EmbeddingWriter:
 
     def __init__(self, out: str | os.PathLike, describe: dict[str, Any], index: str | os.PathLike | None = None,
                  resume: bool = False):
-        from vtempo.inference.sink import Sink, check_target
-
         self.out = Path(out)
         if self.out.suffix.lower() not in self.FORMATS:
             raise UsageError(f"--output {out}: the name must end in .npy or .npz")
@@ -220,8 +217,6 @@ class EmbeddingWriter:
             raise
 
     def _csv_row(self, record: dict[str, Any]) -> None:
-        import io
-
         text = io.StringIO(newline="")
         csv.DictWriter(text, self.csv_fields, extrasaction="ignore").writerow(record)
         self.index.write(text.getvalue())
@@ -229,8 +224,6 @@ class EmbeddingWriter:
     def write(self, video: EmbeddedVideo, input: int | None = None) -> None:
         """Append a video's rows; `input`, the video's position among all inputs, goes into the index rows
         of a shard's part (`merge_embedding_parts` restores input order by it)."""
-        from vtempo.inference.sharding import name_fields
-
         if not video.ok or not len(video.rows):
             return
         if self.dim is None:
@@ -259,8 +252,6 @@ class EmbeddingWriter:
         (OUT.npy), and the index lines that have their rows. The last video in the index of a cut run may
         lack rows that a crash kept from its index, so it is dropped and done again. Returns (the bytes
         of the rows file to keep, the index's offset to go on from)."""
-        from vtempo.inference.sharding import record_key
-
         if self.index_path is None or self.index_path.suffix.lower() != ".jsonl":
             raise UsageError(f"--resume needs --output FILE.npy with a .jsonl index, got {display_path(self.out)}"
                              + (f" and {display_path(self.index_path)}" if self.index_path else ""))

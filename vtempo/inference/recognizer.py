@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -26,11 +29,39 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vtempo import limits
+from vtempo import __version__, limits, models
 from vtempo.errors import UsageError, VtempoError
-from vtempo.export.loading import EXPORTED_SUFFIXES
+from vtempo.export.exporting import TOLERANCE, export_model, relative_error
+from vtempo.export.loading import (
+    EXPORTED_SUFFIXES,
+    OnnxModel,
+    OpenVinoModel,
+    load_exported,
+    preprocess_of,
+    protocol_of,
+)
+from vtempo.fast import prepare
+from vtempo.fast.choose import shared_chooser
+from vtempo.fast.compile import AutoCompile, compile_model
+from vtempo.fast.quantize import FixedBatch, quantize, require_torchao
+from vtempo.inference.decoding import ViewPlan, decode_views, video_loader
+from vtempo.inference.engine import Engine, probabilities
 from vtempo.inference.results import NOT_FINITE, Prediction, VideoResult
-from vtempo.video.transforms import Preprocess
+from vtempo.paths import home
+from vtempo.runtime import cpu_name, default_workers, pick_device
+from vtempo.video.discovery import collect_videos
+from vtempo.video.sampling import clip_indices
+from vtempo.video.transforms import Preprocess, make_views
+from vtempo.weights.checkpoint import (
+    canonical_key,
+    infer_arch,
+    infer_frames,
+    map_state,
+    read_file,
+    read_state,
+    unwrap,
+)
+from vtempo.weights.hub import sha256_file, weights_path
 from vtempo.weights.registry import (
     CROPS,
     ModelEntry,
@@ -52,15 +83,11 @@ CALIBRATION_BATCH = 8  # clips per call of an int8 model (it is exported for one
 
 def list_models(registry: str | os.PathLike | None = None) -> list[str]:
     """Registry checkpoint names, then architecture names."""
-    from vtempo import models
-
     return sorted(load_registry(registry)) + models.architecture_names()
 
 
 def resolve(name: str, registry: str | os.PathLike | None = None) -> tuple[str, ModelEntry | None]:
     """(architecture, registry entry or None) for a registry entry or an architecture name."""
-    from vtempo import models
-
     entries = load_registry(registry)
     if name in entries:
         return entries[name].arch, entries[name]
@@ -75,8 +102,6 @@ def resolve(name: str, registry: str | os.PathLike | None = None) -> tuple[str, 
 
 def parse_views(text: str) -> tuple[int, str]:
     """`CLIPSxCROPS` (1x1, 2x3, 10x3) → (clips, crop name)."""
-    import re
-
     match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", text or "")
     if not match:
         raise UsageError(f"views={text!r}: must look like 1x1, 2x3 or 10x3 (clips x crops)")
@@ -115,8 +140,6 @@ class Checkpoint:
 
     @property
     def arch(self) -> str | None:
-        from vtempo.weights.checkpoint import infer_arch
-
         arch = self.meta.get("arch")
         if isinstance(arch, str):
             return arch
@@ -127,8 +150,6 @@ class Checkpoint:
         classes = self.meta.get("num_classes")
         if isinstance(classes, int) and not isinstance(classes, bool):
             return classes
-        from vtempo.weights.checkpoint import canonical_key
-
         if self.layout == "torchvision":
             return None
         head = next((v for k, v in self.state.items()
@@ -138,8 +159,6 @@ class Checkpoint:
     @property
     def frames(self) -> int | None:
         """The clip length recorded in the file, or the one TAM's weights are built for."""
-        from vtempo.weights.checkpoint import infer_frames
-
         frames = self.meta.get("frames")
         if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0:
             return frames
@@ -147,16 +166,12 @@ class Checkpoint:
 
     def load_into(self, model: nn.Module) -> None:
         """Every tensor in its place, or a VtempoError naming the file and what does not fit."""
-        from vtempo.weights.checkpoint import map_state
-
         model.load_state_dict(map_state(model, self.state, self.layout, str(self.path)))
 
 
 def read_checkpoint(path: str | os.PathLike, imagenet: bool = False) -> Checkpoint:
     """Read a checkpoint in any layout vtempo knows (weights_only). `imagenet=True` also accepts a
     torchvision ResNet state dict (layout `torchvision`, keys put under `backbone.`)."""
-    from vtempo.weights.checkpoint import read_file, read_state, unwrap
-
     path = Path(path)
     if not imagenet:
         state, meta, layout = read_state(path)  # checks the layout (and the metadata vtempo reads)
@@ -169,8 +184,6 @@ def read_checkpoint(path: str | os.PathLike, imagenet: bool = False) -> Checkpoi
 
 
 def _registry_weights(entry: ModelEntry) -> Path:
-    from vtempo.weights.hub import weights_path
-
     return weights_path(entry)  # bundled, cached, or downloaded now; else says how to get them
 
 
@@ -213,8 +226,6 @@ def create_model(
 
 
 def _build(arch: str, num_classes: int, frames: int, **options: Any) -> nn.Module:
-    from vtempo import models
-
     try:
         return models.build(arch, num_classes=num_classes, frames=frames, **options)
     except ValueError as error:
@@ -264,15 +275,11 @@ class Recognizer:
 
     def plan(self, views: str | None = None, backend: str = "auto"):
         """What a decode worker needs to turn a path into this model's input (picklable)."""
-        from vtempo.inference.decoding import ViewPlan
-
         clips, crop = self.views(views)
         return ViewPlan(self.frames, self.protocol, clips, crop, self.preprocess, backend)
 
     def provenance(self, views: str | None = None) -> dict[str, Any]:
         """What produced a result: the model, its weights' sha256, the clip length, views and dtype."""
-        from vtempo import __version__
-
         clips, crop = self.views(views)
         record = {"model": self.name, "arch": self.arch, "weights_sha256": self.weights_sha256, "frames": self.frames,
                 "views": f"{clips}x{CROPS[crop]}", "dtype": self.dtype, "vtempo": __version__}
@@ -284,8 +291,6 @@ class Recognizer:
         """Compile the model (torch.compile, `vtempo.fast.compile`), in place: `on` always, `auto` only
         when the first batch's eager time says `clips` clips repay it (`compile_note` tells, after the
         first batch). An int8 model is compiled already; `off` leaves the model as it is."""
-        from vtempo.fast.compile import AutoCompile, compile_model
-
         if mode not in ("off", "on", "auto"):
             raise UsageError(f"compile={mode!r}: choose off, on or auto")
         if mode == "off" or self.dtype == "int8" or self.compiled:
@@ -338,10 +343,6 @@ class Recognizer:
         soon as it is scored. Decode workers (`workers`, 0: decode in this process) run while the model
         does; a file that fails gives a result with `error` set and the run goes on. `progress(done,
         total)` is called after each result. The workers start before this returns."""
-        from vtempo.inference.decoding import video_loader
-        from vtempo.runtime import default_workers
-        from vtempo.video.discovery import collect_videos
-
         at_least("topk", topk, 1)
         at_least("batch_size", batch_size, 1)
         at_least("workers", workers, 0)
@@ -352,8 +353,6 @@ class Recognizer:
         return self._results(loader, videos, topk, batch_size, progress)
 
     def _results(self, loader, videos, topk: int, batch_size: int, progress) -> Iterator[VideoResult]:
-        from vtempo.inference.engine import Engine
-
         def items():
             for item in loader:
                 views = item.pop("views")  # only the engine holds the pixels from here on
@@ -370,10 +369,6 @@ class Recognizer:
             yield result
 
     def _score_frames(self, frames: np.ndarray) -> torch.Tensor:
-        from vtempo.inference.engine import Engine
-        from vtempo.video.sampling import clip_indices
-        from vtempo.video.transforms import make_views
-
         clips, crop = self.views()
         chosen = clip_indices(self.protocol, len(frames), self.frames, clips)
         views = torch.cat([make_views(frames[clip], self.preprocess, crop) for clip in chosen])
@@ -382,8 +377,6 @@ class Recognizer:
         return scores
 
     def _top(self, scores: torch.Tensor, topk: int) -> list[Prediction]:
-        from vtempo.inference.engine import probabilities
-
         if not bool(scores.isfinite().all()):
             raise VtempoError(f"{self.name}: {NOT_FINITE}")
         values, indices = probabilities(scores, self.protocol.average).topk(min(topk, len(self.labels)))
@@ -497,8 +490,6 @@ EXPORT_RUNTIMES = ("onnxruntime", "openvino")  # run vtempo's ONNX export; each 
 
 def installed_runtimes() -> list[str]:
     """The export runtimes that can be imported here (onnx is needed to export for either)."""
-    import importlib.util
-
     if importlib.util.find_spec("onnx") is None:
         return []
     return [name for name in EXPORT_RUNTIMES if importlib.util.find_spec(name) is not None]
@@ -510,9 +501,6 @@ def _auto_runtime(model, weights, *, registry, device, dtype, frames, labels, ca
     alternating rounds on one clip (`vtempo.fast.choose`) the first time that key is met and kept in
     `<vtempo home>/fast-choices.json`. PyTorch is the reference: a runtime replaces it only when
     measurably faster. A runtime's model passes the export's parity check before it is timed."""
-    from vtempo.fast.choose import shared_chooser
-    from vtempo.runtime import cpu_name
-
     torch_model = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels,
                        calibrate=calibrate, compile=compile)
     ways = installed_runtimes()
@@ -566,11 +554,6 @@ def _runtime_model(torch_model: Recognizer, model, runtime: str, spin: bool = Tr
     """`torch_model` (loaded from `model`, on the CPU in fp32) run by `runtime` from its ONNX export, made
     once under `<vtempo home>/exported/` and checked against eager PyTorch on a clip (`spin`:
     onnxruntime's threads spin between calls)."""
-    import hashlib
-
-    from vtempo.export.exporting import TOLERANCE, export_model, relative_error
-    from vtempo.weights.registry import home
-
     exported = isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx"
     if exported:
         path = Path(model)
@@ -583,12 +566,8 @@ def _runtime_model(torch_model: Recognizer, model, runtime: str, spin: bool = Tr
         if not path.is_file():
             export_model(torch_model, "onnx", path)  # parity-checked
     if runtime == "onnxruntime":
-        from vtempo.export.loading import OnnxModel
-
         net: nn.Module = OnnxModel(path, "cpu", spin=spin)
     else:
-        from vtempo.export.loading import OpenVinoModel
-
         net = OpenVinoModel(path)
     size = torch_model.preprocess.input_size
     clip = torch.randn(1, torch_model.frames, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -602,8 +581,6 @@ def _runtime_model(torch_model: Recognizer, model, runtime: str, spin: bool = Tr
 
 def _check_int8(calibrate, device) -> None:
     """What int8 needs before anything is loaded: calibration videos, the CPU, torchao."""
-    from vtempo.fast.quantize import require_torchao
-
     if calibrate is None:
         raise UsageError("dtype='int8' needs calibrate=DIR: a folder of a few videos like the ones to classify")
     if _device(device).type != "cpu":
@@ -617,12 +594,6 @@ def _check_int8(calibrate, device) -> None:
 def _quantized(recognizer: Recognizer, calibrate) -> Recognizer:
     """`recognizer` with its model quantized to int8 on clips of the first `CALIBRATION_VIDEOS` videos
     of `calibrate` that decode, with the model's own sampling, views and preprocessing."""
-    import hashlib
-
-    from vtempo.fast.quantize import FixedBatch, quantize
-    from vtempo.inference.decoding import decode_views
-    from vtempo.video.discovery import collect_videos
-
     if recognizer.checkpoint is not None and recognizer.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
         raise UsageError(f"{recognizer.checkpoint}: an exported model runs in fp32; drop dtype='int8'")
     sources = [calibrate] if isinstance(calibrate, (str, os.PathLike)) else list(calibrate)
@@ -651,8 +622,6 @@ def _quantized(recognizer: Recognizer, calibrate) -> Recognizer:
 def _load_exported(path: Path, device: torch.device, dtype: str, frames: int | None, labels) -> Recognizer:
     """A file written by `vtempo export` (.onnx through onnxruntime, .ts through TorchScript), with the
     labels, clip length, protocol and preprocessing its metadata carries."""
-    from vtempo.export.loading import load_exported, preprocess_of, protocol_of
-
     if dtype != "fp32":
         raise UsageError(f"{path}: an exported model runs in fp32, as it was exported; drop dtype={dtype!r}")
     model, meta = load_exported(path, device=device)
@@ -696,8 +665,6 @@ def _arch_entry(arch: str, registry) -> tuple[str, ModelEntry | None]:
 
 
 def _device(device: str | torch.device) -> torch.device:
-    from vtempo.runtime import pick_device
-
     try:
         return pick_device(str(device))
     except UsageError as error:
@@ -705,8 +672,6 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def _prepare(net: nn.Module, device: torch.device) -> nn.Module:
-    from vtempo.fast import prepare
-
     return prepare(net, device)
 
 
@@ -776,6 +741,4 @@ def _labels(labels, meta: Mapping[str, Any], entry: ModelEntry | None, num_class
 
 
 def _sha256(path: Path) -> str:
-    from vtempo.weights.hub import sha256_file
-
     return sha256_file(path)

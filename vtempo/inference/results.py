@@ -1,6 +1,9 @@
 """One input's outcome (ranked labels or the reason it failed) and the writers of result files."""
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -8,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vtempo.errors import UsageError, VtempoError
+from vtempo.inference.sink import Sink
 from vtempo.video import display_path
 
 NOT_FINITE = "model output is not finite (NaN or infinite scores)"
@@ -63,6 +67,7 @@ class VideoResult:
         if item.get("error") is not None:
             return cls(Path(path), error=item["error"], detail=item.get("detail"), **info)
         if isinstance(scores, (list, tuple)):
+            # here, not at the top: `vtempo --help` imports this module
             import torch
 
             scores = torch.cat(list(scores))
@@ -114,8 +119,6 @@ class ResultWriter:
     PART_SUFFIX = ".part"
 
     def __init__(self, path: str | os.PathLike, topk: int, provenance: dict[str, Any] | None = None):
-        from vtempo.inference.sink import Sink
-
         self.path, self.topk = Path(path), topk
         self.provenance = dict(provenance or {})
         self.kind = self.path.suffix.lower()
@@ -135,22 +138,15 @@ class ResultWriter:
             self._row(["path", "status", *ranks, "num_frames", "header_frames", "backend", "error", *self.provenance])
         elif self.kind == ".json":
             if self.provenance:
-                import json
-
                 self.sink.write('{"provenance": ' + json.dumps(self.provenance, ensure_ascii=False) + ',\n"results": ')
             self.sink.write("[")
 
     def _row(self, row: list[Any]) -> None:
-        import csv
-        import io
-
         text = io.StringIO(newline="")
         csv.writer(text).writerow(row)
         self.sink.write(text.getvalue())
 
     def write(self, result: VideoResult) -> None:
-        import json
-
         data = result.to_dict()
         if self.kind == ".jsonl" and self.provenance:
             data["provenance"] = self.provenance

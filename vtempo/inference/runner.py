@@ -38,6 +38,7 @@ class BatchRunner:
     """One batch run in this process (one of torchrun's ranks, or the only one)."""
 
     def __init__(self, device: str):
+        # here, not at the top: it imports torch, and `vtempo --help` imports this module
         from vtempo import distributed
 
         self.ranks = distributed.start(device, timeout=RANKS_TIMEOUT)  # one process unless torchrun started this

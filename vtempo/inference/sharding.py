@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
-from vtempo.inference.sink import check_target
+from vtempo.inference.sink import PART_SUFFIX, OutputLock, Sink, check_target
 from vtempo.video import display_path
 
 RANKS_TIMEOUT = timedelta(days=7)  # torchrun ranks of a long run wait this long for each other at the end
@@ -225,8 +225,6 @@ class JsonlAppender:
     (`vtempo.inference.sink`) in place, holding the output's lock while it is open."""
 
     def __init__(self, path: str | os.PathLike, offset: int = 0):
-        from vtempo.inference.sink import Sink
-
         self.path = Path(path)
         self.sink = Sink(self.path, append_at=offset)
 
@@ -493,6 +491,7 @@ class ShardedRun:
     def finish(self) -> int | None:
         """Close this process's output. Under torchrun, wait for every rank, and on rank 0 merge the parts
         into the output and delete them; returns the number of merged records there, else None."""
+        # here, not at the top: it imports torch, and `vtempo --help` imports this module
         from vtempo import distributed
 
         self.close()
@@ -585,8 +584,6 @@ def start_run(
 def _adopt_unfinished(output: Path) -> None:
     """A run without --resume that was killed outright left its results in `OUT.part` (`ResultWriter`
     renames it to OUT only when it closes): --resume takes them up from there."""
-    from vtempo.inference.sink import PART_SUFFIX, OutputLock
-
     unfinished = output.with_name(output.name + PART_SUFFIX)
     if not unfinished.exists():
         return

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from filelock import FileLock, Timeout
+
 from vtempo.errors import UsageError, VtempoError
 from vtempo.video import display_path
 
@@ -86,8 +88,6 @@ class OutputLock:
     """An exclusive hold on an output for one run (`filelock`, not waiting: a second run stops)."""
 
     def __init__(self, path: str | os.PathLike, flag: str = "--output"):
-        from filelock import FileLock, Timeout
-
         self.path = Path(path)
         self._lock = FileLock(str(lock_path(self.path)), timeout=0)
         try:

@@ -35,6 +35,10 @@ from vtempo.errors import UsageError
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
 from vtempo.inference.timeline import _Crops, default_window_seconds
+from vtempo.models.tsm import OnlineShift, OnlineTSM
+from vtempo.runtime import autocast
+from vtempo.video.sequential import SequentialVideo
+from vtempo.video.transforms import normalise
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own warnings would break the live display
 
@@ -184,10 +188,6 @@ def run_stream(
 ) -> StreamSummary:
     """Label `source` every `every` seconds until it ends, `stop` is set, or KeyboardInterrupt (which
     ends the run cleanly: the summary says "interrupted"). Returns the summary."""
-    from vtempo.models.tsm import OnlineShift, OnlineTSM
-    from vtempo.runtime import autocast
-    from vtempo.video.sequential import SequentialVideo
-
     limits.check_number("every", every, 0, "MAX_SECONDS", above=True)
     video = SequentialVideo(source, rec.max_side, quiet=False)
     live = video.live
@@ -209,8 +209,6 @@ def run_stream(
     next_label: float | None = None  # wall-clock (paced) or media time (a file read as fast as it goes)
 
     def normalised(crops: np.ndarray) -> torch.Tensor:
-        from vtempo.video.transforms import normalise
-
         return normalise(crops, rec.preprocess.mean, rec.preprocess.std).to(rec.device)
 
     def label(newest: SampledFrame) -> None:

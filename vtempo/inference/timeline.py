@@ -24,12 +24,17 @@ its middle), and same-label neighbours join.
 """
 from __future__ import annotations
 
+import bisect
+import csv
+import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 from typing import Protocol as TypingProtocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -37,7 +42,13 @@ from vtempo import limits
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
+from vtempo.inference.sink import Sink
+from vtempo.models.base import TemporalModule, VideoRecognizer
+from vtempo.runtime import autocast
+from vtempo.video import display_path
+from vtempo.video.readers import VideoError
 from vtempo.video.sampling import DENSE_WINDOW, clip_indices
+from vtempo.video.sequential import SequentialVideo
 from vtempo.video.transforms import (
     Preprocess,
     apply_crop,
@@ -88,8 +99,6 @@ def frames_per_window(rec: Recognizer, fps: float, window: float | None, hop: fl
 
 def per_frame_model(model: torch.nn.Module) -> bool:
     """True when each frame's logits depend on that frame alone (no temporal module: TSN)."""
-    from vtempo.models.base import TemporalModule, VideoRecognizer
-
     return isinstance(model, VideoRecognizer) and not any(isinstance(m, TemporalModule) for m in model.modules())
 
 
@@ -162,8 +171,6 @@ def score_windows(
     """Every window's scores, in order, while the video is read front to back (see the module doc).
     `pooled`: each window also carries `features`, `model.features` of its clip averaged over the frames
     (what the head scores: the logits are then the head applied to each frame's features, averaged)."""
-    from vtempo.runtime import autocast
-
     if window_frames < 1 or not 1 <= hop_frames <= window_frames:
         raise UsageError(f"a window needs at least one frame and a hop of 1..window frames, got {window_frames}, {hop_frames}")
     stats = stats if stats is not None else WindowStats()
@@ -418,8 +425,6 @@ def timeline(
     them into segments. `min_duration` defaults to one window: shorter runs are blips of the windows
     that straddle a change of action. `smooth`: windows averaged for each window's label. `fps`
     overrides a rate the container does not give (else 25)."""
-    from vtempo.video.sequential import SequentialVideo
-
     limits.check_number("threshold", threshold, 0, 1)
     check_seconds(min_duration=min_duration)
     check_smooth(smooth)
@@ -435,8 +440,6 @@ def timeline(
             if on_window is not None:
                 on_window(scored)
     if stats.frames == 0:
-        from vtempo.video.readers import VideoError
-
         raise VideoError(video, "no frame decodes")
     return Timeline(source.name, rate, stats.frames, window_frames, hop_frames,
                     builder.finish(stats.frames / rate), stats)
@@ -470,9 +473,6 @@ class TimelineWriter:
         return record.get("kind") in ("summary", "error")
 
     def __init__(self, path: str | os.PathLike, emit: Callable[[dict], None] | None = None):
-        from vtempo.inference.sink import Sink
-        from vtempo.video import display_path
-
         self.path = Path(path)
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
@@ -493,24 +493,17 @@ class TimelineWriter:
         self.sink.write(text)
 
     def _row(self, row: list) -> None:
-        import csv
-        import io
-
         text = io.StringIO(newline="")
         csv.writer(text).writerow(row)
         self._line(text.getvalue())
 
     def _record(self, record: dict) -> None:
-        import json
-
         if self._emit is not None:
             self._emit(record)
         else:
             self._line(json.dumps(record, ensure_ascii=False) + "\n")
 
     def start_video(self, video: str) -> None:
-        import json
-
         if self.kind == ".json":
             self._line(("," if self._videos else "") + f'\n{{"video": {json.dumps(video, ensure_ascii=False)}, "windows": [')
             self._open = True
@@ -520,8 +513,6 @@ class TimelineWriter:
             self.sink.records += 1
 
     def window(self, video: str, window: Window) -> None:
-        import json
-
         data = window_dict(video, window)
         if self.kind == ".jsonl":
             self._record(data)
@@ -534,8 +525,6 @@ class TimelineWriter:
         self._windows += 1
 
     def finish_video(self, result: Timeline) -> None:
-        import json
-
         rows = [{"video": result.video, "kind": "segment", **s.to_dict()} for s in result.segments]
         if self.kind == ".jsonl":
             for r in rows:
@@ -553,8 +542,6 @@ class TimelineWriter:
             self._open = False
 
     def finish_failed(self, video: str, reason: str) -> None:
-        import json
-
         if self.kind == ".jsonl":
             self._record({"video": video, "kind": "error", "error": reason})
         elif self.kind == ".csv":
@@ -590,12 +577,6 @@ def annotate_video(video: str | os.PathLike, out: str | os.PathLike, windows: Se
     """Write `video` again with the current label drawn on every frame: the top label of the window
     whose stretch of time holds the frame (`windows`: (centre, label, prob)), and the segment's.
     A second front-to-back decode: the labels are known only once their windows are scored."""
-    import bisect
-
-    import cv2
-
-    from vtempo.video.sequential import SequentialVideo
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     centres = [c for c, _, _ in windows]
@@ -623,8 +604,6 @@ def annotate_video(video: str | os.PathLike, out: str | os.PathLike, windows: Se
 
 
 def _caption(image: np.ndarray, line: str, second: str) -> None:
-    import cv2
-
     scale = max(image.shape[1] / 640, 0.35)
     height = int(26 * scale) + 4
     cv2.rectangle(image, (0, 0), (image.shape[1], 2 * height), (0, 0, 0), -1)

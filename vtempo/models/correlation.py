@@ -9,8 +9,8 @@ with f2 read as zero outside the map. It runs as one batched matrix product: eac
 the 2R+1 rows of f2 around it (all W columns of each, read in place through a strided view of f2's
 rows), then each position's 2R+1 columns are gathered and the places outside the map zeroed. That
 computes W/(2R+1) times the MACs the window needs (28/15 for R-50's 28×28 layer2 map), as one GEMM
-instead of (2R+1)² elementwise passes over the features, which made it an order of magnitude faster
-than a loop over the displacements, forward and backward. Memory is one (H, W, (2R+1)·W) product per pair.
+instead of (2R+1)² elementwise passes over the features, which made it much faster than a loop over
+the displacements, forward and backward (docs/performance.md). Memory is one (H, W, (2R+1)·W) product per pair.
 
 It runs in at least fp32, also under autocast: TCM's soft-argmax multiplies correlations by a
 temperature of 100, so bf16's three significant digits would move the flow estimate.

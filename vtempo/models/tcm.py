@@ -84,10 +84,10 @@ def soft_argmax_flow(correlation: torch.Tensor) -> torch.Tensor:
     logits = gaussians.index_select(0, best.flatten()).view_as(flat).mul_(flat)
     shifted = logits.sub_(confidence[..., None] * TEMPERATURE)  # less the largest, the argmax's
     # Logits more than 80 below the largest are raised to that floor: their weights, e^-87 to e^-103
-    # otherwise, would be subnormal floats, which x86 multiplies about a hundred times slower, and
+    # otherwise, would be subnormal floats, which x86 multiplies far more slowly, and
     # e^-80 ≈ 2e-35 changes no fp32 sum.
     weights = shifted.clamp_min_(-SUBNORMAL_FLOOR).exp_()
-    # (3, P·P), multiplied transposed: 3× faster on CPU than the same product with a (P·P, 3) matrix
+    # (3, P·P), multiplied transposed: faster on CPU than the same product with a (P·P, 3) matrix
     rows = torch.stack([cell_x - radius, cell_y - radius, torch.ones_like(cells).repeat(p)])
     with full_precision(correlation.device):  # autocast would multiply the weights in bf16
         moments = weights @ rows.t()  # (..., H, W, 3): Σ weight·u offset, Σ weight·v offset, Σ weight
@@ -115,8 +115,8 @@ class TemporalDynamics(TemporalModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In fp32 also under autocast: the soft-argmax multiplies by a temperature of 100, and bf16-rounded
-        # features moved the demo model's logits by 11% (3% with this).
+        # In fp32 also under autocast: the soft-argmax multiplies by a temperature of 100, which amplifies
+        # the rounding of bf16 features in the logits (docs/performance.md).
         if self.frames < 2:
             raise ValueError("TCM needs at least 2 frames per clip")
         with full_precision(x.device):

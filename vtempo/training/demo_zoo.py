@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,12 @@ import numpy as np
 import torch
 
 from vtempo.data import synth
+from vtempo.errors import UsageError
+from vtempo.evaluation.evaluate import evaluate, save_evaluation
+from vtempo.evaluation.robustness import run as run_sweep
+from vtempo.evaluation.robustness import save as save_sweep
+from vtempo.training.train import TrainConfig, train
+from vtempo.weights.checkpoint import read_file
 
 FAMILIES = ("tsn", "tsm", "tam", "tcm", "stc", "stc-light", "tefe", "tsi", "tsm-online", "tcm-timeline")
 MIRRORED = "mirrored pairs"
@@ -57,9 +65,8 @@ class Recipe:
     dtype: str = "bf16"  # CPU autocast; on CPUs without native bf16 use fp32 (slower, same accuracy within noise)
     # Settings that differ by family, chosen on the validation set (best val top-1 of the run). TAM's and
     # TEFE's temporal kernels are generated from spatial means and learn the direction of time from
-    # scratch only at a higher rate (at 4e-3: TAM 52%, TEFE 44.5%; TAM at 1e-2: 89%; TEFE at 2e-2: 85%).
-    # STC-Light: 87.0% → 91.0% at 1e-2; STC: 87.5% → 89.5% with 30 epochs (at 1e-2 it learnt slower:
-    # 31.5% after 11 of 20 epochs, stopped there).
+    # scratch only at a higher rate; STC-Light did better at 1e-2 too, and STC with 30 epochs (it learnt
+    # slower at 1e-2). The validation figures: docs/demo-models.md.
     per_family: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "tam": {"lr": 1e-2},
         "tefe": {"lr": 2e-2},
@@ -100,8 +107,6 @@ def _sets(out: Path, seed: int, recipe: Recipe, say) -> dict[str, Path]:
 
 
 def _train_config(family: str, data: dict[str, Path], out: Path, seed: int, recipe: Recipe, threads: int | None):
-    from vtempo.training.train import TrainConfig
-
     recipe = recipe.of(family)
     return TrainConfig(
         data=str(data["train"]), val=str(data["val"]), model=recipe.arch(family), out=str(out / "runs" / family),
@@ -144,8 +149,6 @@ def train_family(family: str, data: dict[str, Path], out: Path, seed: int, recip
     """Train one demo model (resuming a run left unfinished); returns the seconds it took.
 
     The epoch lines go to OUT/runs/FAMILY/train.log: parallel jobs would interleave them on the terminal."""
-    from vtempo.training.train import train
-
     config = _train_config(family, data, out, seed, recipe, threads)
     run = Path(config.out)
     if _finished(run, config.epochs):
@@ -166,14 +169,6 @@ def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = 
     one core better than two); the thread count changes the floating-point sums, so the bundled weights
     are reproduced bit for bit only with the same jobs on the same number of cores. `say(line)` receives
     the progress messages."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    from vtempo.errors import UsageError
-    from vtempo.evaluation.evaluate import evaluate, save_evaluation
-    from vtempo.evaluation.robustness import run as run_sweep
-    from vtempo.evaluation.robustness import save as save_sweep
-
     say = say or (lambda message: None)
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
@@ -261,8 +256,6 @@ def markdown_report(report: dict[str, Any]) -> str:
 def install_weights(out: Path, families: list[str], results: dict[str, Any], recipe: Recipe) -> dict[str, str]:
     """fp16 copies of the best checkpoints in vtempo/weights/bundled/ and their registry entries (printed and
     written to OUT/checkpoints-demo.yaml for the maintainer to paste into checkpoints.yaml)."""
-    from vtempo.weights.checkpoint import read_file
-
     target = Path(__file__).parents[1] / "weights" / "bundled"
     target.mkdir(exist_ok=True)
     entries, installed = [], {}

@@ -39,10 +39,13 @@ from vtempo.data.dataset import (
     split_video_set,
 )
 from vtempo.errors import UsageError, VtempoError
+from vtempo.evaluation.evaluate import predict, topk_accuracy
 from vtempo.inference.recognizer import create_model, read_checkpoint, resolve
 from vtempo.protocol import Protocol
 from vtempo.runtime import autocast, default_workers
 from vtempo.video.transforms import Preprocess
+from vtempo.weights.checkpoint import key_map, read_training_state, save_checkpoint
+from vtempo.weights.hub import weights_path
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -170,8 +173,6 @@ def initial_weights(model: nn.Module, path: str) -> str:
     initialisation; a source tensor whose name fits but whose shape does not is an error (another
     backbone). Returns a one-line summary.
     """
-    from vtempo.weights.checkpoint import key_map
-
     if not Path(path).exists():
         try:
             _, entry = resolve(path)
@@ -179,8 +180,6 @@ def initial_weights(model: nn.Module, path: str) -> str:
             raise VtempoError(f"{path}: no such checkpoint file or registry entry") from None
         if entry is None or entry.weights is None:
             raise VtempoError(f"{path}: not a checkpoint file nor a registry entry with weights")
-        from vtempo.weights.hub import weights_path
-
         path = str(weights_path(entry))
     checkpoint = read_checkpoint(path, imagenet=True)
     state, layout = checkpoint.state, checkpoint.layout
@@ -323,8 +322,8 @@ def train_step(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, optimi
 
 
 def channels_last(model: nn.Module) -> nn.Module:
-    """Store 2D convolution weights channels-last: oneDNN and cuDNN run them faster (1.2-1.6x on
-    the demo models on CPU). Only Conv2d weights: `model.to(memory_format=...)` fails on 3D kernels."""
+    """Store 2D convolution weights channels-last: oneDNN and cuDNN run them faster (docs/demo-models.md).
+    Only Conv2d weights: `model.to(memory_format=...)` fails on 3D kernels."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
@@ -337,9 +336,6 @@ def train(config: TrainConfig, say: Callable[[str], None] | None = None,
 
     `say(line)` receives the run's messages (on the main rank only); `progress(step, steps, status)` is
     called after every step when `config.progress` is set."""
-    from vtempo.evaluation.evaluate import predict, topk_accuracy
-    from vtempo.weights.checkpoint import save_checkpoint
-
     if config.epochs < 1 or config.batch_size < 1:
         raise UsageError(f"epochs={config.epochs}, batch_size={config.batch_size}: both must be at least 1")
     check_numbers(config)
@@ -409,8 +405,6 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     start_epoch, best_top1, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
     if config.resume and last_path.is_file():
-        from vtempo.weights.checkpoint import read_training_state
-
         state = read_training_state(last_path)  # weights-only; a bad file is one line naming it
         if state.get("arch") != arch:
             raise VtempoError(f"{last_path}: a {state.get('arch')} checkpoint, not {arch}; use another out=DIR")

@@ -11,6 +11,7 @@ import numpy as np
 from vtempo.video import VideoError, VideoReader, open_video
 from vtempo.video.discovery import FailedInput
 from vtempo.video.readers import SequentialReader
+from vtempo.video.sampling import uniform_indices
 from vtempo.video.transforms import Preprocess
 
 
@@ -50,8 +51,6 @@ def check_video(path: str | os.PathLike, frames: int = 8, backend: str = "auto",
     the frame count, with sequential decoding (`SequentialReader`: FFmpeg's frames in presentation
     order). A difference is an error: that backend would misread the file.
     """
-    from vtempo.video.sampling import uniform_indices
-
     if isinstance(path, FailedInput):  # found unusable while collecting the inputs
         return VideoCheck(path.path, error=path.reason)
     path = Path(path)

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
+import cv2
 import numpy as np
 
 from vtempo.errors import VtempoError
@@ -217,8 +218,6 @@ class VideoReader:
 
 
 def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    import cv2
-
     if frame.shape[0] == height and frame.shape[1] == width:
         return frame
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
@@ -226,8 +225,6 @@ def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _probe_opencv(path: str) -> tuple[int, int, int]:
     """(height, width, rotation in degrees) from the container, without decoding."""
-    import cv2
-
     with quiet_stderr():
         capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     try:
@@ -574,8 +571,6 @@ class OpenCVReader(VideoReader):
 
     def __init__(self, path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None):
         super().__init__(path, max_pixels)
-        import cv2
-
         self._cv2 = cv2
         self._uri = self._native_path()
         self._capture = self._open()
@@ -710,8 +705,6 @@ class FrameFolderReader(VideoReader):
         self.height, self.width = scaled_size(first.shape[0], first.shape[1], max_side)
 
     def _load(self, index: int) -> np.ndarray:
-        import cv2
-
         file = self._files[index]
         name = display_path(file.name)
         try:  # by descriptor, so any file name works (unlike cv2.imread), and never a FIFO's endless wait
@@ -731,8 +724,6 @@ class FrameFolderReader(VideoReader):
         return image
 
     def _read(self, indices: list[int]) -> np.ndarray:
-        import cv2
-
         out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
         for n, index in enumerate(indices):
             out[n] = cv2.cvtColor(_resize(self._load(index), self.height, self.width), cv2.COLOR_BGR2RGB)
@@ -992,8 +983,6 @@ def _refuse_still(reader: VideoReader, image: str | None) -> VideoReader:
 def _image_codec(reader: VideoReader) -> str | None:
     if reader.backend == "frames":
         return None
-    import cv2
-
     with quiet_stderr():
         capture = cv2.VideoCapture(reader._native_path(), cv2.CAP_FFMPEG)
     try:

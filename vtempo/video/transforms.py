@@ -138,7 +138,7 @@ def normalise(frames: np.ndarray | torch.Tensor, mean: Sequence[float], std: Seq
     123.675...); the scale is told apart by the mean's magnitude.
     """
     # The layout changes on the bytes, then one product converts and scales, and the offset is added in
-    # place: less than half the time of converting first (this runs once per clip, between model calls).
+    # place: faster than converting first (this runs once per clip, between model calls).
     pixels = torch.as_tensor(frames).movedim(-1, -3).contiguous()
     scale = 255.0 if max(mean) <= 1.0 else 1.0
     std_t = torch.tensor(std, dtype=torch.float64) * scale

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from vtempo.errors import UsageError, VtempoError
 from vtempo.inference.cam import Box, ClipCam, ModelCam
@@ -129,8 +130,6 @@ def write(clip: ClipCam, path: str | os.PathLike, alpha: float = 0.5) -> Path:
 
 
 def _write_gif(images: list[np.ndarray], path: Path) -> bool:
-    from PIL import Image
-
     pictures = [Image.fromarray(image) for image in images]
     try:
         pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=1000 // VIDEO_FPS, loop=0)

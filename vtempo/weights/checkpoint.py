@@ -32,12 +32,16 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from vtempo import limits
+from vtempo import limits, models
 from vtempo.errors import UsageError, VtempoError
-from vtempo.models.base import module_classes
+from vtempo.models.backbone import DEPTHS
+from vtempo.models.base import TemporalModule, module_classes
+from vtempo.models.tsm import TemporalShift
+from vtempo.weights.metadata import checked_metadata
 
 FORMAT = "vtempo"
 IGNORED_KEYS = frozenset({"data_preprocessor.mean", "data_preprocessor.std"})
@@ -224,8 +228,6 @@ def text_kind(path: Path) -> str | None:
 
 
 def _numpy_globals() -> list:
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core
     dtypes = [type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool", "uint8")]
     return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
@@ -268,8 +270,6 @@ def read_state(source: Any, expected_layout: str | None = None) -> tuple[dict[st
     The metadata is validated by `vtempo.weights.metadata.checked_metadata`: every field vtempo reads
     from it is present with a sane value or absent.
     """
-    from vtempo.weights.metadata import checked_metadata
-
     name = _name(source)
     obj = read_file(source) if isinstance(source, (str, os.PathLike)) else source
     state, meta = unwrap(obj, name)
@@ -320,8 +320,6 @@ def _shifted_blocks(keys: list[str], layout: str) -> set[str]:
 
 
 def _shifted_model_blocks(model: nn.Module) -> set[str]:
-    from vtempo.models.tsm import TemporalShift
-
     return {
         m.group(1)
         for name, module in model.named_modules()
@@ -411,8 +409,6 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
 
 
 def _fixed_frames(model: nn.Module) -> int | None:
-    from vtempo.models.base import TemporalModule
-
     for module in model.modules():
         if isinstance(module, TemporalModule) and module.fixed_frames is not None:
             return module.fixed_frames
@@ -476,8 +472,6 @@ def _writable(path: str | os.PathLike) -> Path:
 
 def infer_arch(state: Mapping[str, torch.Tensor], layout: str) -> str | None:
     """`<family>-<backbone>` read off the keys (TSN/TSM/TAM/TCM on any vtempo ResNet), else None."""
-    from vtempo.models.backbone import DEPTHS
-
     rules = _layout_rules()[layout]
     canonical = {_canonical(k, rules): v for k, v in state.items()}
     if "backbone.conv1.weight" not in canonical:
@@ -520,8 +514,6 @@ def convert_file(
 
     Returns what was written: arch, num_classes, frames, layout.
     """
-    from vtempo import models
-
     _writable(dst)  # before the work of reading and checking the source
     state, meta, layout = read_state(src)
     if layout == "vtempo":

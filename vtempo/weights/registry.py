@@ -20,6 +20,7 @@ import yaml
 
 from vtempo import limits
 from vtempo.errors import UsageError
+from vtempo.models import split_name
 from vtempo.paths import home
 from vtempo.protocol import AVERAGES, CROPS, IMAGENET_MEAN, IMAGENET_STD, SAMPLINGS, Protocol
 
@@ -219,8 +220,6 @@ def check_name(name: Any, where: str) -> str:
 
 
 def check_arch(raw: dict, where: str) -> str:
-    from vtempo.models import split_name
-
     arch = _typed(raw, "arch", str, where)
     try:
         split_name(arch)
