@@ -75,8 +75,8 @@ def register(app: typer.Typer) -> None:
         from vtempo.video import display_path
         from vtempo.video.readers import VideoError
 
-        at_least("--topk", topk, 1, "MAX_CLASSES")
-        at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+        at_least("topk", topk, 1, "MAX_CLASSES")
+        at_least("batch_size", batch_size, 1, "MAX_BATCH")
         check_seconds(window=window, hop=hop, min_duration=min_duration)
         check_smooth(smooth)
         if output is not None and output.suffix.lower() not in TimelineWriter.FORMATS:
@@ -88,10 +88,10 @@ def register(app: typer.Typer) -> None:
         runner = BatchRunner(device)  # one process unless torchrun started this
         ranks, device = runner.ranks, runner.device
         check_model_options(frames, dtype, device)
-        for path, flag in ((output, "--output"), (plot, "--plot"), (annotate, "--annotate")):
+        for path, name in ((output, "output"), (plot, "plot"), (annotate, "annotate")):
             if path is not None:
-                check_target(path, flag)
-                check_writable(path, flag)
+                check_target(path, name)
+                check_writable(path, name)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
         setup = {**rec.provenance(), "window": window, "hop": hop, "threshold": threshold,
                  "min_duration": min_duration, "smooth": smooth, "topk": topk}
@@ -152,7 +152,8 @@ def register(app: typer.Typer) -> None:
                         f"({result.window_frames / result.fps:.2f} s, hop {result.hop_frames / result.fps:.2f} s), "
                         f"{len(result.segments)} segments · {rec.name}", highlight=False, soft_wrap=True)
         except Interrupted as interrupted:
-            where = f"; what was done is in {interrupted.where}" if interrupted.where else ""
+            resumable = " (--resume goes on)" if interrupted.resumable else ""
+            where = f"; what was done is in {interrupted.where}{resumable}" if interrupted.where else ""
             err_console.print(f"interrupted{escape(where)}", highlight=False)
             raise typer.Exit(130) from None
         done, failed, before = runner.totals(len(run.todo) - failed, failed, run.done_before)

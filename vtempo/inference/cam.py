@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 
 if TYPE_CHECKING:
     from vtempo.inference.recognizer import Recognizer
@@ -270,7 +270,7 @@ def recognizers(
 
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
-        raise UsageError(f"weights=: give one weights file per model ({len(models)}), got {len(weights)}")
+        raise UsageError(f"{param('weights')}: give one weights file per model ({len(models)}), got {len(weights)}")
     return [model if isinstance(model, Recognizer) else
             load(model, checkpoint, registry=registry, device=device, dtype=dtype, frames=frames)
             for model, checkpoint in zip(models, weights)]
