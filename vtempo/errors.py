@@ -5,7 +5,9 @@ A message names the Python parameters it is about with `param`, as a Python call
     raise UsageError(f"{param('frames', 0)}: must be at least 1")   # frames=0: must be at least 1
 
 The command line prints the same error with the running command's own options in their place
-(`--frames 0: must be at least 1`, vtempo.commands.common), so the library never spells a flag."""
+(`--frames 0: must be at least 1`, vtempo.commands.common), so the library spells no flag of the
+command that runs it; a message that asks for another command writes that command line as it is
+(`vtempo download NAME --force`)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +17,7 @@ from typing import Callable, NamedTuple, Optional
 # A reference is kept in the message as NUL, the name, then (with a value) US, the value as the command
 # line shows it, US, the value as Python shows it, and NUL: text from outside cannot end a reference early.
 _MARK, _SPLIT = "\x00", "\x1f"
-_REFERENCE = re.compile("\x00([^\x00\x1f]+)(?:\x1f([^\x00\x1f]*)\x1f([^\x00\x1f]*))?\x00")
+_REFERENCE = re.compile("\x00([A-Za-z_][A-Za-z0-9_]*)(?:\x1f([^\x00\x1f]*)\x1f([^\x00\x1f]*))?\x00")
 _NO_VALUE = object()
 
 
@@ -76,6 +78,9 @@ class VtempoError(Exception):
 
     def __str__(self) -> str:
         return self.render(as_python)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class UsageError(VtempoError):

@@ -24,10 +24,11 @@ AUTOCAST_DEVICES = ("cpu", "cuda")  # elsewhere (the meta device that MAC counti
 CHANNELS_LAST = True
 
 
-def check_dtype(name: str) -> str:
-    """The dtype name itself, or a one-line UsageError naming the choices."""
+def check_dtype(name: str, parameter: str = "dtype") -> str:
+    """The dtype name itself, or a one-line UsageError naming the choices (and `parameter`, the name
+    the dtype came in by)."""
     if name not in DTYPES and name not in QUANTIZED:
-        raise UsageError(f"unknown {param('dtype')} {name!r}: choose one of {', '.join((*DTYPES, *QUANTIZED))}")
+        raise UsageError(f"unknown {param(parameter)} {name!r}: choose one of {', '.join((*DTYPES, *QUANTIZED))}")
     return name
 
 
@@ -38,7 +39,7 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"unknown {param('device')} {name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown {param('device', name)}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"{param('device', name)}: no CUDA device is available here (use cpu or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

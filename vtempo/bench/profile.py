@@ -69,7 +69,7 @@ class Settings:
 
     def check(self) -> None:
         for dtype in self.dtypes:
-            check_dtype(dtype)
+            check_dtype(dtype, "dtypes")
         if not self.dtypes:
             raise UsageError(f"{param('dtypes')}: give at least one")
         if self.calibrate is not None and "int8" not in self.dtypes:
