@@ -93,10 +93,12 @@ def test_an_absurd_number_is_one_usage_line_naming_the_option(args, named, tmp_p
 
 
 def test_the_library_names_its_parameters_and_a_limit_is_raised_by_its_variable(monkeypatch):
-    with pytest.raises(UsageError, match="--shard 0/30000000: more than 100000 shards.*VTEMPO_MAX_SHARDS"):
+    with pytest.raises(UsageError, match="shard='0/30000000': more than 100000 shards.*VTEMPO_MAX_SHARDS") as caught:
         parse_shard("0/30000000")
-    with pytest.raises(UsageError, match=r"strides=100000: must be from 1 to 64 \(set VTEMPO_MAX_STRIDE"):
+    assert caught.value.parameter == "shard" and "--" not in str(caught.value)
+    with pytest.raises(UsageError, match=r"strides=100000: must be from 1 to 64 \(set VTEMPO_MAX_STRIDE") as caught:
         parse_strides("1..100000")
+    assert caught.value.parameter == "strides" and "--" not in str(caught.value)
     rec = load("tsm-demo")
     for every in (math.nan, math.inf, -1.0):
         with pytest.raises(UsageError, match=f"every={every}: must be a finite number"):

@@ -144,10 +144,49 @@ def test_a_checkpoint_written_by_train_is_a_model(tmp_path):
     one_line_usage_error(run_cli(["classify", CLIPS, "--model", tmp_path / "missing.pt"]), "no such checkpoint file")
 
 
-def test_parameter_names_become_flags():
-    assert common.as_flags("frames=0: must be at least 1") == "--frames 0: must be at least 1"
-    assert common.as_flags("pass weights=FILE, batch_size=2") == "pass --weights FILE, --batch-size 2"
-    assert common.as_flags("/data/frames=3.mp4: not a video") == "/data/frames=3.mp4: not a video"
+def test_a_library_error_names_python_parameters_and_no_flag(tmp_path):
+    from vtempo.errors import UsageError
+    from vtempo.inference.sharding import check_output
+
+    with pytest.raises(UsageError) as caught:
+        vtempo.load("tsm-demo", dtype="int8")
+    assert caught.value.parameter == "dtype" and caught.value.parameters == ("dtype", "calibrate")
+    assert str(caught.value).startswith("dtype='int8' needs calibrate=DIR: a folder of a few videos")
+    (tmp_path / "out.jsonl").write_text("")
+    with pytest.raises(UsageError) as caught:
+        check_output(tmp_path / "out.jsonl", resume=False, overwrite=False)
+    assert str(caught.value).endswith("out.jsonl exists: pass resume=True to go on with it, or overwrite=True to start "
+                                      "again")
+    assert caught.value.parameters == ("resume", "overwrite") and "--" not in str(caught.value)
+
+
+def test_the_command_line_names_each_parameter_by_the_commands_own_option(tmp_path):
+    import typer
+
+    from vtempo.errors import UsageError, param
+
+    tool = typer.Typer()
+
+    @tool.command()
+    @common.friendly_errors
+    def check(
+        video: str = typer.Argument(..., metavar="VIDEO"),
+        out: str = typer.Option("a.jsonl", "--output", "-o"),
+        strides: str = typer.Option("2", "--stride"),
+        resume: bool = typer.Option(False, "--resume"),
+        flip: bool = typer.Option(True, "--flip/--no-flip"),
+    ) -> None:
+        raise UsageError(f"{param('strides', strides)}: bad; {param('video')} {param('video', video)}: write to "
+                         f"another {param('out')}, pass {param('resume', True)} or {param('flip', False)}; "
+                         f"{param('elsewhere', 1)}")
+
+    result = CliRunner().invoke(tool, ["clip.mp4", "--stride", "9..x"])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "error: --stride 9..x: bad; VIDEO clip.mp4: write to another --output, pass --resume or --no-flip; elsewhere=1")
+    # vtempo's own commands: the library's `strides` and `out`, `fmt` are the options --stride, --output, --format
+    one_line_usage_error(run_cli(["robustness", "--stride", "2..x"]), "error: --stride 2..x: must look like 2..8")
+    one_line_usage_error(run_cli(["export", "tsm-demo", "-o", tmp_path / "model.txt"]),
+                         "--output", "model.txt: pass --format onnx or torchscript")
 
 
 def piped(args: list, home: Path) -> str:

@@ -106,9 +106,13 @@ def test_cli_writes_npz_or_npy_with_csv_index_and_skips_bad_files(tmp_path):
 def test_usage_errors(rec, tmp_path):
     from vtempo.errors import UsageError
 
-    with pytest.raises(UsageError, match="--hop needs --window"):
+    with pytest.raises(UsageError, match="hop needs window"):
         list(embed(rec, CLIPS[:1], hop=1.0))
-    with pytest.raises(UsageError, match="one of --per-frame and --window"):
+    with pytest.raises(UsageError, match="one of per_frame and window"):
         list(embed(rec, CLIPS[:1], per_frame=True, window=1.0))
+    # the command line names the same parameters by its options
+    result = CliRunner().invoke(app, ["embed", str(CLIPS[0]), "--model", MODEL, "--per-frame", "--window", "1",
+                                      "--output", str(tmp_path / "e.npy")])
+    assert result.exit_code == 2 and "error: choose one of --per-frame and --window" in result.output, result.output
     with pytest.raises(UsageError, match=r"\.npy or \.npz"):
         EmbeddingWriter(tmp_path / "x.txt", {})

@@ -175,7 +175,7 @@ def test_a_device_is_refused(tmp_path):
     if not Path("/dev/null").exists():
         pytest.skip("no /dev/null here")
     for make in (lambda: Sink("/dev/null"), lambda: JsonlAppender("/dev/null", 0)):
-        with pytest.raises(UsageError, match="/dev/null: is a device") as caught:
+        with pytest.raises(UsageError, match="output='/dev/null': is a device") as caught:
             make()
         assert one_line(str(caught.value))
 
@@ -319,7 +319,7 @@ sink.close()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           preexec_fn=file_size_limit(100))
     assert done.returncode == 0, done.stderr
-    assert one_line(done.stdout) and "out.jsonl: cannot write (File too large)" in done.stdout
+    assert one_line(done.stdout) and "out.jsonl': cannot write (File too large)" in done.stdout
     assert "out.jsonl.part" in done.stdout
     assert (tmp_path / "out.jsonl.part").read_text().startswith("first line\n")
     assert not (tmp_path / "out.jsonl").exists()

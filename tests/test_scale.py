@@ -202,7 +202,7 @@ def test_an_existing_output_is_never_overwritten_silently(tmp_path, sized_files)
         with pytest.raises(UsageError) as caught:
             start_run(sized_files, out)
         message = str(caught.value)
-        assert "--resume" in message and "--overwrite" in message and one_line(message)
+        assert "resume=True" in message and "overwrite=True" in message and one_line(message)
         assert out.read_text() == "precious\n"
     with pytest.raises(UsageError, match="needs a .jsonl"):
         start_run(sized_files, tmp_path / "out.csv", resume=True)
@@ -290,7 +290,7 @@ def test_a_killed_shard_resumes_and_the_merge_has_every_file_once(tmp_path, size
         handle.write(b'{"path": "cut')
     with pytest.raises(VtempoError, match="cut short"):
         merge_parts(sorted(tmp_path.glob("out.part-*")), out)
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="resume=True"):
         start_run(sized_files, out, shard=f"{killed}/3")
     run = start_run(sized_files, out, shard=f"{killed}/3", resume=True)
     assert run.done_before == half and len(run.todo) == len(runs[killed].todo) - half
@@ -373,7 +373,7 @@ def test_parts_of_another_shard_count_are_not_mixed_in(tmp_path, sized_files):
 
 def test_a_sharded_run_needs_a_jsonl_output(tmp_path, sized_files):
     for output in (None, tmp_path / "out.csv"):
-        with pytest.raises(UsageError, match="needs --output FILE.jsonl"):
+        with pytest.raises(UsageError, match="needs output=FILE.jsonl"):
             start_run(sized_files, output, shard="0/2")
 
 
@@ -436,9 +436,9 @@ def two_ranks(monkeypatch):
 
 def test_torchrun_ranks_write_parts_and_rank_0_merges_them(tmp_path, sized_files, two_ranks):
     out = tmp_path / "out.jsonl"
-    with pytest.raises(UsageError, match="leave --shard out"):
+    with pytest.raises(UsageError, match="leave shard out"):
         start_run(sized_files, out, shard="0/2", ranks=two_ranks[0])
-    with pytest.raises(UsageError, match="needs --output FILE.jsonl"):
+    with pytest.raises(UsageError, match="needs output=FILE.jsonl"):
         start_run(sized_files, tmp_path / "out.csv", ranks=two_ranks[0])
     runs = [start_run(sized_files, out, shard="auto", ranks=ranks) for ranks in two_ranks]
     assert [run.target.name for run in runs] == ["out.part-0-of-2.jsonl", "out.part-1-of-2.jsonl"]
@@ -450,7 +450,7 @@ def test_torchrun_ranks_write_parts_and_rank_0_merges_them(tmp_path, sized_files
     assert [r["path"] for r in iter_records(out)] == [str(p) for p in sized_files]
     assert not list(tmp_path.glob("out.part-*"))
 
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="resume=True"):
         start_run(sized_files, out, ranks=two_ranks[0])
     again = [start_run(sized_files, out, resume=True, ranks=ranks) for ranks in two_ranks]
     assert [run.todo for run in again] == [[], []]  # a finished run: nothing to do, nothing merged
@@ -460,7 +460,7 @@ def test_torchrun_ranks_write_parts_and_rank_0_merges_them(tmp_path, sized_files
     extra.write_bytes(b"new")
     with pytest.raises(UsageError, match="new.mp4") as caught:
         start_run([*sized_files, extra], out, resume=True, ranks=two_ranks[0])
-    assert "another --output" in str(caught.value) and one_line(str(caught.value))
+    assert "another output, or pass overwrite=True" in str(caught.value) and one_line(str(caught.value))
 
 
 def test_a_torchrun_merge_that_fails_leaves_the_parts(tmp_path, sized_files, two_ranks):

@@ -129,7 +129,7 @@ def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(distributed, "pick_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(UsageError, match="rank 1 .* 1 are visible.*--device cpu"):
+    with pytest.raises(UsageError, match="rank 1 .* 1 are visible.*device='cpu'"):
         distributed.start("auto")
     assert not torch.distributed.is_initialized()
 

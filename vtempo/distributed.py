@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 from vtempo.runtime import pick_device
 
 
@@ -47,7 +47,7 @@ def start(device: str = "auto", timeout: timedelta | None = None) -> Ranks:
         visible = torch.cuda.device_count()
         if local_rank >= visible:
             raise UsageError(f"rank {local_rank} of this node needs a GPU of its own, but {visible} are visible: "
-                             f"start at most {visible} processes per node, or pass --device cpu")
+                             f"start at most {visible} processes per node, or pass {param('device', 'cpu')}")
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():

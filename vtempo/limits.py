@@ -46,7 +46,7 @@ import math
 import os
 import sys
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 
 ENV_PREFIX = "VTEMPO_"
 
@@ -110,10 +110,9 @@ def shown(value: int | float) -> str:
 
 
 def _named(name: str, value: object) -> str:
-    """`--frames 9` for an option, `frames=9` for a Python parameter; long values cut short."""
+    """The parameter `name` given `value` (long values cut short) in a message."""
     text = str(value)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    return f"{name} {text}" if name.startswith("-") else f"{name}={text}"
+    return param(name, value if len(text) <= 40 else text[:37] + "...")
 
 
 def check_int(name: str, value, low: int, bound: str | None = None) -> None:

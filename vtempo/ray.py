@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 from vtempo.inference.decoding import decode_views
 from vtempo.inference.engine import Engine
 from vtempo.inference.recognizer import at_least, load
@@ -78,7 +78,7 @@ def start(address: str | None = None, num_cpus: int | None = None):
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UsageError(f"--ray-address {address}: cannot connect to Ray ({first})") from None
+            raise UsageError(f"{param('address', address)}: cannot connect to Ray ({first})") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -215,7 +215,7 @@ def classify(
     at_least("topk", topk, 1)
     at_least("batch_size", batch_size, 1)
     if dtype == "int8":
-        raise UsageError("dtype='int8' runs on the local engine (quantized on calibration clips); "
+        raise UsageError(f"{param('dtype', 'int8')} runs on the local engine (quantized on calibration clips); "
                          "the Ray engine runs fp32, bf16 or fp16")
     if not ray.is_initialized():
         start()
@@ -285,13 +285,17 @@ def check_options(*, dtype: str, compile: str, workers: int | None, shard: str |
     """`vtempo classify --engine ray`: Ray Data is there, and no option of the local engine's alone."""
     require_ray()
     if dtype == "int8":
-        raise UsageError("--dtype int8 runs on the local engine; --engine ray runs fp32, bf16 or fp16")
+        raise UsageError(f"{param('dtype', 'int8')} runs on the local engine; {param('engine', 'ray')} runs fp32, "
+                         f"bf16 or fp16")
     if compile != "off":
-        raise UsageError("--compile is for the local engine; --engine ray runs the model as it loads")
+        raise UsageError(f"{param('compile')} is for the local engine; {param('engine', 'ray')} runs the model as it "
+                         f"loads")
     if workers is not None:
-        raise UsageError("--workers is for the local engine; --engine ray decodes in Ray tasks, a CPU each")
+        raise UsageError(f"{param('workers')} is for the local engine; {param('engine', 'ray')} decodes in Ray tasks, "
+                         f"a CPU each")
     if shard is not None:
-        raise UsageError("--shard is for the local engine; --engine ray spreads the inputs over the cluster itself")
+        raise UsageError(f"{param('shard')} is for the local engine; {param('engine', 'ray')} spreads the inputs over "
+                         f"the cluster itself")
 
 
 def classify_run(paths: Sequence[str | os.PathLike], address: str | None, *, device: str = "auto",

@@ -15,7 +15,7 @@ import platform
 
 import torch
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # int8 is a quantized model (vtempo.fast.quantize), not autocast: it runs with autocast off, like fp32
@@ -24,10 +24,11 @@ AUTOCAST_DEVICES = ("cpu", "cuda")  # elsewhere (the meta device that MAC counti
 CHANNELS_LAST = True
 
 
-def check_dtype(name: str) -> str:
-    """The dtype name itself, or a one-line UsageError naming the choices."""
+def check_dtype(name: str, parameter: str = "dtype") -> str:
+    """The dtype name itself, or a one-line UsageError naming the choices (and `parameter`, the name
+    the dtype came in by)."""
     if name not in DTYPES and name not in QUANTIZED:
-        raise UsageError(f"unknown --dtype {name!r}: choose one of {', '.join((*DTYPES, *QUANTIZED))}")
+        raise UsageError(f"unknown {param(parameter)} {name!r}: choose one of {', '.join((*DTYPES, *QUANTIZED))}")
     return name
 
 
@@ -38,13 +39,13 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown {param('device', name)}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device is available here (use cpu or auto)")
+        raise UsageError(f"{param('device', name)}: no CUDA device is available here (use cpu or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise UsageError(f"{param('device', name)}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
+        raise UsageError(f"{param('device', name)}: only cpu and cuda are supported")
     return device
 
 
@@ -79,7 +80,7 @@ def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (None keeps torch's default); returns the count in use."""
     if threads is not None:
         if threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {threads}")
+            raise UsageError(f"{param('threads')} must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 

@@ -34,7 +34,7 @@ from vtempo import limits
 from vtempo.bench.flops import count_macs
 from vtempo.bench.runtimes import check_runtimes, parity, runtime_model, scratch_folder
 from vtempo.data.synth import CLASSES, render_clip
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.fast import prepare
 from vtempo.fast.compile import compile_model
 from vtempo.fast.cudagraph import GraphedModel
@@ -78,26 +78,28 @@ class Settings:
 
     def check(self) -> None:
         for dtype in self.dtypes:
-            check_dtype(dtype)
+            check_dtype(dtype, "dtypes")
         if not self.dtypes:
-            raise UsageError("give at least one --dtype")
+            raise UsageError(f"{param('dtypes')}: give at least one")
         if self.calibrate is not None and "int8" not in self.dtypes:
-            raise UsageError("--calibrate goes with --dtype int8")
+            raise UsageError(f"{param('calibrate')} goes with {param('dtypes', 'int8')}")
         if "int8" in self.dtypes and self.cuda_graphs:
-            raise UsageError("--dtype int8 runs on the CPU: drop --cuda-graphs")
+            raise UsageError(f"{param('dtypes', 'int8')} runs on the CPU: drop {param('cuda_graphs')}")
         if self.against:
             check_runtimes(list(self.against))
             if "fp32" not in self.dtypes:
-                raise UsageError("--against compares with vtempo's fp32 model: include --dtype fp32")
+                raise UsageError(f"{param('against')} compares with vtempo's fp32 model: include "
+                                 f"{param('dtypes', 'fp32')}")
         if self.cuda_graphs and self.compile:
-            raise UsageError("--cuda-graphs and --compile: choose one (each is timed against eager on its own)")
-        for option, value, least, bound in (
-                ("--frames", self.frames, 1, "MAX_FRAMES"), ("--size", self.size, 16, "MAX_INPUT_SIZE"),
-                ("--batch", self.batch, 1, "MAX_BATCH"), ("--iters", self.iters, 1, "MAX_ITERS"),
-                ("--warmup", self.warmup, 0, "MAX_ITERS"), ("--threads", self.threads, 1, "MAX_THREADS")):
+            raise UsageError(f"{param('cuda_graphs')} and {param('compile')}: choose one (each is timed against eager "
+                             f"on its own)")
+        for name, value, least, bound in (
+                ("frames", self.frames, 1, "MAX_FRAMES"), ("size", self.size, 16, "MAX_INPUT_SIZE"),
+                ("batch", self.batch, 1, "MAX_BATCH"), ("iters", self.iters, 1, "MAX_ITERS"),
+                ("warmup", self.warmup, 0, "MAX_ITERS"), ("threads", self.threads, 1, "MAX_THREADS")):
             if value is not None and value < least:
-                raise UsageError(f"{option} must be at least {least}, got {value}")
-            limits.check_int(option, value, least, bound)
+                raise UsageError(f"{param(name)} must be at least {least}, got {value}")
+            limits.check_int(name, value, least, bound)
 
 
 @dataclass
@@ -309,7 +311,7 @@ def calibration_batches(entry: ModelEntry | None, frames: int, size: int, batch:
             if len(clips) == wanted:
                 break
         if not clips:
-            raise UsageError(f"--calibrate {folder}: no video there decodes; int8 needs a few to calibrate on")
+            raise UsageError(f"{param('calibrate', folder)}: no video there decodes; int8 needs a few to calibrate on")
         source = str(folder)
     joined = torch.cat(clips)
     joined = torch.cat([joined, joined[torch.arange(-len(joined) % batch) % len(joined)]])  # whole batches
@@ -358,7 +360,7 @@ def profile_models(
     entries = load_registry(user_registry)
     device = pick_device(settings.device)
     if settings.cuda_graphs and device.type != "cuda":
-        raise UsageError(f"--cuda-graphs needs a CUDA device, and this run's is {device}")
+        raise UsageError(f"{param('cuda_graphs')} needs a CUDA device, and this run's is {device}")
     if "int8" in settings.dtypes:
         _check_int8(device)
     threads_before = torch.get_num_threads()
@@ -378,7 +380,8 @@ def profile_models(
 def _check_int8(device: torch.device) -> None:
     """int8 runs on the CPU with torchao's quantizer: refused in one line otherwise."""
     if device.type != "cpu":
-        raise UsageError(f"--dtype int8 runs on the CPU only, and this run's device is {device}: pass --device cpu")
+        raise UsageError(f"{param('dtypes', 'int8')} runs on the CPU only, and this run's device is {device}: pass "
+                         f"{param('device', 'cpu')}")
     try:
         require_torchao()
     except VtempoError as error:
@@ -528,7 +531,7 @@ def relative_to(profiles: list[ModelProfile], reference: str) -> dict[tuple[str,
     """(model, dtype) → Ratio against `reference` (which must be among the profiles)."""
     by_name = {profile.name: profile for profile in profiles}
     if reference not in by_name:
-        raise UsageError(f"--relative-to {reference}: not among the profiled models ({', '.join(by_name)})")
+        raise UsageError(f"{param('reference', reference)}: not among the profiled models ({', '.join(by_name)})")
     base = by_name[reference]
     ratios = {}
     for profile in profiles:

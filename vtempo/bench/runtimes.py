@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 from vtempo.export.exporting import relative_error, write_onnx
 from vtempo.export.forms import ExportForm, apply_export_forms
 from vtempo.export.loading import FORMAT, OnnxModel, OpenVinoModel
@@ -33,14 +33,14 @@ def check_runtimes(names: list[str]) -> None:
     """Unknown names and runtimes that are not installed: a one-line UsageError."""
     for name in names:
         if name not in RUNTIMES:
-            raise UsageError(f"unknown --against {name!r}: choose from {', '.join(RUNTIMES)}")
+            raise UsageError(f"unknown {param('against')} {name!r}: choose from {', '.join(RUNTIMES)}")
     for name, package in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("onnxruntime", "onnx"),
                           ("openvino", "onnx")):
         if name in names:
             try:
                 __import__(package)
             except ImportError:
-                raise UsageError(f"--against {name} needs {package}: {INSTALL_HINT}") from None
+                raise UsageError(f"{param('against', name)} needs {package}: {INSTALL_HINT}") from None
 
 
 def export_onnx(model: torch.nn.Module, frames: int, size: int, folder: Path, name: str) -> Path:
@@ -61,7 +61,7 @@ def runtime_model(runtime: str, reference: torch.nn.Module, prepared: torch.nn.M
     if runtime == "compiled":
         return compile_model(copy.deepcopy(prepared), clip.device)
     if clip.device.type != "cpu":
-        raise UsageError(f"--against {runtime} runs on the CPU here: pass --device cpu")
+        raise UsageError(f"{param('against', runtime)} runs on the CPU here: pass {param('device', 'cpu')}")
     frames, size = clip.shape[1], clip.shape[-1]
     path = folder / f"{name}.onnx"
     if not path.is_file():

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Classify shard K of N (from 0; balanced by size) into OUT.part-K-of-N.jsonl; auto: from a SLURM array, auto/N: from a Kubernetes indexed job. Under torchrun each rank takes its shard."),
         engine: str = typer.Option("local", "--engine", metavar="local|ray", help="local: this process and its decode workers; ray: a Ray cluster (Ray Data; pip install 'vtempo[ray]')."),
-        ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="auto|HOST:PORT|ray://HOST:PORT", help="The Ray cluster to join (default: start one on this machine's cores)."),
+        address: Optional[str] = typer.Option(None, "--ray-address", metavar="auto|HOST:PORT|ray://HOST:PORT", help="The Ray cluster to join (default: start one on this machine's cores)."),
     ) -> None:
         """Rank the labels of each video; bad files are reported and the batch goes on."""
         from vtempo import distributed
@@ -116,16 +116,16 @@ def register(app: typer.Typer) -> None:
             check_options(dtype=dtype, compile=compile, workers=workers, shard=shard)
             if runtime != "torch":
                 raise UsageError("--runtime goes with --engine local (Ray's workers run PyTorch)")
-        elif ray_address is not None:
+        elif address is not None:
             raise UsageError("--ray-address goes with --engine ray")
         paths = list(paths or []) + (read_path_list(path_list) if path_list is not None else [])
         if not paths:
             raise UsageError("no inputs: name videos or folders (PATH...), or a file of paths (--list FILE)")
         check_model_options(frames, dtype, device, calibrate, compile, int8=True)
         check_runtime(runtime, compile)
-        at_least("--topk", topk, 1, "MAX_CLASSES")
-        at_least("--batch-size", batch_size, 1, "MAX_BATCH")
-        at_least("--workers", workers, 0, "MAX_THREADS")
+        at_least("topk", topk, 1, "MAX_CLASSES")
+        at_least("batch_size", batch_size, 1, "MAX_BATCH")
+        at_least("workers", workers, 0, "MAX_THREADS")
         if views is not None:
             parse_views(views)
         parquet = output is not None and output.suffix.lower() == ".parquet"
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
         if engine == "ray":
             from vtempo import ray as on_ray
 
-            results = (on_ray.classify_run(run.todo_paths, ray_address, model=model, weights=weights, registry=registry,
+            results = (on_ray.classify_run(run.todo_paths, address, model=model, weights=weights, registry=registry,
                                            frames=frames, dtype=dtype, labels=recognizer.labels, views=views, topk=topk,
                                            batch_size=batch_size, device=device)
                        if run.todo else iter(()))
@@ -187,7 +187,8 @@ def register(app: typer.Typer) -> None:
                     done.append(result)
                     progress.advance(task)
         except Interrupted as interrupted:
-            where = f"; their results are in {interrupted.where}" if interrupted.where else ""
+            resumable = " (--resume goes on)" if interrupted.resumable else ""
+            where = f"; their results are in {interrupted.where}{resumable}" if interrupted.where else ""
             err_console.print(f"interrupted: {len(done)} of {len(run.todo)} videos done{escape(where)}", highlight=False)
             raise typer.Exit(130) from None
         classified, failed, before = runner.totals(len(done) - failed, failed, run.done_before)
@@ -225,7 +226,7 @@ def register(app: typer.Typer) -> None:
 
         if backend != "auto" and backend not in BACKENDS:
             raise UsageError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-        at_least("--frames", frames, 1, "MAX_FRAMES")
+        at_least("frames", frames, 1, "MAX_FRAMES")
         videos = collect_videos(paths, recursive)
         if not videos:
             raise UsageError(f"no videos found in {', '.join(map(str, paths))}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import logging
 import re
 import signal
@@ -30,7 +31,7 @@ from rich.progress import (
 from rich.segment import Segment
 
 from vtempo import limits
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import Reference, UsageError, VtempoError, as_python, param
 
 # C0 controls (ESC starts terminal escape sequences), DEL, C1 controls (0x9b is a one-byte CSI) and the
 # bidirectional overrides that reorder what a line appears to say
@@ -97,22 +98,27 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+_CONTEXT = "typer_context"  # the parameter friendly_errors adds to a command, for typer to pass its context in
+
+
 def friendly_errors(command: Callable) -> Callable:
-    """Turn user-fixable errors into one line on stderr and an exit code, never a traceback; SIGTERM
-    interrupts the command as Ctrl-C does, so it writes what is finished before it exits."""
+    """Turn user-fixable errors into one line on stderr and an exit code, never a traceback, naming the
+    command's own options (`as_options`); SIGTERM interrupts the command as Ctrl-C does, so it writes
+    what is finished before it exits."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         from vtempo.weights import hub
 
+        context = kwargs.pop(_CONTEXT, None)
         hub.first_use_progress = download_progress  # checkpoints downloaded on first use show a bar
         try:
             with sigterm_interrupts():
                 return command(*args, **kwargs)
         except UsageError as error:
-            raise fail(as_flags(str(error)), EXIT_USAGE) from None
+            raise fail(as_options(error, context), EXIT_USAGE) from None
         except VtempoError as error:
-            raise fail(as_flags(str(error)), EXIT_SOME_FAILED) from None
+            raise fail(as_options(error, context), EXIT_SOME_FAILED) from None
         except OSError as error:
             if error.errno != errno.ENAMETOOLONG:
                 raise
@@ -122,35 +128,36 @@ def friendly_errors(command: Callable) -> Callable:
             err_console.print("interrupted")
             sys.exit(130)
 
+    signature = inspect.signature(command)
+    context = inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), context])
     return run
+
+
+def as_options(error: VtempoError, context: Optional[typer.Context]) -> str:
+    """`error` as the command line says it: each Python parameter it names is written as the option of
+    the running command (`context`) that sets it, from the command's own parameter list (`frames=0` →
+    `--frames 0`, `strides` → `--stride`, `resume=True` → `--resume`); a name the command has no option
+    for stays as Python writes it."""
+    options = {option.name: option for option in context.command.params} if context is not None else {}
+
+    def named(reference: Reference) -> str:
+        option = options.get(reference.name)
+        if option is None:
+            return as_python(reference)
+        if option.param_type_name == "argument":  # a positional: its value, or its metavar
+            return reference.value if reference.value is not None else option.metavar or option.name.upper()
+        flags = [opt for opt in option.opts if opt.startswith("--")] or option.opts
+        if getattr(option, "is_flag", False) and reference.value in ("True", "False"):
+            off = [opt for opt in option.secondary_opts if opt.startswith("--")]
+            return off[0] if reference.value == "False" and off else flags[0]
+        return flags[0] if reference.value is None else f"{flags[0]} {reference.value}"
+
+    return error.render(named)
 
 
 # ------------------------------------------------------------------------------------------ model options
 # The options of every command that runs a model (classify, evaluate, robustness, cam), defined once.
-# The library names its Python parameters in errors (`frames=0`); `as_flags` turns them into these flags.
-
-PARAMETER_FLAGS = {
-    "model": "--model", "weights": "--weights", "registry": "--registry", "frames": "--frames",
-    "device": "--device", "dtype": "--dtype", "labels": "--labels", "views": "--views", "topk": "--topk",
-    "batch_size": "--batch-size", "workers": "--workers", "strides": "--stride", "stride": "--stride",
-    "sampling": "--sampling", "optimizer": "--optimizer", "schedule": "--schedule", "epochs": "--epochs",
-    "scales": "--scales", "out": "--output", "jobs": "--jobs", "train_stride": "--train-stride",
-    "shift": "--shift", "freeze_backbone": "--freeze-backbone", "calibrate": "--calibrate",
-    "compile": "--compile", "window": "--window", "hop": "--hop", "every": "--every", "size": "--size",
-    "batch": "--batch", "iters": "--iters", "warmup": "--warmup", "threads": "--threads", "lr": "--lr",
-    "weight_decay": "--weight-decay", "dropout": "--dropout", "clip_grad": "--clip-grad",
-    "val_split": "--val-split", "joins": "--joins", "resize": "--resize", "seed": "--seed",
-    "min_duration": "--min-duration", "threshold": "--threshold", "smooth": "--smooth", "clips": "--clips",
-}
-_PARAMETER = re.compile(r"(?<![\w./-])(" + "|".join(PARAMETER_FLAGS) + r")=")
-
-
-def as_flags(message: str) -> str:
-    """`frames=0: must be ...` → `--frames 0: must be ...`; `resume=True` → `--resume`."""
-    message = re.sub(r"(?<![\w./-])(resume|overwrite|freeze_backbone)=True\b",
-                     lambda match: "--" + match.group(1).replace("_", "-"), message)
-    return _PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)] + " ", message)
-
 
 MODEL_HELP = "A registry model (`vtempo models`), an architecture with --weights, or a checkpoint written by `vtempo train`."
 
@@ -212,12 +219,12 @@ def check_runtime(runtime: str, compile: str) -> None:
         raise UsageError(f"--runtime {runtime} and --compile on: compiling is PyTorch's; choose one")
 
 
-def at_least(flag: str, value, minimum: int, bound: Optional[str] = None) -> None:
-    """A count option must be at least `minimum` and at most the limit named `bound` (vtempo.limits):
-    one line naming the flag otherwise (exit code 2)."""
+def at_least(name: str, value, minimum: int, bound: Optional[str] = None) -> None:
+    """The count option for the parameter `name` must be at least `minimum` and at most the limit named
+    `bound` (vtempo.limits): one line naming the option otherwise (exit code 2)."""
     if value is not None and value < minimum:
-        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
-    limits.check_int(flag, value, minimum, bound)
+        raise UsageError(f"{param(name)} must be at least {minimum}, got {value}")
+    limits.check_int(name, value, minimum, bound)
 
 
 def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", calibrate=None,
@@ -226,7 +233,7 @@ def check_model_options(frames=None, dtype: str = "fp32", device: str = "auto", 
     command has --calibrate and runs int8 models)."""
     from vtempo.runtime import check_dtype, pick_device
 
-    at_least("--frames", frames, 1, "MAX_FRAMES")
+    at_least("frames", frames, 1, "MAX_FRAMES")
     check_dtype(dtype)
     pick_device(device)
     if dtype == "int8" and not int8:

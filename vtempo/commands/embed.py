@@ -75,8 +75,8 @@ def embed(
     from vtempo.inference.timeline import check_seconds
     from vtempo.runtime import default_workers
 
-    at_least("--batch-size", batch_size, 1, "MAX_BATCH")
-    at_least("--workers", workers, 0, "MAX_THREADS")
+    at_least("batch_size", batch_size, 1, "MAX_BATCH")
+    at_least("workers", workers, 0, "MAX_THREADS")
     check_seconds(window=window, hop=hop)
     videos = collect_videos(paths, recursive)
     if not videos:
@@ -101,19 +101,19 @@ def embed(
                              f"write to another --output, or pass --overwrite")
         if ranks.distributed and not resume:
             for existing in (out, out.with_suffix(".jsonl")):
-                check_output(existing, resume=False, overwrite=overwrite, flag="--output")
+                check_output(existing, resume=False, overwrite=overwrite, parameter="out")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
     for existing in (target, target.with_suffix(".jsonl") if chosen is not None else index or (
             out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)):
         if existing is not None and not resume:
-            check_output(existing, resume=False, overwrite=overwrite, flag="--output")
+            check_output(existing, resume=False, overwrite=overwrite, parameter="out")
     index_path = target.with_suffix(".jsonl") if chosen is not None else index or (
         out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None)
     for path in (target, index_path):
         if path is not None:
-            check_target(path, "--output")
-            check_writable(path, "--output")
+            check_target(path, "out")
+            check_writable(path, "out")
     distributed.barrier(ranks)  # every rank looks at the files before any rank writes its part
     check_model_options(frames, dtype, device)
     rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames)

@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
         size: Optional[int] = typer.Option(None, "--size", help="Input side in px (default: the entry's, else 224)."),
         batch: int = typer.Option(1, "--batch", help="Clips per call."),
         device: str = device_option(),
-        dtype: Optional[List[str]] = typer.Option(
+        dtypes: Optional[List[str]] = typer.Option(
             None, "--dtype", help="fp32 (default), bf16 or fp16 (autocast), int8 (quantized on the CPU, as classify "
             "runs it). Repeat or comma-separate to compare."
         ),
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
             None, "--channels-last/--no-channels-last", help="Memory format of the weights (default: channels-last)."
         ),
         threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads (default: torch's)."),
-        compile_model: bool = typer.Option(False, "--compile", help="torch.compile each model (CPU: with freezing)."),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile each model (CPU: with freezing)."),
         cuda_graphs: bool = typer.Option(
             False, "--cuda-graphs", help="Replay each model's forward from captured CUDA graphs (CUDA only; batch-1 latency)."
         ),
@@ -185,11 +185,11 @@ def register(app: typer.Typer) -> None:
         registry: Optional[Path] = registry_option(),
     ) -> None:
         """Parameters, GMACs, latency, clips/s and peak memory of each model, measured in one run."""
-        for flag, value, least, bound in (
-                ("--frames", frames, 1, "MAX_FRAMES"), ("--size", size, 16, "MAX_INPUT_SIZE"),
-                ("--batch", batch, 1, "MAX_BATCH"), ("--iters", iters, 1, "MAX_ITERS"),
-                ("--warmup", warmup, 0, "MAX_ITERS"), ("--threads", threads, 1, "MAX_THREADS")):
-            at_least(flag, value, least, bound)  # before importing the profiler, which takes seconds
+        for name, value, least, bound in (
+                ("frames", frames, 1, "MAX_FRAMES"), ("size", size, 16, "MAX_INPUT_SIZE"),
+                ("batch", batch, 1, "MAX_BATCH"), ("iters", iters, 1, "MAX_ITERS"),
+                ("warmup", warmup, 0, "MAX_ITERS"), ("threads", threads, 1, "MAX_THREADS")):
+            at_least(name, value, least, bound)  # before importing the profiler, which takes seconds
         from vtempo.bench.profile import (
             DEFAULT_NAMES,
             Settings,
@@ -199,9 +199,9 @@ def register(app: typer.Typer) -> None:
             speedup,
         )
 
-        dtypes = _split(dtype) or ["fp32"]
+        dtypes = _split(dtypes) or ["fp32"]
         settings = Settings(frames=frames, size=size, batch=batch, device=device, dtypes=tuple(dtypes),
-                            channels_last=channels_last, threads=threads, compile=compile_model,
+                            channels_last=channels_last, threads=threads, compile=compile,
                             cuda_graphs=cuda_graphs, iters=iters, warmup=warmup,
                             calibrate=None if calibrate is None else str(calibrate), against=tuple(_split(against)))
         settings.check()

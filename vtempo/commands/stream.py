@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
         from vtempo.inference.recognizer import load
         from vtempo.inference.stream import run_stream
 
-        at_least("--topk", topk, 1, "MAX_CLASSES")
-        check_number("--every", every, 0, "MAX_SECONDS", above=True)
+        at_least("topk", topk, 1, "MAX_CLASSES")
+        check_number("every", every, 0, "MAX_SECONDS", above=True)
         if output is not None and output.suffix.lower() != ".jsonl":
             raise UsageError(f"--output {output}: the name must end in .jsonl")
         if output is not None:

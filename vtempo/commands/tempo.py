@@ -65,10 +65,10 @@ def synth(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Write the synthetic tempo benchmark: classes that differ only in temporal order or direction."""
-    at_least("--clips", clips, 1, "MAX_SYNTH_CLIPS")
-    at_least("--frames", frames, 2, "MAX_FRAMES")
-    at_least("--size", size, 32, "MAX_INPUT_SIZE")
-    at_least("--seed", seed, 0, "MAX_SEED")
+    at_least("clips", clips, 1, "MAX_SYNTH_CLIPS")
+    at_least("frames", frames, 2, "MAX_FRAMES")
+    at_least("size", size, 32, "MAX_INPUT_SIZE")
+    at_least("seed", seed, 0, "MAX_SEED")
     names = synthetic.class_names(int(classes) if classes.isdigit() else classes)
     total, done = len(names) * clips, [0]
     with progress_callback("rendering", progress) as show:
@@ -136,13 +136,13 @@ def train(
     shift: Optional[str] = typer.Option(None, "--shift", help="TSM only: online (uni-directional, runs frame by frame) or bidirectional."),
 ) -> None:
     """Train a model on a labelled video set (SGD or AdamW, checkpoints each epoch, DDP under torchrun)."""
-    for flag, value, minimum, bound in (
-            ("--frames", frames, 1, "MAX_FRAMES"), ("--stride", stride, 1, "MAX_STRIDE"),
-            ("--size", size, 16, "MAX_INPUT_SIZE"), ("--resize", resize, 16, "MAX_RESIZE"),
-            ("--epochs", epochs, 1, "MAX_ITERS"), ("--batch-size", batch_size, 1, "MAX_BATCH"),
-            ("--warmup", warmup, 0, "MAX_ITERS"), ("--workers", workers, 0, "MAX_THREADS"),
-            ("--threads", threads, 1, "MAX_THREADS"), ("--seed", seed, 0, "MAX_SEED")):
-        at_least(flag, value, minimum, bound)
+    for name, value, minimum, bound in (
+            ("frames", frames, 1, "MAX_FRAMES"), ("stride", stride, 1, "MAX_STRIDE"),
+            ("size", size, 16, "MAX_INPUT_SIZE"), ("resize", resize, 16, "MAX_RESIZE"),
+            ("epochs", epochs, 1, "MAX_ITERS"), ("batch_size", batch_size, 1, "MAX_BATCH"),
+            ("warmup", warmup, 0, "MAX_ITERS"), ("workers", workers, 0, "MAX_THREADS"),
+            ("threads", threads, 1, "MAX_THREADS"), ("seed", seed, 0, "MAX_SEED")):
+        at_least(name, value, minimum, bound)
     from vtempo.training.train import TrainConfig
     from vtempo.training.train import train as run_training
 
@@ -183,12 +183,12 @@ def evaluate(
     from vtempo.inference.recognizer import parse_views
 
     check_model_options(frames, dtype, device)
-    at_least("--batch-size", batch_size, 1, "MAX_BATCH")
-    at_least("--workers", workers, 0, "MAX_THREADS")
+    at_least("batch_size", batch_size, 1, "MAX_BATCH")
+    at_least("workers", workers, 0, "MAX_THREADS")
     if views is not None:
         parse_views(views)
     if out is not None:
-        check_writable(out / "evaluation.json", "--output")
+        check_writable(out / "evaluation.json", "out")
     with progress_callback("evaluating", progress) as show:
         result = run_evaluation(data, model, weights, registry=registry, views=views, frames=frames, labels=labels,
                                 batch_size=batch_size, workers=workers, device=device, dtype=dtype, progress=show)
@@ -226,7 +226,7 @@ def robustness(
     frames: int = frames_option(4, "Frames per clip (the paper: 4)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
-    stride: str = typer.Option("2..8", "--stride", help="Strides to test: 2..8, 2,4,8, …"),
+    strides: str = typer.Option("2..8", "--stride", help="Strides to test: 2..8, 2,4,8, …"),
     train_stride: Optional[int] = typer.Option(None, "--train-stride", help="Stride the models were trained with (default: from each model's protocol)."),
     labels: Optional[Path] = typer.Option(None, "--labels"),
     out: Path = typer.Option(Path("runs/robustness"), "--output", "-o", help="Folder for robustness.json/.csv/.png."),
@@ -240,13 +240,13 @@ def robustness(
     from vtempo.evaluation.robustness import parse_strides, run, save
 
     check_model_options(frames, dtype, device)
-    at_least("--batch-size", batch_size, 1, "MAX_BATCH")
-    at_least("--workers", workers, 0, "MAX_THREADS")
-    at_least("--train-stride", train_stride, 1, "MAX_STRIDE")
-    strides = parse_strides(stride)
+    at_least("batch_size", batch_size, 1, "MAX_BATCH")
+    at_least("workers", workers, 0, "MAX_THREADS")
+    at_least("train_stride", train_stride, 1, "MAX_STRIDE")
+    strides = parse_strides(strides)
     if weights and len(weights) > len(model or []):
         raise UsageError("more --weights than --model")
-    check_writable(out / "robustness.json", "--output")
+    check_writable(out / "robustness.json", "out")
     with progress_callback("sweeping", progress) as show:
         result = run(data, model or [], [str(w) for w in weights or []], strides, frames, train_stride, labels,
                      batch_size, workers, device, dtype, registry, progress=show)
@@ -283,8 +283,8 @@ def train_demo_zoo(
     jobs: int = typer.Option(2, "--jobs", help="Trainings at a time, each with cores/jobs threads."),
 ) -> None:
     """Retrain every bundled demo model from scratch on a fresh synthetic set (see vtempo/training/demo_zoo.py)."""
-    at_least("--jobs", jobs, 1, "MAX_THREADS")
-    at_least("--seed", seed, 0, "MAX_SEED")
+    at_least("jobs", jobs, 1, "MAX_THREADS")
+    at_least("seed", seed, 0, "MAX_SEED")
     from vtempo.training.demo_zoo import retrain
 
     report = retrain(out, seed=seed, families=family or None, install=install, jobs=jobs,

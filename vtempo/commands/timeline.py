@@ -76,8 +76,8 @@ def register(app: typer.Typer) -> None:
             timeline,
         )
 
-        at_least("--topk", topk, 1, "MAX_CLASSES")
-        at_least("--batch-size", batch_size, 1, "MAX_BATCH")
+        at_least("topk", topk, 1, "MAX_CLASSES")
+        at_least("batch_size", batch_size, 1, "MAX_BATCH")
         check_seconds(window=window, hop=hop, min_duration=min_duration)
         check_smooth(smooth)
         if output is not None and output.suffix.lower() not in TimelineWriter.FORMATS:
@@ -89,10 +89,10 @@ def register(app: typer.Typer) -> None:
         runner = BatchRunner(device)  # one process unless torchrun started this
         ranks, device = runner.ranks, runner.device
         check_model_options(frames, dtype, device)
-        for path, flag in ((output, "--output"), (plot, "--plot"), (annotate, "--annotate")):
+        for path, name in ((output, "output"), (plot, "plot"), (annotate, "annotate")):
             if path is not None:
-                check_target(path, flag)
-                check_writable(path, flag)
+                check_target(path, name)
+                check_writable(path, name)
         rec = load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames, labels=labels)
         setup = {**rec.provenance(), "window": window, "hop": hop, "threshold": threshold,
                  "min_duration": min_duration, "smooth": smooth, "topk": topk}
@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
                     if plot is not None:
                         image = timeline_image([c for c, _, _ in windows], np.stack(scores), rec.labels, result.segments,
                                                result.duration, title=f"{video.name} · {rec.name}")
-                        err_console.print(f"plot: {write_png(_numbered(plot, video, many), image, '--plot')}", highlight=False)
+                        err_console.print(f"plot: {write_png(_numbered(plot, video, many), image, 'plot')}", highlight=False)
                     if annotate is not None:
                         path = annotate_video(video, _numbered(annotate, video, many), windows, result.segments, result.fps)
                         err_console.print(f"annotated: {path}", highlight=False)
@@ -150,7 +150,8 @@ def register(app: typer.Typer) -> None:
                         f"({result.window_frames / result.fps:.2f} s, hop {result.hop_frames / result.fps:.2f} s), "
                         f"{len(result.segments)} segments · {rec.name}", highlight=False, soft_wrap=True)
         except Interrupted as interrupted:
-            where = f"; what was done is in {interrupted.where}" if interrupted.where else ""
+            resumable = " (--resume goes on)" if interrupted.resumable else ""
+            where = f"; what was done is in {interrupted.where}{resumable}" if interrupted.where else ""
             err_console.print(f"interrupted{escape(where)}", highlight=False)
             raise typer.Exit(130) from None
         done, failed, before = runner.totals(len(run.todo) - failed, failed, run.done_before)

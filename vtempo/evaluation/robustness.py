@@ -24,7 +24,7 @@ import torch
 from vtempo import distributed, limits
 from vtempo.data import synth
 from vtempo.data.dataset import VideoSet, read_video_set
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.evaluation.evaluate import align_classes, unnamed
 from vtempo.inference.engine import Engine
 from vtempo.inference.recognizer import Recognizer, at_least, load
@@ -46,16 +46,16 @@ def parse_strides(text: str) -> list[int]:
                 if sep in part:
                     low, high = (int(v) for v in part.split(sep))
                     if low > high:
-                        raise UsageError(f"strides={text!r}: in {part}, LOW must not exceed HIGH")
+                        raise UsageError(f"{param('strides', text)}: in {part}, LOW must not exceed HIGH")
                     limits.check_int("strides", high, 1, "MAX_STRIDE")  # before the range is made
                     strides.update(range(low, high + 1))
                     break
             else:
                 strides.add(int(part))
     except ValueError:
-        raise UsageError(f"strides={text!r}: must look like 2..8, 2-8 or 2,4,8") from None
+        raise UsageError(f"{param('strides', text)}: must look like 2..8, 2-8 or 2,4,8") from None
     if not strides or min(strides) < 1:
-        raise UsageError(f"strides={text!r}: strides must be at least 1")
+        raise UsageError(f"{param('strides', text)}: strides must be at least 1")
     limits.check_int("strides", max(strides), 1, "MAX_STRIDE")
     return sorted(strides)
 
@@ -234,7 +234,7 @@ def run(data: str | os.PathLike | None, model_specs: Sequence[str] = (), weights
     at_least("train_stride", train_stride, 1)
     model_specs = list(model_specs) or demo_models(registry)
     if weights and len(weights) > len(model_specs):
-        raise UsageError("more weights= than models")
+        raise UsageError(f"more {param('weights')} than {param('model_specs')}")
     if data is None:
         data = synthetic_test_set()
     ranks = distributed.start(device)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from vtempo import __version__, limits, models
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.export.forms import ExportForm, LogitsAndFeatures, apply_export_forms
 from vtempo.export.loading import (
     EXPORTED_SUFFIXES,
@@ -91,12 +91,13 @@ def pick_format(fmt: str | None, out: Path) -> str:
     if fmt is None:
         by_suffix = {suffix: name for name, suffix in FORMATS.items()}
         if out.suffix.lower() not in by_suffix:
-            raise UsageError(f"--output {out}: pass --format onnx or torchscript, or name the file .onnx or .ts")
+            raise UsageError(f"{param('out', out)}: pass {param('fmt', 'onnx')} or torchscript, or name the file "
+                             f".onnx or .ts")
         return by_suffix[out.suffix.lower()]
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageError(f"{param('fmt')} must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.suffix.lower() != FORMATS[fmt]:
-        raise UsageError(f"--output {out}: a {fmt} file must end in {FORMATS[fmt]}")
+        raise UsageError(f"{param('out', out)}: a {fmt} file must end in {FORMATS[fmt]}")
     return fmt
 
 
@@ -206,7 +207,7 @@ def example_views(rec, clip: Path) -> torch.Tensor:
     """One centre-cropped clip of `clip`, sampled and preprocessed as the model's protocol says."""
     item = rec.plan("1x1").decode(clip)
     if item["error"] is not None:
-        raise UsageError(f"--clip {clip}: {item['error']}")
+        raise UsageError(f"{param('clip', clip)}: {item['error']}")
     return item["views"]
 
 

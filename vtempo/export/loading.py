@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.protocol import Protocol
 from vtempo.video.transforms import Preprocess
 from vtempo.weights.metadata import checked_metadata
@@ -49,7 +49,8 @@ class OnnxModel(torch.nn.Module):
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UsageError(f"{path}: this onnxruntime has no CUDA support (install onnxruntime-gpu); use --device cpu")
+                raise UsageError(f"{path}: this onnxruntime has no CUDA support (install onnxruntime-gpu); use "
+                                 f"{param('device', 'cpu')}")
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         # as many threads as torch uses, so the two compare on equal terms and share a machine alike

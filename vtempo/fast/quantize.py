@@ -249,6 +249,6 @@ class FixedBatch(nn.Module):
         return torch.cat(outputs)
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
-        from vtempo.errors import UsageError
+        from vtempo.errors import UsageError, param
 
-        raise UsageError("an int8 model gives logits only; use dtype='fp32' (or bf16) for features")
+        raise UsageError(f"an int8 model gives logits only; use {param('dtype', 'fp32')} (or bf16) for features")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 from vtempo.inference.recognizer import Recognizer, load
 from vtempo.runtime import autocast
 from vtempo.video import clip_indices, open_video
@@ -299,7 +299,7 @@ def recognizers(
     with its weights file, one per model, a checkpoint file, or a built model); Recognizers pass through."""
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
-        raise UsageError(f"weights=: give one weights file per model ({len(models)}), got {len(weights)}")
+        raise UsageError(f"{param('weights')}: give one weights file per model ({len(models)}), got {len(weights)}")
     return [model if isinstance(model, Recognizer) else
             load(model, checkpoint, registry=registry, device=device, dtype=dtype, frames=frames)
             for model, checkpoint in zip(models, weights)]

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.inference.classify import parse_views
 from vtempo.inference.decoding import ViewPlan, decode_loader
 from vtempo.inference.sharding import name_fields, record_key
@@ -105,14 +105,14 @@ def embed(
 ) -> Iterator[EmbeddedVideo]:
     """Rows of feature vectors for each video, in input order. `rec`: a loaded model (`vtempo.load`)."""
     if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+        raise UsageError(f"{param('batch_size')} must be at least 1")
     check_seconds(window=window, hop=hop)
     if hop is not None and window is None:
-        raise UsageError("--hop needs --window")
+        raise UsageError(f"{param('hop')} needs {param('window')}")
     if per_frame and window is not None:
-        raise UsageError("choose one of --per-frame and --window")
+        raise UsageError(f"choose one of {param('per_frame')} and {param('window')}")
     if views is not None and window is not None:
-        raise UsageError("--views does not apply to --window: each window is one clip, centre crop")
+        raise UsageError(f"{param('views')} does not apply to {param('window')}: each window is one clip, centre crop")
     paths = [Path(v) for v in videos]
     if window is not None:
         for path in paths:
@@ -188,27 +188,27 @@ class EmbeddingWriter:
                  resume: bool = False):
         self.out = Path(out)
         if self.out.suffix.lower() not in self.FORMATS:
-            raise UsageError(f"--output {out}: the name must end in .npy or .npz")
+            raise UsageError(f"{param('out', out)}: the name must end in .npy or .npz")
         self.index_path = None if self.out.suffix.lower() == ".npz" else Path(index) if index else self.out.with_suffix(".jsonl")
         if self.index_path is not None and self.index_path.suffix.lower() not in (".jsonl", ".csv"):
-            raise UsageError(f"--index {index}: the name must end in .jsonl or .csv")
+            raise UsageError(f"{param('index', index)}: the name must end in .jsonl or .csv")
         self.describe = describe  # model, weights_sha256: on every index row
         self.raw_path = self.out.with_name(self.out.name + ".part")
         for path in (self.out, self.raw_path, self.index_path):
             if path is not None:
-                check_target(path, "--output")
+                check_target(path, "out")
         self.rows, self.dim = 0, None
         self.index_records: list[str] = []  # .npz only: the index goes into the archive at the end
         self.index = None
         self.csv_fields = None
         self.finished: set[str] = set()  # with `resume`: the inputs whose rows are already there
         # the final file: its part opened (and the output locked) now, filled at close
-        self.final = Sink(self.out, flag="--output", part=self.out.with_name(f".{self.out.name}.writing"))
+        self.final = Sink(self.out, parameter="out", part=self.out.with_name(f".{self.out.name}.writing"))
         try:
             keep, offset = self._resume() if resume else (0, 0)
-            self.raw = Sink(self.raw_path, flag="--output", append_at=keep)
+            self.raw = Sink(self.raw_path, parameter="out", append_at=keep)
             if self.index_path is not None:
-                self.index = Sink(self.index_path, flag="--index", append_at=offset)
+                self.index = Sink(self.index_path, parameter="index", append_at=offset)
                 if self.index_path.suffix.lower() == ".csv":
                     self.csv_fields = ["row", "path", "clip", "frame", "time", "start", "end", "model", "weights_sha256"]
                     self._csv_row({name: name for name in self.csv_fields})
@@ -253,7 +253,8 @@ class EmbeddingWriter:
         lack rows that a crash kept from its index, so it is dropped and done again. Returns (the bytes
         of the rows file to keep, the index's offset to go on from)."""
         if self.index_path is None or self.index_path.suffix.lower() != ".jsonl":
-            raise UsageError(f"--resume needs --output FILE.npy with a .jsonl index, got {display_path(self.out)}"
+            raise UsageError(f"{param('resume')} needs {param('out', text='FILE.npy')} with a .jsonl index, got "
+                             f"{display_path(self.out)}"
                              + (f" and {display_path(self.index_path)}" if self.index_path else ""))
         cut = True
         if not self.raw_path.exists() and self.out.exists():
@@ -280,8 +281,8 @@ class EmbeddingWriter:
                     for key, value in self.describe.items():
                         if record.get(key) != value:
                             raise UsageError(f"{display_path(self.index_path)} holds rows of another model ({key} "
-                                             f"{record.get(key)} there, {value} here): write to another --output, "
-                                             f"or pass --overwrite")
+                                             f"{record.get(key)} there, {value} here): write to another "
+                                             f"{param('out')}, or pass {param('overwrite', True)}")
                     records.append(record)
                     offsets.append(offsets[-1] + len(line))
         if cut and records:
@@ -294,11 +295,11 @@ class EmbeddingWriter:
                 self.dim = int.from_bytes(raw.read(self.DIM_BYTES), "little")
         if records and not self.dim:
             raise VtempoError(f"{display_path(self.raw_path)} holds no rows for {display_path(self.index_path)}: "
-                              f"pass --overwrite to start again")
+                              f"pass {param('overwrite', True)} to start again")
         keep = self.DIM_BYTES + 4 * len(records) * self.dim if records and self.dim else 0
         if raw_size < keep:
             raise VtempoError(f"{display_path(self.raw_path)} holds fewer rows than {display_path(self.index_path)}: "
-                              f"not the rows of that index; pass --overwrite to start again")
+                              f"not the rows of that index; pass {param('overwrite', True)} to start again")
         if not keep:
             self.dim = None
         self.rows = len(records)
@@ -327,9 +328,10 @@ class EmbeddingWriter:
         except OutputError as error:
             final.close(complete=False)
             final.part.unlink(missing_ok=True)
-            raise OutputError(f"--output {display_path(self.out)}: cannot write ({error.reason}); the rows so far are in "
-                              f"{display_path(self.raw_path)}" + (f" and {display_path(self.index_path)}" if self.index_path
-                                                                   else "") + ", and --resume goes on from them",
+            raise OutputError(f"{param('out', display_path(self.out))}: cannot write ({error.reason}); the rows so far "
+                              f"are in {display_path(self.raw_path)}" + (f" and {display_path(self.index_path)}"
+                                                                         if self.index_path else "")
+                              + f", and {param('resume', True)} goes on from them",
                               error.reason) from None
         except BaseException:
             final.close(complete=False)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from vtempo import __version__, limits, models
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.export.exporting import TOLERANCE, export_model, relative_error
 from vtempo.export.loading import (
     EXPORTED_SUFFIXES,
@@ -104,10 +104,10 @@ def parse_views(text: str) -> tuple[int, str]:
     """`CLIPSxCROPS` (1x1, 2x3, 10x3) → (clips, crop name)."""
     match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", text or "")
     if not match:
-        raise UsageError(f"views={text!r}: must look like 1x1, 2x3 or 10x3 (clips x crops)")
+        raise UsageError(f"{param('views', text)}: must look like 1x1, 2x3 or 10x3 (clips x crops)")
     clips, crops = int(match.group(1)), int(match.group(2))
     if clips < 1 or crops not in CROP_NAMES:
-        raise UsageError(f"views={text!r}: clips must be at least 1 and crops one of 1, 3, 10")
+        raise UsageError(f"{param('views', text)}: clips must be at least 1 and crops one of 1, 3, 10")
     return clips, CROP_NAMES[crops]
 
 
@@ -122,7 +122,7 @@ def at_least(name: str, value: Any, minimum: int) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UsageError(f"{name}={value!r}: must be a whole number of at least {minimum}")
+        raise UsageError(f"{param(name, value)}: must be a whole number of at least {minimum}")
     limits.check_int(name, int(value), minimum, COUNT_BOUNDS.get(name))
 
 
@@ -213,7 +213,8 @@ def create_model(
     if weights is not None:
         if str(weights) == "default":
             if entry is None or entry.weights is None:
-                raise UsageError(f"{arch_or_entry}: no published weights; pass a checkpoint file with weights=")
+                raise UsageError(f"{arch_or_entry}: no published weights; pass a checkpoint file with "
+                                 f"{param('weights')}")
             weights = _registry_weights(entry)
         checkpoint = read_checkpoint(weights)
     num_classes = num_classes or (checkpoint and checkpoint.num_classes) or (entry.num_classes if entry else 400)
@@ -292,17 +293,18 @@ class Recognizer:
         when the first batch's eager time says `clips` clips repay it (`compile_note` tells, after the
         first batch). An int8 model is compiled already; `off` leaves the model as it is."""
         if mode not in ("off", "on", "auto"):
-            raise UsageError(f"compile={mode!r}: choose off, on or auto")
+            raise UsageError(f"{param('compile', mode)}: choose off, on or auto")
         if mode == "off" or self.dtype == "int8" or self.compiled:
             return self
         if self.runtime != "torch":
             if mode == "auto":
                 return self
-            raise UsageError(f"{self.name}: runtime={self.runtime!r} runs vtempo's export as it is; drop compile=")
+            raise UsageError(f"{self.name}: {param('runtime', self.runtime)} runs vtempo's export as it is; "
+                             f"drop {param('compile')}")
         if self.checkpoint is not None and self.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
             if mode == "auto":
                 return self
-            raise UsageError(f"{self.checkpoint}: an exported model runs as it was exported; drop compile=")
+            raise UsageError(f"{self.checkpoint}: an exported model runs as it was exported; drop {param('compile')}")
         self.model = compile_model(self.model, self.device) if mode == "on" else AutoCompile(self.model, clips or 0)
         self.compiled = mode
         return self
@@ -316,7 +318,7 @@ class Recognizer:
             return f"run by {self.runtime}"
         if self.compiled == "auto":
             return f"{'compiled' if self.model.compiled else 'not compiled'} (auto: {self.model.reason})"
-        return "compiled (--compile on)" if self.compiled else "not compiled"
+        return "compiled (on)" if self.compiled else "not compiled"
 
     def classify(self, video: str | os.PathLike | np.ndarray | torch.Tensor, topk: int = 5) -> list[Prediction]:
         """Ranked labels for one video: a file, a folder of frames, or uint8 frames T×H×W×3 (RGB)."""
@@ -433,21 +435,21 @@ def load(
         recognizer = load(model, weights, registry=registry, device=device, frames=frames, labels=labels)
         return _quantized(recognizer, calibrate)
     if calibrate is not None:
-        raise UsageError("calibrate= goes with dtype='int8'")
+        raise UsageError(f"{param('calibrate')} goes with {param('dtype', 'int8')}")
     if compile:
         return load(model, weights, registry=registry, device=device, dtype=dtype, frames=frames,
                     labels=labels).compile("on")
     if dtype not in DTYPES:
-        raise UsageError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UsageError(f"{param('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
     at_least("frames", frames, 1)
     torch_device = _device(device)
     if isinstance(model, nn.Module):
         if weights is not None:
-            raise UsageError("weights= goes with a model name, not a built model (load the weights into it)")
+            raise UsageError(f"{param('weights')} goes with a model name, not a built model (load the weights into it)")
         return _wrap(model, torch_device, dtype, frames, labels)
     if Path(model).suffix.lower() in EXPORTED_SUFFIXES:
         if weights is not None:
-            raise UsageError(f"{model}: an exported model carries its weights; drop weights=")
+            raise UsageError(f"{model}: an exported model carries its weights; drop {param('weights')}")
         return _load_exported(Path(model), torch_device, dtype, frames, labels)
 
     name, arch, entry, path = _source(model, weights, registry)
@@ -455,7 +457,8 @@ def load(
     if arch is None:
         arch = checkpoint.arch
         if arch is None:
-            raise UsageError(f"{path}: the checkpoint does not name its architecture; pass model=ARCH, weights=FILE")
+            raise UsageError(f"{path}: the checkpoint does not name its architecture; pass "
+                             f"{param('model', text='ARCH')}, {param('weights', text='FILE')}")
         _, entry = _arch_entry(arch, registry)
         name = f"{arch} ({path.name})"
     num_classes = checkpoint.num_classes or (entry.num_classes if entry else None)
@@ -536,16 +539,17 @@ def _in_runtime(model, weights, *, registry, device, dtype, frames, labels, cali
                 runtime: str) -> Recognizer:
     """The model run by onnxruntime or OpenVINO from vtempo's ONNX export of it (see `load`)."""
     if runtime not in RUNTIMES:
-        raise UsageError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        raise UsageError(f"{param('runtime', runtime)}: choose one of {', '.join(RUNTIMES)}")
     if dtype != "fp32" or calibrate is not None or compile:
-        raise UsageError(f"runtime={runtime!r} runs the fp32 export as it is: drop dtype=, calibrate= and compile=")
+        raise UsageError(f"{param('runtime', runtime)} runs the fp32 export as it is: drop {param('dtype')}, "
+                         f"{param('calibrate')} and {param('compile')}")
     if _device(device).type != "cpu":
-        raise UsageError(f"runtime={runtime!r} runs on the CPU here: pass device='cpu'")
+        raise UsageError(f"{param('runtime', runtime)} runs on the CPU here: pass {param('device', 'cpu')}")
     if runtime == "openvino":
         try:
             import openvino  # noqa: F401
         except ImportError:
-            raise UsageError("runtime='openvino' needs openvino: pip install 'vtempo[runtimes]'") from None
+            raise UsageError(f"{param('runtime', 'openvino')} needs openvino: pip install 'vtempo[runtimes]'") from None
     torch_model = load(model, weights, registry=registry, device="cpu", frames=frames, labels=labels)
     return _runtime_model(torch_model, model, runtime)
 
@@ -559,7 +563,8 @@ def _runtime_model(torch_model: Recognizer, model, runtime: str, spin: bool = Tr
         path = Path(model)
     else:
         if torch_model.weights_sha256 is None:
-            raise UsageError(f"{torch_model.name}: runtime={runtime!r} needs a model with a checkpoint to export")
+            raise UsageError(f"{torch_model.name}: {param('runtime', runtime)} needs a model with a checkpoint to "
+                             f"export")
         key = hashlib.sha256(f"{torch_model.arch} {torch_model.weights_sha256} {torch_model.frames} "
                              f"{torch_model.preprocess}".encode()).hexdigest()[:24]
         path = home() / "exported" / f"{key}.onnx"
@@ -582,9 +587,10 @@ def _runtime_model(torch_model: Recognizer, model, runtime: str, spin: bool = Tr
 def _check_int8(calibrate, device) -> None:
     """What int8 needs before anything is loaded: calibration videos, the CPU, torchao."""
     if calibrate is None:
-        raise UsageError("dtype='int8' needs calibrate=DIR: a folder of a few videos like the ones to classify")
+        raise UsageError(f"{param('dtype', 'int8')} needs {param('calibrate', text='DIR')}: a folder of a few videos "
+                         f"like the ones to classify")
     if _device(device).type != "cpu":
-        raise UsageError("dtype='int8' runs on the CPU only: pass device='cpu'")
+        raise UsageError(f"{param('dtype', 'int8')} runs on the CPU only: pass {param('device', 'cpu')}")
     try:
         require_torchao()
     except VtempoError as error:
@@ -595,7 +601,7 @@ def _quantized(recognizer: Recognizer, calibrate) -> Recognizer:
     """`recognizer` with its model quantized to int8 on clips of the first `CALIBRATION_VIDEOS` videos
     of `calibrate` that decode, with the model's own sampling, views and preprocessing."""
     if recognizer.checkpoint is not None and recognizer.checkpoint.suffix.lower() in EXPORTED_SUFFIXES:
-        raise UsageError(f"{recognizer.checkpoint}: an exported model runs in fp32; drop dtype='int8'")
+        raise UsageError(f"{recognizer.checkpoint}: an exported model runs in fp32; drop {param('dtype', 'int8')}")
     sources = [calibrate] if isinstance(calibrate, (str, os.PathLike)) else list(calibrate)
     plan = recognizer.plan()
     views = []
@@ -607,7 +613,7 @@ def _quantized(recognizer: Recognizer, calibrate) -> Recognizer:
             break
     if not views:
         named = ", ".join(map(os.fspath, sources))
-        raise UsageError(f"calibrate={named!r}: no video there decodes; int8 needs a few to calibrate on")
+        raise UsageError(f"{param('calibrate', named)}: no video there decodes; int8 needs a few to calibrate on")
     clips = torch.cat(views)
     short = -len(clips) % CALIBRATION_BATCH  # whole batches: repeat clips to fill the last one
     clips = torch.cat([clips, clips[torch.arange(short) % len(clips)]])
@@ -623,10 +629,11 @@ def _load_exported(path: Path, device: torch.device, dtype: str, frames: int | N
     """A file written by `vtempo export` (.onnx through onnxruntime, .ts through TorchScript), with the
     labels, clip length, protocol and preprocessing its metadata carries."""
     if dtype != "fp32":
-        raise UsageError(f"{path}: an exported model runs in fp32, as it was exported; drop dtype={dtype!r}")
+        raise UsageError(f"{path}: an exported model runs in fp32, as it was exported; drop {param('dtype', dtype)}")
     model, meta = load_exported(path, device=device)
     if frames is not None and frames != meta["frames"]:
-        raise UsageError(f"{path}: exported for {meta['frames']} frames per clip and cannot run on frames={frames}")
+        raise UsageError(f"{path}: exported for {meta['frames']} frames per clip and cannot run on "
+                         f"{param('frames', frames)}")
     names = _labels(labels, {"classes": meta["labels"]}, None, len(meta["labels"]), path.name)
     return Recognizer(model=model, name=meta.get("model") or path.stem, arch=meta.get("arch"), labels=names,
                       frames=int(meta["frames"]), protocol=protocol_of(meta), preprocess=preprocess_of(meta),
@@ -640,19 +647,21 @@ def _source(model: str | os.PathLike, weights, registry) -> tuple[str, str | Non
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():
-            raise UsageError(f"weights={os.fspath(weights)!r}: no such file")
+            raise UsageError(f"{param('weights', weights)}: no such file")
     looks_like_a_file = text.lower().endswith(CHECKPOINT_SUFFIXES) and text not in load_registry(registry)
     if Path(text).is_file() or looks_like_a_file:
         if not Path(text).is_file():
-            raise UsageError(f"model={text!r}: no such checkpoint file")
+            raise UsageError(f"{param('model', text)}: no such checkpoint file")
         if weights is not None:
-            raise UsageError(f"model={text!r} is a checkpoint file: pass weights= only with a registry entry or architecture")
+            raise UsageError(f"{param('model', text)} is a checkpoint file: pass {param('weights')} only with a "
+                             f"registry entry or architecture")
         return text, None, None, Path(text)
     arch, entry = resolve(text, registry)
     if weights is not None:
         return text, arch, entry, weights
     if entry is None:
-        raise UsageError(f"{text} is an architecture, not a trained model: pass weights=FILE (and labels=FILE), "
+        raise UsageError(f"{text} is an architecture, not a trained model: pass {param('weights', text='FILE')} "
+                         f"(and {param('labels', text='FILE')}), "
                          f"or use a registry model (`vtempo models` lists them)")
     return text, arch, entry, _registry_weights(entry)
 
@@ -665,10 +674,7 @@ def _arch_entry(arch: str, registry) -> tuple[str, ModelEntry | None]:
 
 
 def _device(device: str | torch.device) -> torch.device:
-    try:
-        return pick_device(str(device))
-    except UsageError as error:
-        raise UsageError(str(error).replace("--device ", "device=")) from None
+    return pick_device(str(device))
 
 
 def _prepare(net: nn.Module, device: torch.device) -> nn.Module:
@@ -680,8 +686,8 @@ def _set_frames(net: nn.Module, name: str, frames: int, trained_frames: int | No
         net.set_frames(frames)
     except ValueError:
         built = trained_frames or getattr(net, "fixed_frames", None)
-        raise UsageError(f"{name} was trained on {built} frames per clip and cannot run on frames={frames}; "
-                         f"pass frames={built} or leave it out") from None
+        raise UsageError(f"{name} was trained on {built} frames per clip and cannot run on {param('frames', frames)}; "
+                         f"pass {param('frames', built)} or leave it out") from None
     except AttributeError:
         pass  # a module without temporal modules takes any clip length
 
@@ -720,20 +726,20 @@ def _preprocess(meta: Mapping[str, Any], entry: ModelEntry | None) -> Preprocess
 
 def _labels(labels, meta: Mapping[str, Any], entry: ModelEntry | None, num_classes: int | None, name: str) -> list[str]:
     if labels is not None and not isinstance(labels, (str, os.PathLike)):
-        names, source = [str(label) for label in labels], "labels="
+        names, source = [str(label) for label in labels], param("labels")
     elif labels is not None:
         try:
             names, source = read_labels(labels), os.fspath(labels)
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or error
-            raise UsageError(f"labels={os.fspath(labels)!r}: cannot read ({reason})") from None
+            raise UsageError(f"{param('labels', labels)}: cannot read ({reason})") from None
     elif isinstance(meta.get("classes"), (list, tuple)):
         names, source = [str(c) for c in meta["classes"]], "the checkpoint"
     elif entry is not None and labels_path(entry) is not None:
         names, source = read_labels(labels_path(entry)), str(labels_path(entry))
     else:
         if num_classes is None:
-            raise UsageError(f"{name}: pass labels=FILE")
+            raise UsageError(f"{name}: pass {param('labels', text='FILE')}")
         return [f"class {i}" for i in range(num_classes)]
     if num_classes is not None and len(names) != num_classes:
         raise UsageError(f"{source} lists {len(names)} classes but {name} has {num_classes} outputs")

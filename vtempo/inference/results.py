@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.inference.sink import Sink
 from vtempo.video import display_path
 
@@ -123,7 +123,7 @@ class ResultWriter:
         self.provenance = dict(provenance or {})
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
-            raise UsageError(f"--output {display_path(self.path)}: the name must end in .jsonl, .json or .csv")
+            raise UsageError(f"{param('output', display_path(self.path))}: the name must end in .jsonl, .json or .csv")
         self.sink = Sink(self.path)
         self.part = self.sink.part
         self._begin()

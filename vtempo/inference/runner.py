@@ -27,11 +27,12 @@ from vtempo.inference.sharding import RANKS_TIMEOUT, ShardedRun, start_run
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM during `BatchRunner.writing`; the results so far are kept (`where`)."""
+    """Ctrl-C or SIGTERM during `BatchRunner.writing`; the results so far are kept (`where`), and with
+    `resumable` a run with `resume` goes on from them."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, resumable: bool = False):
         super().__init__(where)
-        self.where = where
+        self.where, self.resumable = where, resumable
 
 
 class BatchRunner:
@@ -95,8 +96,7 @@ class BatchRunner:
             return ""
         if self.run is None:
             return str(self.output)
-        target = self.run.target or self.output
-        return f"{target}" + (" (--resume goes on)" if self.run.writes else "")
+        return f"{self.run.target or self.output}"
 
     def close(self, complete: bool = True) -> None:
         try:
@@ -114,7 +114,7 @@ class BatchRunner:
             yield
         except KeyboardInterrupt:
             self.close(complete=False)
-            raise Interrupted(self.where) from None
+            raise Interrupted(self.where, self.run is not None and self.run.writes) from None
         except BaseException:
             with contextlib.suppress(VtempoError):
                 self.close(complete=False)
@@ -146,7 +146,7 @@ class BatchRunner:
             try:
                 merged = merge()
             except VtempoError as error:
-                failure = str(error)
+                failure = error.message  # its parameters kept, for the command line to name
         failure = distributed.all_gather_objects(failure, self.ranks)[0]
         if failure:
             raise VtempoError(failure)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from vtempo import limits
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.inference.sink import PART_SUFFIX, OutputLock, Sink, check_target
 from vtempo.video import display_path
 
@@ -77,11 +77,12 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise UsageError(f"--shard {self}: the shard count must be at least 1")
+            raise UsageError(f"{param('shard', str(self))}: the shard count must be at least 1")
         if self.count > limits.get("MAX_SHARDS"):
-            raise UsageError(f"--shard {self}: more than {limits.get('MAX_SHARDS')} shards ({limits.hint('MAX_SHARDS')})")
+            raise UsageError(f"{param('shard', str(self))}: more than {limits.get('MAX_SHARDS')} shards "
+                             f"({limits.hint('MAX_SHARDS')})")
         if not 0 <= self.index < self.count:
-            raise UsageError(f"--shard {self}: K must be 0..{self.count - 1} (shards are numbered from 0)")
+            raise UsageError(f"{param('shard', str(self))}: K must be 0..{self.count - 1} (shards are numbered from 0)")
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -98,7 +99,7 @@ def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> Shard:
     environ = os.environ if environ is None else environ
     match = re.fullmatch(r"\s*(\d+|auto)\s*(?:/\s*(\d+)\s*)?", text or "")
     if not match or (match.group(1) != "auto" and match.group(2) is None):
-        raise UsageError(f"--shard must be K/N (shard K of N, from 0), auto or auto/N, got {text!r}")
+        raise UsageError(f"{param('shard')} must be K/N (shard K of N, from 0), auto or auto/N, got {text!r}")
     count = int(match.group(2)) if match.group(2) is not None else None
     if match.group(1) != "auto":
         return Shard(int(match.group(1)), count)
@@ -113,24 +114,26 @@ def _shard_from_environment(environ: Mapping[str, str], count: int | None) -> Sh
         try:
             return int(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise UsageError(f"--shard auto: {name}={raw!r} is not a whole number") from None
+            raise UsageError(f"{param('shard', 'auto')}: {name}={raw!r} is not a whole number") from None
 
     if "SLURM_ARRAY_TASK_ID" in environ:
         task, first = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_MIN", 0)
         step, tasks = number("SLURM_ARRAY_TASK_STEP", 1), number("SLURM_ARRAY_TASK_COUNT")
         if step < 1 or (task - first) % step:
-            raise UsageError(f"--shard auto: SLURM array task {task} is not on the array's steps "
-                             f"(min {first}, step {step}); use --array=A-B[:S] or an explicit --shard K/N")
+            raise UsageError(f"{param('shard', 'auto')}: SLURM array task {task} is not on the array's steps "
+                             f"(min {first}, step {step}); use --array=A-B[:S] or an explicit "
+                             f"{param('shard', text='K/N')}")
         if count is not None and count != tasks:
-            raise UsageError(f"--shard auto/{count}: the SLURM array has {tasks} tasks")
+            raise UsageError(f"{param('shard', f'auto/{count}')}: the SLURM array has {tasks} tasks")
         return Shard((task - first) // step, tasks)
     if "JOB_COMPLETION_INDEX" in environ:
         if count is None:
-            raise UsageError("--shard auto: a Kubernetes indexed job does not say how many shards there are; "
-                             "pass --shard auto/N with N the job's completions")
+            raise UsageError(f"{param('shard', 'auto')}: a Kubernetes indexed job does not say how many shards there "
+                             f"are; pass {param('shard', text='auto/N')} with N the job's completions")
         return Shard(number("JOB_COMPLETION_INDEX"), count)
-    raise UsageError("--shard auto: no SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX in the environment; "
-                     "pass --shard K/N (under torchrun leave --shard out: each rank takes its share)")
+    raise UsageError(f"{param('shard', 'auto')}: no SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX in the environment; "
+                     f"pass {param('shard', text='K/N')} (under torchrun leave {param('shard')} out: each rank "
+                     f"takes its share)")
 
 
 def input_size(path: str | os.PathLike) -> int:
@@ -197,7 +200,8 @@ def read_finished(path: str | os.PathLike, key: str = "path", final: Final | Non
             for number, line in enumerate(handle, 1):
                 if cut is not None:
                     raise VtempoError(f"{display_path(path)}: line {cut[0]} {cut[1]}, and more follow: "
-                                      f"not a file this program appended to; pass --overwrite to start again")
+                                      f"not a file this program appended to; pass {param('overwrite', True)} to start "
+                                      f"again")
                 if not line.endswith(b"\n"):
                     cut = (number, "is cut short")
                     continue
@@ -274,20 +278,22 @@ def check_same_setup(path: str | os.PathLike, provenance: dict[str, Any] | None)
             if recorded != current:
                 raise UsageError(f"{display_path(path)} holds results of another setup "
                                  f"({_setup_difference(recorded, current)}): resume with the same model and "
-                                 f"options, write to another --output, or pass --overwrite")
+                                 f"options, write to another {param('output')}, or pass {param('overwrite', True)}")
             return
 
 
-def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool, flag: str = "--output") -> None:
+def check_output(path: str | os.PathLike, *, resume: bool, overwrite: bool, parameter: str = "output") -> None:
     """Refuse to overwrite or mix into an existing output unless told which, and an output that is not
-    a regular file (a link, a FIFO, a device, a folder: `check_target`)."""
+    a regular file (a link, a FIFO, a device, a folder: `check_target`); `parameter` names the output."""
     if resume and overwrite:
-        raise UsageError("--resume and --overwrite exclude each other: go on with the output, or start again")
+        raise UsageError(f"{param('resume')} and {param('overwrite')} exclude each other: go on with the output, "
+                         f"or start again")
     if not resume and not overwrite and os.path.lexists(path):
-        raise UsageError(f"{display_path(path)} exists: pass --resume to go on with it, or --overwrite to start again")
+        raise UsageError(f"{display_path(path)} exists: pass {param('resume', True)} to go on with it, or "
+                         f"{param('overwrite', True)} to start again")
     if resume and Path(path).suffix.lower() != ".jsonl":
-        raise UsageError(f"--resume needs a .jsonl output (a line per result), got {display_path(path)}")
-    check_target(path, flag)
+        raise UsageError(f"{param('resume')} needs a .jsonl output (a line per result), got {display_path(path)}")
+    check_target(path, parameter)
 
 
 # ----------------------------------------------------------------------------------------------- merge
@@ -338,7 +344,8 @@ def _indexed_records(part: Path, k: int, key: str, final: Final | None) -> Itera
                     continue
                 where = f"{display_path(part)}: line {number}"
                 if not line.endswith(b"\n"):
-                    raise VtempoError(f"{where} is cut short (the shard did not finish): run it again with --resume")
+                    raise VtempoError(f"{where} is cut short (the shard did not finish): run it again with "
+                                      f"{param('resume', True)}")
                 try:
                     record = json.loads(line)
                 except ValueError:
@@ -351,13 +358,15 @@ def _indexed_records(part: Path, k: int, key: str, final: Final | None) -> Itera
                 if index < previous:
                     raise VtempoError(f"{where}: input {index} after input {previous}, not in input order")
                 if index > previous and not previous_final:
-                    raise VtempoError(f"{previous_name} is incomplete in {display_path(part)}: run its shard again with --resume")
+                    raise VtempoError(f"{previous_name} is incomplete in {display_path(part)}: run its shard again with "
+                                      f"{param('resume', True)}")
                 previous, previous_final, previous_name = index, final is None or final(record), record[key]
                 yield index, k, number, record, previous_final
     except OSError as error:
         raise VtempoError(f"{display_path(part)}: cannot read ({error.strerror or error})") from None
     if not previous_final:
-        raise VtempoError(f"{previous_name} is incomplete in {display_path(part)}: run its shard again with --resume")
+        raise VtempoError(f"{previous_name} is incomplete in {display_path(part)}: run its shard again with "
+                          f"{param('resume', True)}")
 
 
 def merge_parts(
@@ -506,7 +515,7 @@ class ShardedRun:
                 for part in parts:
                     part.unlink(missing_ok=True)
             except VtempoError as error:
-                failure = str(error)
+                failure = error.message  # its parameters kept, for the command line to name
         failure = distributed.all_gather_objects(failure, self.ranks)[0]  # every rank leaves together
         if failure:
             raise VtempoError(failure)
@@ -541,13 +550,14 @@ def start_run(
     ranks = ranks if ranks is not None else distributed.Ranks(0, 1, None)  # type: ignore[arg-type]
     torchrun = ranks.distributed
     if torchrun and shard not in (None, "auto"):
-        raise UsageError("--shard with torchrun: each rank already takes its share; leave --shard out")
+        raise UsageError(f"{param('shard')} with torchrun: each rank already takes its share; leave {param('shard')} out")
     shard = Shard(ranks.rank, ranks.world) if torchrun else parse_shard(shard) if isinstance(shard, str) else shard
     if shard is not None and (output is None or Path(output).suffix.lower() != ".jsonl"):
-        raise UsageError("a sharded run (--shard or torchrun) needs --output FILE.jsonl: each shard writes a part of it")
+        raise UsageError(f"a sharded run ({param('shard')} or torchrun) needs {param('output', text='FILE.jsonl')}: "
+                         f"each shard writes a part of it")
     if output is None:
         if resume or overwrite:
-            raise UsageError("--resume and --overwrite need --output FILE.jsonl")
+            raise UsageError(f"{param('resume')} and {param('overwrite')} need {param('output', text='FILE.jsonl')}")
         return ShardedRun(inputs, None, None, list(range(len(inputs))), 0, None, ranks)
     output = Path(output)
     if shard is None:
@@ -570,7 +580,7 @@ def start_run(
         if missing:
             raise UsageError(f"{display_path(output)} holds a finished run without {missing[0]}"
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-                             + ": write to another --output, or pass --overwrite")
+                             + f": write to another {param('output')}, or pass {param('overwrite', True)}")
         return ShardedRun(inputs, output, None, [], len(mine), shard, ranks)
     finished, offset = set(), 0
     if resume and target.exists():
@@ -591,7 +601,8 @@ def _adopt_unfinished(output: Path) -> None:
     try:
         if output.exists():
             raise UsageError(f"{display_path(unfinished)} holds the results of a run that was cut off while replacing "
-                             f"{display_path(output)}: keep one of the two (rename it to {display_path(output)}), then --resume")
+                             f"{display_path(output)}: keep one of the two (rename it to {display_path(output)}), then "
+                             f"{param('resume', True)}")
         check_target(unfinished)
         os.replace(unfinished, output)
     finally:
@@ -603,9 +614,10 @@ def _check_sharded_output(output: Path, shard: Shard, *, resume: bool, overwrite
     others = [part for part in part_files(output) if not part.name.endswith(f"-of-{shard.count}.jsonl")]
     if others and not overwrite:
         raise UsageError(f"{display_path(others[0])} is from a run with another number of shards: "
-                         f"resume that run with as many, merge it (`vtempo merge`), or pass --overwrite")
+                         f"resume that run with as many, merge it (`vtempo merge`), or pass {param('overwrite', True)}")
     if torchrun and not resume and not overwrite and output.exists():
-        raise UsageError(f"{display_path(output)} exists: pass --resume to go on with it, or --overwrite to start again")
+        raise UsageError(f"{display_path(output)} exists: pass {param('resume', True)} to go on with it, or "
+                         f"{param('overwrite', True)} to start again")
     if overwrite:
         for part in others:  # starting again: another shard count's parts would only be mixed in later
             part.unlink(missing_ok=True)

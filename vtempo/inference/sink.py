@@ -26,7 +26,7 @@ from typing import IO, Iterator
 
 from filelock import FileLock, Timeout
 
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.video import display_path
 
 PART_SUFFIX = ".part"
@@ -44,14 +44,15 @@ def _reason(error: OSError) -> str:
     return error.strerror or str(error) or type(error).__name__
 
 
-def check_target(path: str | os.PathLike, flag: str = "--output") -> None:
-    """Refuse an existing `path` that is not a regular file (a link, even to one, included)."""
+def check_target(path: str | os.PathLike, parameter: str = "output") -> None:
+    """Refuse an existing `path` (given as `parameter`) that is not a regular file (a link, even to one,
+    included)."""
     try:
         mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return  # nothing there (whether it can be written is `check_writable`'s question)
     except OSError as error:
-        raise UsageError(f"{flag} {display_path(path)}: cannot be looked at ({_reason(error)})") from None
+        raise UsageError(f"{param(parameter, display_path(path))}: cannot be looked at ({_reason(error)})") from None
     if stat.S_ISREG(mode):
         return
     kind = ("a symbolic link (name the file itself: a link's target is never replaced)" if stat.S_ISLNK(mode)
@@ -59,10 +60,10 @@ def check_target(path: str | os.PathLike, flag: str = "--output") -> None:
             else "a FIFO" if stat.S_ISFIFO(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-    raise UsageError(f"{flag} {display_path(path)}: is {kind}; results go to a regular file")
+    raise UsageError(f"{param(parameter, display_path(path))}: is {kind}; results go to a regular file")
 
 
-def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
+def check_writable(path: str | os.PathLike, parameter: str = "output") -> None:
     """Make the folder of `path` and write a byte into a scratch file there, removed again: a one-line
     UsageError when that fails, so an output that cannot be written is found before the work."""
     path = Path(path)
@@ -76,7 +77,7 @@ def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
             os.close(handle)
             os.unlink(probe)
     except OSError as error:
-        raise UsageError(f"{flag} {display_path(path)}: cannot write there ({_reason(error)})") from None
+        raise UsageError(f"{param(parameter, display_path(path))}: cannot write there ({_reason(error)})") from None
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -87,16 +88,17 @@ def lock_path(path: str | os.PathLike) -> Path:
 class OutputLock:
     """An exclusive hold on an output for one run (`filelock`, not waiting: a second run stops)."""
 
-    def __init__(self, path: str | os.PathLike, flag: str = "--output"):
+    def __init__(self, path: str | os.PathLike, parameter: str = "output"):
         self.path = Path(path)
         self._lock = FileLock(str(lock_path(self.path)), timeout=0)
         try:
             self._lock.acquire()
         except Timeout:
-            raise UsageError(f"{flag} {display_path(self.path)}: another run is writing it; wait for that run "
-                             f"to end, or write to another {flag}") from None
+            raise UsageError(f"{param(parameter, display_path(self.path))}: another run is writing it; wait for that "
+                             f"run to end, or write to another {param(parameter)}") from None
         except OSError as error:
-            raise UsageError(f"{flag} {display_path(self.path)}: cannot write there ({_reason(error)})") from None
+            raise UsageError(f"{param(parameter, display_path(self.path))}: cannot write there "
+                             f"({_reason(error)})") from None
 
     def release(self) -> None:
         """Let go, leaving no lock file behind (removed while still held, so no run takes a lock on a
@@ -117,10 +119,10 @@ class Sink:
     raises `OutputError` and leaves the part file, named in the message. `part` names the part file
     when `NAME.part` is taken (by a format's own scratch file)."""
 
-    def __init__(self, path: str | os.PathLike, *, flag: str = "--output", append_at: int | None = None,
+    def __init__(self, path: str | os.PathLike, *, parameter: str = "output", append_at: int | None = None,
                  part: str | os.PathLike | None = None):
-        self.path, self.flag = Path(path), flag
-        check_target(self.path, flag)
+        self.path, self.parameter = Path(path), parameter
+        check_target(self.path, parameter)
         self.appending = append_at is not None
         self.part = (self.path if self.appending else Path(part) if part is not None
                      else self.path.with_name(self.path.name + PART_SUFFIX))
@@ -129,8 +131,9 @@ class Sink:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UsageError(f"{flag} {display_path(self.path)}: cannot write there ({_reason(error)})") from None
-        self._lock = OutputLock(self.path, flag)
+            raise UsageError(f"{param(parameter, display_path(self.path))}: cannot write there "
+                             f"({_reason(error)})") from None
+        self._lock = OutputLock(self.path, parameter)
         try:
             if self.appending and append_at:
                 self.handle: IO[bytes] = open(self.path, "r+b")
@@ -140,13 +143,13 @@ class Sink:
                 self.handle = open(self.part, "wb")
         except OSError as error:
             self._lock.release()
-            raise UsageError(f"{flag} {display_path(self.path)}: cannot write ({_reason(error)})") from None
+            raise UsageError(f"{param(parameter, display_path(self.path))}: cannot write ({_reason(error)})") from None
 
     @property
     def where(self) -> str:
-        """Where the results so far are, for messages."""
+        """Where the results so far are, as a part of an error message (its parameter given by `param`)."""
         if self.appending:
-            return f"the results so far are in {display_path(self.path)}, and --resume goes on from them"
+            return f"the results so far are in {display_path(self.path)}, and {param('resume', True)} goes on from them"
         return f"the results so far are in {display_path(self.part)}"
 
     @contextlib.contextmanager
@@ -156,7 +159,7 @@ class Sink:
             yield
         except OSError as error:
             self.failed = True
-            raise OutputError(f"{self.flag} {display_path(self.path)}: cannot write ({_reason(error)}); "
+            raise OutputError(f"{param(self.parameter, display_path(self.path))}: cannot write ({_reason(error)}); "
                               f"{self.where}", _reason(error)) from None
 
     def write(self, data: str | bytes) -> None:
@@ -197,8 +200,8 @@ class Sink:
         self.close(complete=exc_type is None)
 
 
-def write_file(path: str | os.PathLike, data: str | bytes, flag: str = "--output") -> Path:
+def write_file(path: str | os.PathLike, data: str | bytes, parameter: str = "output") -> Path:
     """`data` as the whole of the file at `path`, by this module's rule; returns the path."""
-    with Sink(path, flag=flag) as sink:
+    with Sink(path, parameter=parameter) as sink:
         sink.write(data)
     return sink.path

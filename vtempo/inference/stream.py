@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vtempo import limits
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
 from vtempo.inference.timeline import _Crops, default_window_seconds
@@ -192,7 +192,7 @@ def run_stream(
     video = SequentialVideo(source, rec.max_side, quiet=False)
     live = video.live
     if realtime and live:
-        raise UsageError("--realtime plays a file at its own rate; a camera or stream is already live")
+        raise UsageError(f"{param('realtime')} plays a file at its own rate; a camera or stream is already live")
     rate = fps or video.fps or 25.0
     online = any(isinstance(m, OnlineShift) for m in rec.model.modules())
     runner = OnlineTSM(rec.model) if online else None

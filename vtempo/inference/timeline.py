@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vtempo import limits
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.inference.recognizer import Recognizer
 from vtempo.inference.results import Prediction
 from vtempo.inference.sink import Sink
@@ -92,8 +92,8 @@ def frames_per_window(rec: Recognizer, fps: float, window: float | None, hop: fl
     window_frames = max(1, round(window * fps))
     most = limits.get("MAX_WINDOW_FRAMES")
     if window_frames > most:
-        raise UsageError(f"window={window:g}: {window_frames} frames at {fps:g} fps, more than the {most} a window "
-                         f"may hold at once ({limits.hint('MAX_WINDOW_FRAMES')})")
+        raise UsageError(f"{param('window', text=f'{window:g}')}: {window_frames} frames at {fps:g} fps, more than "
+                         f"the {most} a window may hold at once ({limits.hint('MAX_WINDOW_FRAMES')})")
     return window_frames, max(1, min(round(hop * fps), window_frames))
 
 
@@ -279,7 +279,7 @@ class Segment:
 
 def check_smooth(smooth: int) -> None:
     if smooth < 1 or smooth % 2 == 0:
-        raise UsageError(f"--smooth must be an odd number of windows (1: none), got {smooth}")
+        raise UsageError(f"{param('smooth')} must be an odd number of windows (1: none), got {smooth}")
 
 
 @dataclass
@@ -476,9 +476,10 @@ class TimelineWriter:
         self.path = Path(path)
         self.kind = self.path.suffix.lower()
         if self.kind not in self.FORMATS:
-            raise UsageError(f"--output {display_path(self.path)}: the name must end in .jsonl, .json or .csv")
+            raise UsageError(f"{param('output', display_path(self.path))}: the name must end in .jsonl, .json or .csv")
         if emit is not None and self.kind != ".jsonl":
-            raise UsageError(f"--output {display_path(self.path)}: only a .jsonl output is written record by record")
+            raise UsageError(f"{param('output', display_path(self.path))}: only a .jsonl output is written record by "
+                             f"record")
         self._emit = emit
         self._videos = 0
         self._windows = 0
@@ -590,7 +591,7 @@ def annotate_video(video: str | os.PathLike, out: str | os.PathLike, windows: Se
                     height, width = frame.shape[:2]
                     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
                     if not writer.isOpened():
-                        raise UsageError(f"--annotate {out}: OpenCV cannot write it (use a .mp4 name)")
+                        raise UsageError(f"{out}: OpenCV cannot write it (use a .mp4 name)")
                 image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
                 if windows:
                     _, label, prob = windows[bisect.bisect_right(bounds, t)]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vtempo.data import synth
-from vtempo.errors import UsageError
+from vtempo.errors import UsageError, param
 from vtempo.evaluation.evaluate import evaluate, save_evaluation
 from vtempo.evaluation.robustness import run as run_sweep
 from vtempo.evaluation.robustness import save as save_sweep
@@ -175,7 +175,7 @@ def retrain(out: str | os.PathLike, seed: int = 0, families: list[str] | None = 
     if unknown:
         raise UsageError(f"unknown demo family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
     if jobs < 1:
-        raise UsageError(f"jobs={jobs}: must be at least 1")
+        raise UsageError(f"{param('jobs', jobs)}: must be at least 1")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

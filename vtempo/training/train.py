@@ -38,7 +38,7 @@ from vtempo.data.dataset import (
     read_video_set,
     split_video_set,
 )
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.evaluation.evaluate import predict, topk_accuracy
 from vtempo.inference.recognizer import create_model, read_checkpoint, resolve
 from vtempo.protocol import Protocol
@@ -126,7 +126,7 @@ def seed_everything(seed: int) -> None:
 def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
         if name not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"dtype={name!r}: must be auto, fp32, bf16 or fp16")
+            raise UsageError(f"{param('dtype', name)}: must be auto, fp32, bf16 or fp16")
         if name == "fp16" and device.type != "cuda":
             raise UsageError("fp16 training needs CUDA; use bf16 or fp32 on CPU")
         return name
@@ -138,16 +138,17 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 def training_protocol(config: TrainConfig, entry) -> Protocol:
     if config.stride is not None:
         if config.sampling not in (None, "stride"):
-            raise UsageError(f"stride={config.stride} means stride sampling; leave sampling unset or set sampling='stride'")
+            raise UsageError(f"{param('stride', config.stride)} means stride sampling; leave {param('sampling')} unset or "
+                             f"set {param('sampling', 'stride')}")
         if config.stride < 1:
-            raise UsageError(f"stride={config.stride}: must be at least 1")
+            raise UsageError(f"{param('stride', config.stride)}: must be at least 1")
         return Protocol(sampling="stride", stride=config.stride)
     if config.sampling in (None, "protocol"):
         return entry.protocol if entry is not None else Protocol()
     if config.sampling == "stride":
-        raise UsageError("sampling='stride' needs stride=N")
+        raise UsageError(f"{param('sampling', 'stride')} needs {param('stride', text='N')}")
     if config.sampling not in ("uniform", "dense", "twice"):
-        raise UsageError(f"sampling={config.sampling!r}: must be protocol, uniform, dense or stride")
+        raise UsageError(f"{param('sampling', config.sampling)}: must be protocol, uniform, dense or stride")
     return Protocol(sampling=config.sampling)
 
 
@@ -211,7 +212,7 @@ def starting_weights(config: TrainConfig, entry) -> str:
     if config.weights != "default":
         return config.weights
     if entry is None or entry.weights is None:
-        raise UsageError(f"weights='default': {config.model} has no published weights; name a registry model "
+        raise UsageError(f"{param('weights', 'default')}: {config.model} has no published weights; name a registry model "
                          f"(`vtempo models`) or pass a checkpoint file")
     return config.model
 
@@ -259,7 +260,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         wd = config.weight_decay if config.weight_decay is not None else 0.05
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr)
-    raise UsageError(f"optimizer={config.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
+    raise UsageError(f"{param('optimizer', config.optimizer)}: must be one of {', '.join(OPTIMIZERS)}")
 
 
 # --------------------------------------------------------------------------- loop
@@ -337,12 +338,13 @@ def train(config: TrainConfig, say: Callable[[str], None] | None = None,
     `say(line)` receives the run's messages (on the main rank only); `progress(step, steps, status)` is
     called after every step when `config.progress` is set."""
     if config.epochs < 1 or config.batch_size < 1:
-        raise UsageError(f"epochs={config.epochs}, batch_size={config.batch_size}: both must be at least 1")
+        raise UsageError(f"{param('epochs', config.epochs)}, {param('batch_size', config.batch_size)}: both must be at "
+                         f"least 1")
     check_numbers(config)
     if config.schedule not in SCHEDULES:
-        raise UsageError(f"schedule={config.schedule!r}: must be one of {', '.join(SCHEDULES)}")
+        raise UsageError(f"{param('schedule', config.schedule)}: must be one of {', '.join(SCHEDULES)}")
     if config.optimizer not in OPTIMIZERS:
-        raise UsageError(f"optimizer={config.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
+        raise UsageError(f"{param('optimizer', config.optimizer)}: must be one of {', '.join(OPTIMIZERS)}")
     ranks = distributed.start(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -367,25 +369,26 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     out = Path(config.out)
 
     if config.shift is not None and not arch.startswith("tsm-"):
-        raise UsageError(f"shift={config.shift!r}: {arch} has no temporal shift (only TSM models, tsm-*, do)")
+        raise UsageError(f"{param('shift', config.shift)}: {arch} has no temporal shift (only TSM models, tsm-*, do)")
     shift = {"shift": config.shift} if config.shift is not None else {}
     try:
         model = create_model(config.model, num_classes=len(classes), frames=frames, dropout=config.dropout, **shift)
     except ValueError as error:
-        raise UsageError(f"shift={config.shift!r}: {error}") from None
+        raise UsageError(f"{param('shift', config.shift)}: {error}") from None
     arch = model.arch  # tsm-online-… when trained with the online shift
     loaded = initial_weights(model, starting_weights(config, entry)) if config.weights else None
     if config.freeze_backbone:
         if loaded is None:
-            raise UsageError("freeze_backbone=True trains only the new head on a trained backbone: pass weights=FILE")
+            raise UsageError(f"{param('freeze_backbone', True)} trains only the new head on a trained backbone: pass "
+                             f"{param('weights', text='FILE')}")
         freeze_backbone(model)
     model.to(ranks.device)
     channels_last(model)
     optimizer = make_optimizer(model, config)
     if not 0 <= config.joins <= 1:
-        raise UsageError(f"joins={config.joins}: must be a fraction in [0, 1]")
+        raise UsageError(f"{param('joins', config.joins)}: must be a fraction in [0, 1]")
     if not config.scales or not all(0 < s <= 1 for s in config.scales):
-        raise UsageError(f"scales={config.scales}: must be fractions in (0, 1]")
+        raise UsageError(f"{param('scales', config.scales)}: must be fractions in (0, 1]")
     train_data = ClipDataset(train_set, frames, protocol, pre, train=True, seed=config.seed, flip=config.flip,
                              cache=config.cache, scales=config.scales)
     eval_protocol = dataclasses.replace(protocol, clips=1, crop="centre")
@@ -407,9 +410,10 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
     if config.resume and last_path.is_file():
         state = read_training_state(last_path)  # weights-only; a bad file is one line naming it
         if state.get("arch") != arch:
-            raise VtempoError(f"{last_path}: a {state.get('arch')} checkpoint, not {arch}; use another out=DIR")
+            raise VtempoError(f"{last_path}: a {state.get('arch')} checkpoint, not {arch}; use another "
+                              f"{param('out', text='DIR')}")
         if state.get("classes") != classes:
-            raise VtempoError(f"{last_path}: trained {arch} on other classes; use another out=DIR")
+            raise VtempoError(f"{last_path}: trained {arch} on other classes; use another {param('out', text='DIR')}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -420,9 +424,10 @@ def _train(config, ranks, report, progress, save_checkpoint, predict, topk_accur
             if log_path.is_file() else []
         history = [h for h in history if h.get("epoch", -1) < start_epoch]
     elif config.resume:
-        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in out=DIR)")
+        raise VtempoError(f"{last_path}: nothing to resume (no last.pt in {param('out', text='DIR')})")
     elif last_path.exists() and ranks.main:
-        raise VtempoError(f"{out}: holds a previous run; pass resume=True to continue it or choose another out=DIR")
+        raise VtempoError(f"{out}: holds a previous run; pass {param('resume', True)} to continue it or choose another "
+                          f"{param('out', text='DIR')}")
 
     net: nn.Module = model
     if ranks.distributed:

@@ -28,7 +28,7 @@ class FailedInput:
 
 Input = Union[Path, FailedInput]
 
-NO_VIDEOS = "no videos in this folder (add --recursive to search subfolders)"
+NO_VIDEOS = "no videos in this folder (its subfolders are searched only when recursive)"
 NO_VIDEOS_RECURSIVE = "no videos in this folder or its subfolders"
 
 

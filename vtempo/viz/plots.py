@@ -20,14 +20,14 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray, flag: str = "--output") -> Path:
+def write_png(path: str | os.PathLike, image: np.ndarray, parameter: str = "output") -> Path:
     """The RGB `image` as a PNG file, written as every result file is (`vtempo.inference.sink`)."""
     from vtempo.inference.sink import write_file
 
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: cannot encode PNG")
-    return write_file(path, encoded.tobytes(), flag)
+    return write_file(path, encoded.tobytes(), parameter)
 
 
 def draw_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.5, colour=BLACK,

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from vtempo import limits, models
-from vtempo.errors import UsageError, VtempoError
+from vtempo.errors import UsageError, VtempoError, param
 from vtempo.models.backbone import DEPTHS
 from vtempo.models.base import TemporalModule, module_classes
 from vtempo.models.tsm import TemporalShift
@@ -426,10 +426,10 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     arch = arch or getattr(model, "arch", None) or infer_arch(state, "vtempo")
     if arch is None:
-        raise UsageError("save_checkpoint: pass arch= (it cannot be read off this model's weights)")
+        raise UsageError(f"save_checkpoint: pass {param('arch')} (it cannot be read off this model's weights)")
     fixed = _fixed_frames(model)
     if frames is not None and fixed is not None and frames != fixed:
-        raise UsageError(f"save_checkpoint: frames={frames} but the model is built for {fixed} frames")
+        raise UsageError(f"save_checkpoint: {param('frames', frames)} but the model is built for {fixed} frames")
     path = _writable(path)
     checkpoint = {
         "format": FORMAT,
@@ -521,14 +521,14 @@ def convert_file(
         frames = frames or meta.get("frames")
     arch = arch or infer_arch(state, layout)
     if arch is None:
-        raise UsageError(f"{src}: cannot tell the architecture from the keys; pass --arch (e.g. tsm-r50)")
+        raise UsageError(f"{src}: cannot tell the architecture from the keys; pass {param('arch')} (e.g. tsm-r50)")
     head = next((v for k, v in state.items() if _canonical(k, _layout_rules()[layout]) == "fc.weight"), None)
     if head is None:
         raise VtempoError(f"{src}: no classifier weights found (expected new_fc, cls_head.fc_cls or fc)")
     num_classes = int(head.shape[0])
     stored_frames = infer_frames(state, layout)
     if frames and stored_frames and frames != stored_frames:
-        raise UsageError(f"{src}: the TAM weights are for {stored_frames} frames, not --frames {frames}")
+        raise UsageError(f"{src}: the TAM weights are for {stored_frames} frames, not {param('frames', frames)}")
     frames = int(frames or stored_frames or 8)
     try:
         model = models.build(arch, num_classes=num_classes, frames=frames)
