@@ -191,7 +191,7 @@ def save_evaluation(evaluation: Evaluation, out: str | os.PathLike) -> tuple[Pat
     """`OUT/evaluation.json` (everything) and `OUT/confusion.png`."""
     out = Path(out)
     json_path, png_path = out / "evaluation.json", out / "confusion.png"
-    write_file(json_path, json.dumps(evaluation.to_json(), indent=1) + "\n")
+    write_file(json_path, json.dumps(evaluation.to_json(), indent=1) + "\n", "out")
     title = f"{evaluation.model}: top-1 {evaluation.top1:.1f}% on {evaluation.videos} videos"
-    write_png(png_path, confusion_image(np.array(evaluation.confusion), evaluation.classes, title))
+    write_png(png_path, confusion_image(np.array(evaluation.confusion), evaluation.classes, title), "out")
     return json_path, png_path

@@ -266,7 +266,7 @@ def save(result: RobustnessResult, out: str | os.PathLike) -> dict[str, Path]:
     """robustness.json, robustness.csv and robustness.png (top-1 against stride, one line per model)."""
     out = Path(out)
     paths = {"json": out / "robustness.json", "csv": out / "robustness.csv", "png": out / "robustness.png"}
-    write_file(paths["json"], json.dumps(result.to_json(), indent=1) + "\n")
+    write_file(paths["json"], json.dumps(result.to_json(), indent=1) + "\n", "out")
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(["model", "stride", "top1", "top5", "drop_from_train_stride", "train_stride"])
@@ -275,12 +275,12 @@ def save(result: RobustnessResult, out: str | os.PathLike) -> dict[str, Path]:
             drop = result.drop[name][s]
             writer.writerow([name, s, f"{result.top1[name][s]:.2f}", f"{result.top5[name][s]:.2f}",
                              "" if drop is None else f"{drop:.2f}", result.train_stride[name] or ""])
-    write_file(paths["csv"], table.getvalue())
+    write_file(paths["csv"], table.getvalue(), "out")
     trained = {v for v in result.train_stride.values() if v}
     image = line_plot(
         {name: [(s, result.top1[name][s]) for s in result.strides] for name in result.models},
         f"Top-1 vs sampling stride ({result.frames} frames, {result.videos} videos)", "stride (frames)", "top-1 (%)",
         marker_x=trained.pop() if len(trained) == 1 else None,
     )
-    write_png(paths["png"], image)
+    write_png(paths["png"], image, "out")
     return paths
