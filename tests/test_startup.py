@@ -50,6 +50,14 @@ def test_help_loads_no_torch_registry_or_pyav(tmp_path, args):
     assert modules == [], output
 
 
+def test_a_command_that_runs_no_model_loads_no_torch(tmp_path):
+    """Every command imports the downloader (`vtempo.weights.hub`, with the registry) before it runs;
+    they import torch only to read a checkpoint, so rendering the synthetic set loads none."""
+    modules, output = loaded_after(cli("synth", str(tmp_path / "clips"), "--clips", "1"), tmp_path)
+    assert "wrote 10 clips" in output
+    assert modules == [], output
+
+
 def test_a_one_clip_classify_loads_torch_and_nothing_heavy_besides(tmp_path):
     clip = REPO / "examples" / "clips" / "grow.mp4"
     modules, output = loaded_after(cli("classify", str(clip), "--model", "tsn-demo", "--workers", "0",

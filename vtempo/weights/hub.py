@@ -46,7 +46,6 @@ from filelock import FileLock, Timeout
 from vtempo import __version__, limits
 from vtempo.errors import UsageError, VtempoError
 from vtempo.paths import home
-from vtempo.weights.checkpoint import convert_file, read_state, text_kind
 from vtempo.weights.registry import ModelEntry, is_remote
 
 OFFLINE_VARIABLE = "VTEMPO_OFFLINE"
@@ -160,6 +159,9 @@ def weights_path(entry: ModelEntry, progress: Progress | None = None) -> Path:
 
 def _not_a_page(entry: ModelEntry, cached: Path) -> Path:
     """The cached file, unless it is a web page (saved by a download from before checks existed)."""
+    # here, not at the top: it imports torch, and every command imports this module before it runs
+    from vtempo.weights.checkpoint import text_kind
+
     kind = text_kind(cached)
     if kind is not None:
         raise VtempoError(
@@ -291,6 +293,8 @@ def download(entry: ModelEntry, force: bool = False, progress: Progress | None =
 
 def _check_loads(entry: ModelEntry, part: Path, url: str) -> None:
     """Delete and refuse a download that no hash vouches for unless it loads as a checkpoint."""
+    from vtempo.weights.checkpoint import read_state
+
     try:
         read_state(part)
     except VtempoError as error:
@@ -526,6 +530,8 @@ def import_file(entry: ModelEntry, path: str | os.PathLike) -> Path:
     The file must fit the entry's architecture, class count and clip length (every tensor placed).
     A file failing the registry's size or hash is refused and left where it is.
     """
+    from vtempo.weights.checkpoint import convert_file
+
     weights = entry.weights
     if weights is None:
         raise VtempoError(f"{none_published(entry)}; register your file in a user registry instead")

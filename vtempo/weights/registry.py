@@ -20,7 +20,6 @@ import yaml
 
 from vtempo import limits
 from vtempo.errors import UsageError
-from vtempo.models import split_name
 from vtempo.paths import home
 from vtempo.protocol import AVERAGES, CROPS, IMAGENET_MEAN, IMAGENET_STD, SAMPLINGS, Protocol
 
@@ -220,6 +219,9 @@ def check_name(name: Any, where: str) -> str:
 
 
 def check_arch(raw: dict, where: str) -> str:
+    # here, not at the top: it imports torch, and every command imports this module (through the hub)
+    from vtempo.models import split_name
+
     arch = _typed(raw, "arch", str, where)
     try:
         split_name(arch)
