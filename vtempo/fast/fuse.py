@@ -7,8 +7,9 @@ output, as OpenVINO's compiled graph does. Once BatchNorms are folded (`fold`) a
 ReLU (a BasicBlock two); a paper's modules in a slot before its convolution run first. A slot that a
 paper changed otherwise (a temporal module around a convolution, a BatchNorm that could not be
 folded) runs as the block's own forward runs it, so the block computes the same function whatever the
-family. Whether the fused forward is faster is measured per CPU, threads, dtype and shape by the
-shared `Chooser`; the block's own forward is kept unless fusion wins.
+family. Whether a convolution with its post-ops is faster than the convolution followed by them is
+measured per CPU, threads, dtype and shape by the shared `Chooser`; the separate ops are kept unless
+fusion wins.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class _FusedBlock:
         self.block, self.chooser = block, chooser
         self.slots = [(conv, norm, _packed(block, conv, norm)) for conv, norm in SLOTS[type(block)]]
         self.lead = next(found[1] for _, _, found in self.slots if found is not None)
-        self.chosen: dict[tuple, bool] = {}  # input (shape, strides, dtype) → whether fusing is faster
+        self.chosen: dict[tuple, bool] = {}  # (slot, input shape, strides, dtype) → whether fusing is faster
 
     def __getstate__(self) -> dict:
         return {**vars(self), "chosen": {}}
@@ -59,46 +60,46 @@ class _FusedBlock:
         dtype = self.lead.packed_dtype(x)
         if dtype is None or self.block.training:
             return self.plain(x)
-        form = (x.shape, x.stride(), dtype)
-        faster = self.chosen.get(form)
-        if faster is None:
-            faster = self.chosen[form] = self._choose(x, dtype)
-        return self.fused(x, dtype) if faster else self.plain(x)
-
-    def fused(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         block = self.block
         out = x
         for index, (conv, norm, found) in enumerate(self.slots):
             last = index == len(self.slots) - 1
             shortcut = (x if block.downsample is None else block.downsample(x)) if last else None
-            if found is not None:
-                before, packed = found
-                for module in before:
-                    out = module(out)
-            if found is not None and packed.packed_dtype(out) == dtype:
+            if found is None:
+                out = self._then_ops(getattr(block, norm)(getattr(block, conv)(out)), shortcut)
+                continue
+            before, packed = found
+            for module in before:
+                out = module(out)
+            if packed.packed_dtype(out) == dtype and self._fuses(index, packed, out, dtype, shortcut):
                 out = packed.packed(out, dtype, relu=True, add=shortcut)
-            elif found is not None:
-                out = packed(out)
-                if shortcut is not None:
-                    out += shortcut
-                out = block.relu(out)
             else:
-                out = getattr(block, norm)(getattr(block, conv)(out))
-                if shortcut is not None:
-                    out += shortcut
-                out = block.relu(out)
+                out = self._then_ops(packed(out), shortcut)
         return out
 
-    def _choose(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        block = self.block
-        shapes = ", ".join(f"{name} {tuple(found[1].module.weight.shape)} after {len(found[0])}" if found else f"{name} other"
-                           for name, _, found in self.slots)
-        key = (f"block fused | {cpu_name()} | {torch.get_num_threads()} threads | {dtype} | {tuple(x.shape)} "
-               f"{'channels-last' if x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'} | "
-               f"{type(block).__name__} stride {block.stride} | {shapes} | "
-               f"shortcut {'conv' if block.downsample is not None else 'identity'}")
-        chooser = self.chooser or shared_chooser()
-        return chooser.choose(key, {"plain": lambda: self.plain(x), "fused": lambda: self.fused(x, dtype)}) == "fused"
+    def _then_ops(self, out: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+        if shortcut is not None:
+            out += shortcut
+        return self.block.relu(out)
+
+    def _fuses(self, index: int, packed: _PackedConv, x: torch.Tensor, dtype: torch.dtype,
+               shortcut: torch.Tensor | None) -> bool:
+        """Whether the slot's convolution with its post-ops is faster than the convolution followed by
+        them, measured once per input form. Only the convolution and its ops are timed: a paper's modules
+        before it may hold state (the online shift's cache) that running them again would change."""
+        form = (index, x.shape, x.stride(), dtype)
+        faster = self.chosen.get(form)
+        if faster is None:
+            weight = packed.module.weight
+            key = (f"conv post-ops | {cpu_name()} | {torch.get_num_threads()} threads | {dtype} | {tuple(x.shape)} "
+                   f"{'channels-last' if x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'} -> "
+                   f"{tuple(weight.shape)} | stride {packed.args[1]} | padding {packed.args[0]} | "
+                   f"relu{' + add' if shortcut is not None else ''}")
+            chooser = self.chooser or shared_chooser()
+            candidates = {"plain": lambda: self._then_ops(packed(x), shortcut),
+                          "fused": lambda: packed.packed(x, dtype, relu=True, add=shortcut)}
+            faster = self.chosen[form] = chooser.choose(key, candidates) == "fused"
+        return faster
 
 
 def fuse_block_post_ops(model: nn.Module, device: torch.device, chooser: Chooser | None = None) -> int:
