@@ -106,8 +106,7 @@ def test_the_chosen_way_runs_and_gives_the_logits_of_the_reference(way):
     with torch.no_grad():
         expected = model(clip)
     chooser = favouring(way)
-    # (without fused blocks, whose measuring would run the shifts more than once)
-    prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift", "fuse"))
+    prepared = prepare(copy.deepcopy(model), torch.device("cpu"), skip=("shift",))
     assert swap_in(prepared, "shift", torch.device("cpu"), chooser=chooser) == 4
     ran = []
     for module in prepared.modules():
@@ -315,7 +314,7 @@ def test_where_packing_is_measured_slower_the_plain_convolution_runs():
 def fused_model(arch: str, way: str) -> tuple[nn.Module, list]:
     if not packing_available():
         pytest.skip("this torch has no oneDNN convolution to fuse post-ops into")
-    model = prepare(with_random_statistics(arch), torch.device("cpu"), skip=("pack", "fuse"))
+    model = prepare(with_random_statistics(arch), torch.device("cpu"), skip=("pack",))
     pack_conv_weights(model, torch.device("cpu"), favouring("packed"))
     assert fuse_block_post_ops(model, torch.device("cpu"), favouring(way)) == 4
     return model, [m.forward for m in model.modules() if isinstance(vars(m).get("forward"), _FusedBlock)]
@@ -335,7 +334,7 @@ def post_op_calls(monkeypatch) -> list[tuple[bool, bool]]:
 
 @pytest.mark.parametrize("arch", [f"{family}-{backbone}" for family in sorted(FAMILIES) for backbone in ("r14w16", "r10w8")])
 def test_fused_blocks_give_the_logits_of_the_reference_in_every_family(arch, monkeypatch):
-    reference = prepare(with_random_statistics(arch), torch.device("cpu"), skip=("pack", "fuse"))
+    reference = prepare(with_random_statistics(arch), torch.device("cpu"), skip=("pack",))
     prepared, fused = fused_model(arch, "fused")
     clip = torch.randn(2, 4, 3, 32, 32)
     with torch.inference_mode():
@@ -352,7 +351,7 @@ def test_fused_blocks_give_the_logits_of_the_reference_in_every_family(arch, mon
 
 
 def test_where_fusing_is_measured_slower_the_blocks_run_their_own_forward(monkeypatch):
-    reference = prepare(with_random_statistics("tsn-r14w16"), torch.device("cpu"), skip=("pack", "fuse"))
+    reference = prepare(with_random_statistics("tsn-r14w16"), torch.device("cpu"), skip=("pack",))
     prepared, fused = fused_model("tsn-r14w16", "plain")
     clip = torch.randn(2, 4, 3, 32, 32)
     with torch.inference_mode():
@@ -372,6 +371,23 @@ def test_fused_blocks_leave_training_autograd_and_compiling_to_the_blocks_own_fo
     assert all(not f.chosen for m in copied.modules() if isinstance(f := vars(m).get("forward"), _FusedBlock))
     drop_forward_caches(prepared)
     assert not any(isinstance(vars(m).get("forward"), (_FusedBlock, _PackedConv)) for m in prepared.modules())
+
+
+def test_fused_online_tsm_steps_give_the_logits_of_the_unfused_model():
+    """Measuring a fused block times its convolutions alone: the online shift before one keeps the cache
+    of the frames it has seen (running the whole block again to time it would move that cache on)."""
+    if not packing_available():
+        pytest.skip("this torch has no oneDNN convolution to fuse post-ops into")
+    from vtempo.models.tsm import OnlineTSM
+
+    reference = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"))
+    fused = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"))
+    assert fuse_block_post_ops(fused, torch.device("cpu"), Chooser(None)) == 4  # measured for real
+    expected, got = OnlineTSM(reference), OnlineTSM(fused)
+    with torch.inference_mode():
+        for _ in range(4):
+            frame = torch.randn(3, 32, 32)
+            assert_close_logits(got.step(frame), expected.step(frame))
 
 
 def test_prepare_names_an_unknown_fast_path():
