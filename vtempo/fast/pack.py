@@ -12,6 +12,7 @@ cache is keyed by the tensor's version.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -22,6 +23,13 @@ from vtempo.runtime import autocast_dtype, cpu_name
 
 def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+@functools.cache
+def bf16_packing_available() -> bool:
+    """oneDNN reorders bf16 weights only on CPUs with AVX512-BW/VL/DQ or AVX-NE-CONVERT; elsewhere the
+    reorder raises, and bf16 convolutions run plain."""
+    return packing_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _PackedConv:
@@ -62,7 +70,8 @@ class _PackedConv:
                 or torch.compiler.is_exporting() or torch.jit.is_tracing()):
             return None
         dtype = autocast_dtype("cpu") or torch.float32
-        return dtype if dtype in (torch.float32, torch.bfloat16) and x.dtype in (torch.float32, dtype) else None
+        packable = dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_packing_available())
+        return dtype if packable and x.dtype in (torch.float32, dtype) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.packed_dtype(x)
