@@ -17,7 +17,7 @@ import vtempo
 from vtempo.cli import app
 from vtempo.errors import UsageError, VtempoError
 from vtempo.export import export_model, load_exported
-from vtempo.export.exporting import relative_error
+from vtempo.export.exporting import OPSET, relative_error
 from vtempo.export.forms import SWAP_INS, ExportForm, apply_export_forms, banded_correlation
 from vtempo.inference.recognizer import load
 from vtempo.models import build
@@ -244,7 +244,8 @@ def test_an_onnx_file_not_written_by_vtempo_is_refused(tmp_path):
     import onnx
 
     path = tmp_path / "plain.onnx"
-    torch.onnx.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),), str(path), dynamo=False)
+    # vtempo's opset: torch's default one can be newer than the oldest onnxruntime supported reads
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),), str(path), opset_version=OPSET, dynamo=False)
     assert onnx.load(str(path)).graph.node
     with pytest.raises(VtempoError, match="not exported by vtempo"):
         load_exported(path)
