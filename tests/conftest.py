@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,14 @@ import videogen  # noqa: E402
 # own, made here, before any test or subprocess reads VTEMPO_HOME, and removed when the run ends.
 SUITE_HOME = Path(tempfile.mkdtemp(prefix="vtempo-suite-home-"))
 os.environ["VTEMPO_HOME"] = str(SUITE_HOME)
+
+
+# A shell starts a background job (`bash .ci/run &` in a script) with Ctrl-C ignored, and the programs the
+# tests start would inherit that and, rightly, keep ignoring it: the tests that stop a vtempo process
+# with SIGINT need it delivered as a terminal delivers it. (A Python handler is not inherited: the
+# children start with the default, and Python installs its own.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config):
