@@ -354,6 +354,24 @@ def test_fused_blocks_give_the_logits_of_the_reference_in_every_family(arch, mon
         assert calls.count((True, True)) == 4 and calls.count((True, False)) == (8 if arch.endswith("r14w16") else 4)
 
 
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_fused_tsm_blocks_run_the_shifts_convolution_with_its_relu(way, monkeypatch):
+    reference = prepare(with_random_statistics("tsm-r14w16"), torch.device("cpu"), skip=("pack",))
+    prepared, fused = fused_model("tsm-r14w16", "fused")
+    shifts = [m for m in prepared.modules() if isinstance(m, ShiftedPointwiseConv)]
+    for shift in shifts:
+        shift.chooser = favouring(way)
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.inference_mode():
+        prepared(clip)
+        calls = post_op_calls(monkeypatch)
+        assert_close_logits(prepared(clip), reference(clip))
+    assert len(shifts) == 4 and all(f.slots[0][2].shift is not None for f in fused)
+    # conv2 + ReLU and conv3 + add + ReLU in every block, and the shift's conv1 + ReLU where the way
+    # calls the convolution (the GEMMs' way applies the ReLU to its output)
+    assert calls.count((True, True)) == 4 and calls.count((True, False)) == (4 if way == "gemm" else 8)
+
+
 def test_where_fusing_is_measured_slower_the_blocks_run_their_own_forward(monkeypatch):
     reference = prepare(with_random_statistics("tsn-r14w16"), torch.device("cpu"), skip=("pack",))
     prepared, fused = fused_model("tsn-r14w16", "plain")
@@ -384,9 +402,9 @@ def test_fused_online_tsm_steps_give_the_logits_of_the_unfused_model():
         pytest.skip("this torch has no oneDNN convolution to fuse post-ops into")
     from vtempo.models.tsm import OnlineTSM
 
-    reference = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"))
+    reference = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"), skip=("fuse",))
     fused = prepare(with_random_statistics("tsm-online-r14w16"), torch.device("cpu"))
-    assert fuse_block_post_ops(fused, torch.device("cpu"), Chooser(None)) == 4  # measured for real
+    assert fused.fast_paths["fuse"] == 4  # each choice measured for real
     expected, got = OnlineTSM(reference), OnlineTSM(fused)
     with torch.inference_mode():
         for _ in range(4):

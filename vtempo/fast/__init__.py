@@ -17,6 +17,7 @@ import torch
 
 from vtempo.fast.casts import cache_autocast_casts
 from vtempo.fast.fold import fold_batch_norms
+from vtempo.fast.fuse import fuse_block_post_ops
 from vtempo.fast.heap import keep_freed_buffers
 from vtempo.fast.pack import pack_conv_weights
 from vtempo.fast.shift import shifted_pointwise_conv
@@ -57,6 +58,7 @@ FAST_PATHS: dict[str, FastPath] = {
     **{name: _swapping(name) for name in STAND_INS},  # the papers' modules' stand-ins
     "casts": cache_autocast_casts,  # autocast's weight casts made once per weight version
     "pack": pack_conv_weights,  # CPU convolutions (fp32, bf16 autocast) on weights packed once in oneDNN's layout
+    "fuse": fuse_block_post_ops,  # a block's ReLUs and residual add as post-ops of its packed convolutions
     "heap": keep_freed_buffers,  # freed activations kept for the next call (CPU; a process that opted in)
 }
 

@@ -28,12 +28,13 @@ from vtempo.models.tsm import TemporalShift, temporal_shift
 from vtempo.runtime import autocast_dtype, cpu_name, full_precision
 
 
-def shifted_copy(x: torch.Tensor, conv: nn.Conv2d, frames: int, fold_div: int) -> torch.Tensor:
+def shifted_copy(x: torch.Tensor, conv: Callable[[torch.Tensor], torch.Tensor], frames: int, fold_div: int) -> torch.Tensor:
     """The reference: the shifted copy, then the conv."""
     return conv(temporal_shift(x, frames, fold_div))
 
 
-def shifted_in_place(x: torch.Tensor, conv: nn.Conv2d, frames: int, fold_div: int) -> torch.Tensor:
+def shifted_in_place(x: torch.Tensor, conv: Callable[[torch.Tensor], torch.Tensor], frames: int,
+                     fold_div: int) -> torch.Tensor:
     """`conv(temporal_shift(x))` with the shifted channels moved inside x for the conv, then moved back:
     x is the same after the call (also when the conv raises), but not during it, so only for inference
     on an x that nothing else reads meanwhile (a block's input inside the model's own forward)."""
@@ -178,6 +179,16 @@ class ShiftedPointwiseConv(TemporalModule):
         if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
             return self.net(compiled_shift(x, self.frames, self.fold_div))
         return WAYS[self.way(x)](x, self.net, self.frames, self.fold_div)
+
+    def then(self, x: torch.Tensor, conv_then: Callable[[torch.Tensor], torch.Tensor],
+             after: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`after(self(x))` for inference, where `conv_then(y)` computes `after(self.net(y))` in one pass
+        (the conv with `after` as its post-op, `vtempo.fast.fuse`): the ways that call the conv on the
+        shifted input call `conv_then` instead; the GEMMs' way applies `after` to its output."""
+        way = self.way(x)
+        if way == "gemm":
+            return after(shifted_gemm(x, self.net, self.frames, self.fold_div))
+        return WAYS[way](x, conv_then, self.frames, self.fold_div)
 
     def output_conv(self) -> nn.Conv2d:
         return self.net
