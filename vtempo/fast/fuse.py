@@ -13,7 +13,7 @@ fusion wins.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
