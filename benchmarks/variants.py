@@ -5,9 +5,10 @@ or calibrating and lowering), its first call, and the median over rounds of each
 int8 is timed with bf16 eager beside it. `heap` times the same model with freed buffers kept in the
 heap (`fast.heap`) against every buffer over 128 KiB mapped afresh (glibc's way for buffers over its
 threshold, at most 32 MiB), switching between the two before each call. `pack` times the model with
-its convolutions on packed weights (`fast.pack`) against the same model without; `fuse` the model with
-its blocks' ReLUs and residual adds as post-ops of those convolutions (`fast.fuse`, forced on) against
-the same model without. `--clock cpu` times the process's CPU time instead of the wall clock (less
+its convolutions on packed weights (`fast.pack`) against the same model without (neither with `fast.fuse`,
+which needs packed weights); `fuse` the model with its blocks' ReLUs and residual adds as post-ops of
+those convolutions where measured faster (`fast.fuse`, as `prepare` applies it) against the same model
+without. `--clock cpu` times the process's CPU time instead of the wall clock (less
 disturbed by other processes on a busy machine).
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ import torch
 
 from benchmarks import as_the_program
 from vtempo.fast import prepare
-from vtempo.fast.choose import Chooser
 from vtempo.fast.compile import compile_model
 from vtempo.fast.fuse import fuse_block_post_ops
 from vtempo.fast.heap import keep_freed_buffers
@@ -56,8 +56,7 @@ def make_variant(kind: str, model: torch.nn.Module, clip: torch.Tensor) -> torch
         return packed
     if kind == "fuse":
         fused = copy.deepcopy(model)
-        always = Chooser(None, measure=lambda candidates: {name: float(name != "fused") for name in candidates})
-        fuse_block_post_ops(fused, torch.device("cpu"), always)
+        fuse_block_post_ops(fused, torch.device("cpu"))
         return fused
     if kind == "compile":
         return compile_model(copy.deepcopy(model))
@@ -82,7 +81,8 @@ def main() -> None:
     dtype = args.dtype if args.kind != "int8" else "fp32"
     cpu = torch.device("cpu")
     for arch in args.archs:
-        eager = prepare(build(arch, frames=args.frames), cpu, skip=("pack",) if args.kind == "pack" else ())
+        skip = {"pack": ("pack", "fuse"), "fuse": ("fuse",)}.get(args.kind, ())
+        eager = prepare(build(arch, frames=args.frames), cpu, skip=skip)
         started = time.perf_counter()
         variant = make_variant(args.kind, eager, clip)
         setup = time.perf_counter() - started
