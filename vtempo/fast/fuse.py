@@ -7,9 +7,10 @@ output, as OpenVINO's compiled graph does. Once BatchNorms are folded (`fold`) a
 ReLU (a BasicBlock two); a paper's modules in a slot before its convolution run first, and TSM's shift
 stand-in (`vtempo.fast.shift`) runs its convolution with the ReLU. A slot that a paper changed
 otherwise (another temporal module around a convolution, a BatchNorm that could not be folded) runs
-as the block's own forward runs it, so the block computes the same function whatever the family. Whether a convolution with its post-ops is faster than the convolution followed by them is
-measured per CPU, threads, dtype and shape by the shared `Chooser`; the separate ops are kept unless
-fusion wins.
+as the block's own forward runs it, so the block computes the same function whatever the family.
+Whether a convolution with its post-ops is faster than the convolution followed by them is measured
+per CPU, threads, dtype and shape by the shared `Chooser`; the separate ops are kept unless fusion
+wins. `prepare` applies it after `pack`; a stand-in swapped in later is not fused.
 """
 from __future__ import annotations
 
@@ -115,10 +116,10 @@ class _FusedBlock:
         if faster is None:
             packed = found.packed
             weight = packed.module.weight
-            key = (f"{'conv' if found.shift is None else 'shift + conv'} post-ops | {cpu_name()} | {torch.get_num_threads()} threads | {dtype} | "
-                   f"{tuple(x.shape)} {'channels-last' if x.is_contiguous(memory_format=torch.channels_last) else 'contiguous'}"
-                   f" -> {tuple(weight.shape)} | stride {packed.args[1]} | padding {packed.args[0]} | "
-                   f"relu{' + add' if shortcut is not None else ''}")
+            layout = "channels-last" if x.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+            key = (f"{'conv' if found.shift is None else 'shift + conv'} post-ops | {cpu_name()} | "
+                   f"{torch.get_num_threads()} threads | {dtype} | {tuple(x.shape)} {layout} -> {tuple(weight.shape)} | "
+                   f"stride {packed.args[1]} | padding {packed.args[0]} | relu{' + add' if shortcut is not None else ''}")
             if found.shift is not None:
                 found.shift.way(x)  # the shift's own choice, made before timing the slot's two forms
             chooser = self.chooser or shared_chooser()
