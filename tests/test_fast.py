@@ -685,6 +685,26 @@ def test_int8_model_follows_the_fp32_logits_and_is_cached(family, tmp_path, monk
 
 
 @pytest.mark.slow
+def test_an_int8_model_runs_compiled_or_else_as_its_lowered_graph():
+    """TAM's graph is the one inductor fails on with torch 2.14 (its branches' 1-d convolutions and tiny
+    linears); every family's lowered graph is checked above, TSM's compiled one below."""
+    pytest.importorskip("torchao")
+    from vtempo.fast import quantize as quantization
+
+    model = prepare(with_random_statistics("tam-r14w16"), torch.device("cpu"))
+    torch.manual_seed(1)
+    clip = torch.randn(2, 4, 3, 64, 64)
+    lowered = quantization.quantize(copy.deepcopy(model), [clip], cache=False, compile=False)
+    quantized = quantization.quantize(copy.deepcopy(model), [clip], cache=False)  # as classify runs it
+    assert hasattr(quantized, "_orig_mod") != hasattr(quantized, "compile_failure")
+    with torch.inference_mode():
+        expected = lowered(clip)
+        got = quantized(clip)
+    # the same int8 kernels; compiled, the requantizations between them are fused (rounding apart)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-2 * float(expected.abs().max()))
+
+
+@pytest.mark.slow
 def test_tsm_shift_runs_on_int8_codes_bit_for_bit():
     pytest.importorskip("torchao")
     from vtempo.fast import quantize as quantization

@@ -335,7 +335,8 @@ def _quantized_runner(model: torch.nn.Module, entry, frames: int, size: int, set
     int8_ops, fp32_convs = _int8_ops(quantized)
     if not int8_ops:
         raise VtempoError("the quantized graph holds no int8 convolution")
-    info = Int8Model(source, sum(len(b) for b in batches), int8_ops, fp32_convs, compiled=True)
+    info = Int8Model(source, sum(len(b) for b in batches), int8_ops, fp32_convs,
+                     compiled=not hasattr(quantized, "compile_failure"))
     return _Runner(quantized, clip, clip.device), info
 
 

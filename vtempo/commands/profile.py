@@ -124,10 +124,15 @@ def against_table(profiles, settings) -> Table:
 
 def int8_notes(profiles) -> list[str]:
     """What each int8 row timed: the quantized model, its calibration and its graph."""
-    return [f"int8 {p.name}: quantized (PT2E, x86, compiled) on {p.int8.calibration_clips} "
-            f"{'synthetic clips' if p.int8.calibration == 'synthetic' else 'clips of ' + p.int8.calibration}; "
-            f"{p.int8.int8_ops} int8 convs/linears, {p.int8.fp32_convs} convs left in fp32"
-            for p in profiles if p.int8 is not None]
+    notes = []
+    for p in profiles:
+        if p.int8 is None:
+            continue
+        how = "compiled" if p.int8.compiled else "not compiled: inductor could not compile the graph"
+        source = "synthetic clips" if p.int8.calibration == "synthetic" else f"clips of {p.int8.calibration}"
+        notes.append(f"int8 {p.name}: quantized (PT2E, x86, {how}) on {p.int8.calibration_clips} {source}; "
+                     f"{p.int8.int8_ops} int8 convs/linears, {p.int8.fp32_convs} convs left in fp32")
+    return notes
 
 
 def ratio_table(profiles, reference: str, ratios: dict) -> Table:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -191,7 +192,10 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     shifts swapped); pass a copy to keep it. Returns the int8 model lowered to oneDNN's int8 kernels and
     compiled (lazily, at its first call; `compile=False`: the lowered graph, which runs the same kernels
     but leaves the quantize ops between them as unfused elementwise passes, several times slower for
-    TSM; `lower_graph=False`: the converted graph, which only simulates int8, for inspection)."""
+    TSM; `lower_graph=False`: the converted graph, which only simulates int8, for inspection). The
+    compiled model is compiled here, on the first calibration clip; where inductor cannot compile the
+    lowered graph (TAM's: its temporal branches' 1-d convolutions and tiny linears), the lowered graph
+    is returned, with the reason in its `compile_failure`."""
     clips = [clip.detach().cpu().float() for clip in calibration_clips]
     if not clips:
         raise VtempoError("int8 calibration needs at least one clip")
@@ -227,7 +231,29 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
         return lowered
     use_cache_folder()
     # Not `compile_model`: freezing would fold the prepacked int8 weights again, which fails.
-    return torch.compile(lowered, dynamic=False)
+    compiled = torch.compile(lowered, dynamic=False)
+    try:
+        with torch.inference_mode(), _quiet_compiler():
+            compiled(clips[0])  # compiles now, where a failure can still be answered
+    except Exception as error:  # noqa: BLE001 - inductor cannot compile some lowered graphs (TAM's tiny linears)
+        lowered.compile_failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+        return lowered
+    return compiled
+
+
+@contextlib.contextmanager
+def _quiet_compiler() -> Iterator[None]:
+    """A compilation that fails logs its stack through torch's loggers as it unwinds; the caller says
+    what failed in one line instead."""
+    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch._inductor", "torch._subclasses")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class FixedBatch(nn.Module):
