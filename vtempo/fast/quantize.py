@@ -11,9 +11,12 @@ torch dropped `torch.ao.quantization.quantizer`; torchao is an optional dependen
 
 What stays fp32: every op the quantizer does not annotate, so all the temporal modules' own arithmetic
 (TSM's shift is a copy; TAM's and TEFE's temporal convs, TSI's attention, TCM's correlation and
-soft-argmax are elementwise ops, matmuls and softmaxes); their 1×1/3×3 convs are quantized like the
-backbone's, except TCM's dynamics (`FULL_PRECISION`, from `TemporalModule.int8_keeps_fp32`): its reduction conv and correlation feed a
-soft-argmax with a temperature of 100, which int8 would wreck, so the whole module stays fp32.
+soft-argmax are elementwise ops, matmuls and softmaxes; TEFE's 3-d convs, which the quantizer leaves
+alone); the temporal modules' 1×1/3×3 convs are quantized like the backbone's, except in the modules
+whose paper's file keeps them fp32 (`FULL_PRECISION`, from `TemporalModule.int8_keeps_fp32`): TCM's
+dynamics, whose reduction conv and correlation feed a soft-argmax with a temperature of 100, which
+int8 would wreck, and TAM's two branches, small ops over T-long sequences that inductor fails to
+compile in int8 (a 1-d conv's output length, a tiny linear's packed weight).
 TSM's shift is swapped for one opaque op first (`shift.swap_shifts_for_export(as_one_op=True)`): the
 reference writes into slices, which an exported graph turns into a copy per slice, and inductor turns
 slices and concatenations into kernels slower than the convs around them. After conversion the op
@@ -154,7 +157,7 @@ def _shift_in_int8(graph_module: torch.fx.GraphModule) -> int:
     return rewritten
 
 
-GRAPH_FORM = "tsm shift as vtempo::temporal_shift"  # part of the cache key: graphs cached in another form are not reused
+GRAPH_FORM = "tsm shift as vtempo::temporal_shift; tam branches fp32"  # part of the cache key: graphs cached in another form are not reused
 
 
 def fingerprint(model: nn.Module, clips: list[torch.Tensor]) -> str:
@@ -194,8 +197,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     but leaves the quantize ops between them as unfused elementwise passes, several times slower for
     TSM; `lower_graph=False`: the converted graph, which only simulates int8, for inspection). The
     compiled model is compiled here, on the first calibration clip; where inductor cannot compile the
-    lowered graph (TAM's: its temporal branches' 1-d convolutions and tiny linears), the lowered graph
-    is returned, with the reason in its `compile_failure`."""
+    lowered graph, the lowered graph is returned, with the reason in its `compile_failure`."""
     clips = [clip.detach().cpu().float() for clip in calibration_clips]
     if not clips:
         raise VtempoError("int8 calibration needs at least one clip")
@@ -227,6 +229,7 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     with torch.no_grad():
         lowered = lower(converted, (clips[0],))
     _shift_in_int8(lowered)
+    _plain_float_linears(lowered)
     if not compile:
         return lowered
     use_cache_folder()
@@ -235,10 +238,34 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     try:
         with torch.inference_mode(), _quiet_compiler():
             compiled(clips[0])  # compiles now, where a failure can still be answered
-    except Exception as error:  # noqa: BLE001 - inductor cannot compile some lowered graphs (TAM's tiny linears)
+    except Exception as error:  # noqa: BLE001 - a graph inductor cannot compile still runs lowered
         lowered.compile_failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
         return lowered
     return compiled
+
+
+MKL_LINEAR = "mkl._mkl_linear"  # the lowering calls the packet, not an overload
+
+
+def _plain_float_linears(graph_module: torch.fx.GraphModule) -> int:
+    """Run the linears left in fp32 (a temporal module's, `FULL_PRECISION`), which the lowering packs
+    for MKL, on their plain weights: inductor fails to compile a graph holding MKL-packed weights
+    unless it freezes the graph, which the int8 weights do not survive. Returns how many."""
+    graph = graph_module.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and str(node.target).split(".default")[0] == MKL_LINEAR:
+            x, _packed, weight, bias = node.args[:4]
+            with graph.inserting_before(node):
+                plain = graph.call_function(torch.ops.aten.linear.default, (x, weight, bias))
+            node.replace_all_uses_with(plain)
+            graph.erase_node(node)
+            rewritten += 1
+    if rewritten:
+        graph.eliminate_dead_code()
+        graph.lint()
+        graph_module.recompile()
+    return rewritten
 
 
 @contextlib.contextmanager

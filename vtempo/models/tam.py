@@ -47,6 +47,9 @@ class TemporalAdaptiveModule(TemporalModule):
         "official": ((r"^(backbone\.layer\d\.\d+)\.net\.", r"\1."), *_BRANCHES),
         "mmaction2": ((r"^(backbone\.layer\d\.\d+)\.block\.", r"\1."), *_BRANCHES),
     }
+    # int8 (vtempo.fast.quantize): the branches are small ops over T-long sequences, and torch's int8
+    # kernels for them fail once compiled (a 1-d conv's output length, a tiny linear's packed weight)
+    int8_keeps_fp32 = True
 
     def __init__(self, channels: int, frames: int):
         super().__init__()
