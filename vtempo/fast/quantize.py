@@ -157,7 +157,8 @@ def _shift_in_int8(graph_module: torch.fx.GraphModule) -> int:
     return rewritten
 
 
-GRAPH_FORM = "tsm shift as vtempo::temporal_shift; tam branches fp32"  # part of the cache key: graphs cached in another form are not reused
+# part of the cache key: graphs cached in another form are not reused
+GRAPH_FORM = "tsm shift as vtempo::temporal_shift; tam branches fp32"
 
 
 def fingerprint(model: nn.Module, clips: list[torch.Tensor]) -> str:
