@@ -194,11 +194,11 @@ def quantize(model: nn.Module, calibration_clips: Iterable[torch.Tensor], *, cac
     `calibration_clips` (float (N, T, 3, S, S) tensors, preprocessed like the model's input, all of one
     shape: the quantized model runs that shape). `model` itself is changed (its cast cache dropped, its
     shifts swapped); pass a copy to keep it. Returns the int8 model lowered to oneDNN's int8 kernels and
-    compiled (lazily, at its first call; `compile=False`: the lowered graph, which runs the same kernels
-    but leaves the quantize ops between them as unfused elementwise passes, several times slower for
-    TSM; `lower_graph=False`: the converted graph, which only simulates int8, for inspection). The
-    compiled model is compiled here, on the first calibration clip; where inductor cannot compile the
-    lowered graph, the lowered graph is returned, with the reason in its `compile_failure`."""
+    compiled, here, on the first calibration clip (where inductor cannot compile the lowered graph: the
+    lowered graph, with the reason in its `compile_failure`; `compile=False`: the lowered graph, which
+    runs the same kernels but leaves the quantize ops between them as unfused elementwise passes,
+    several times slower for TSM; `lower_graph=False`: the converted graph, which only simulates int8,
+    for inspection)."""
     clips = [clip.detach().cpu().float() for clip in calibration_clips]
     if not clips:
         raise VtempoError("int8 calibration needs at least one clip")

@@ -313,8 +313,8 @@ class Recognizer:
     def compile_note(self) -> str:
         """Whether the model runs compiled, and why."""
         if self.dtype == "int8":
-            failure = getattr(getattr(self.model, "model", self.model), "compile_failure", None)
-            return "compiled by the quantizer" if failure is None else "not compiled (inductor could not compile the int8 graph)"
+            failed = hasattr(getattr(self.model, "model", self.model), "compile_failure")  # inside FixedBatch
+            return "not compiled (inductor could not compile the int8 graph)" if failed else "compiled by the quantizer"
         if self.runtime != "torch":
             return f"run by {self.runtime}"
         if self.compiled == "auto":
